@@ -1,0 +1,154 @@
+"""Stage 2: the hierarchical dependency VAE over the marginal codes z and the target y.
+
+Generative, top-down and reparameterised (inference runs on eps ~ N(0, I)):
+  h_L = eps_L,  h_l = f_mu_l(h_{l+1}) + f_sigma_l(h_{l+1}) * eps_l,
+  p(z | h_1) Gaussian, p(y | z_hat, m, h_1) from the predictor, where z_hat holds
+  the observed codes and the decoder's mean in the holes (the imputed x_hat on the
+  code scale; the mask tells the predictor which is which).
+Encoder, bottom-up: r_0 = (z * m, m, y * m_y, m_y), r_l = f_r_l(r_{l-1}),
+  q(eps_l | r_l) Gaussian, independent across layers given the data.
+
+`log_joint_and_grad` evaluates log p*(eps) = log p(z_O | h_1) + log p(y_O | .) +
+log N(eps; 0, I) and its gradient in one pass, the gradient written out by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.likelihoods import LOG_2PI, MIN_SCALE, ColumnLikelihoods, Gaussian
+from model.nets import MLP
+from model.schema import Column
+
+
+class Observed(NamedTuple):
+    """What is known about a batch of rows, broadcastable against eps [..., E]."""
+
+    z: Tensor  # [..., D] marginal codes (0 where missing)
+    m: Tensor  # [..., D] 1.0 where observed
+    y: Tensor  # [..., P] normalised targets (0 where missing)
+    my: Tensor  # [..., P] 1.0 where observed
+
+    def unsqueeze(self, dim: int) -> Observed:
+        return Observed(*(t.unsqueeze(dim) for t in self))
+
+
+class Forward(NamedTuple):
+    log_lik: Tensor  # [...] log p(z_O | h_1) + log p(y_O | .)
+    h1: Tensor
+    z_raw: Tensor  # [..., D, 2]
+    y_raw: Tensor  # [..., P, width]
+
+
+class DependencyVAE(nn.Module):
+    def __init__(self, n_codes: int, targets: tuple[Column, ...], latent_dims: tuple[int, ...], hidden: int):
+        super().__init__()
+        self.n_codes = n_codes
+        self.latent_dims = tuple(latent_dims)
+        self.latent_size = sum(self.latent_dims)
+        self.targets = targets
+        self.target_likelihood = ColumnLikelihoods(targets)
+        self.target_onehot = [c.n_categories if c.type == "categorical" else 0 for c in targets]
+        y_width = sum(k if k else 1 for k in self.target_onehot)
+        d1 = self.latent_dims[0]
+        enc_in = 2 * n_codes + y_width + len(targets)
+        self.trunks = nn.ModuleList(
+            MLP([enc_in if i == 0 else hidden, hidden, hidden]) for i in range(len(self.latent_dims))
+        )
+        self.heads = nn.ModuleList(nn.Linear(hidden, 2 * d) for d in self.latent_dims)
+        self.priors = nn.ModuleList(
+            MLP([self.latent_dims[i + 1], hidden, 2 * self.latent_dims[i]]) for i in range(len(self.latent_dims) - 1)
+        )
+        self.decoder = MLP([d1, hidden, hidden, 2 * n_codes])
+        self.predictor = MLP([2 * n_codes + d1, hidden, hidden, len(targets) * self.target_likelihood.width])
+
+    # ---- encoder ------------------------------------------------------------------------
+    def target_input(self, y: Tensor, my: Tensor) -> Tensor:
+        parts = []
+        for j, k in enumerate(self.target_onehot):
+            if k:
+                parts.append(F.one_hot(y[..., j].long().clamp(0, k - 1), k).to(y.dtype) * my[..., j : j + 1])
+            else:
+                parts.append((y[..., j] * my[..., j]).unsqueeze(-1))
+        return torch.cat(parts, -1)
+
+    def encode(self, obs: Observed) -> tuple[Tensor, Tensor]:
+        """Mean and scale of q(eps | z_O, y_O), each [..., E]."""
+        r = torch.cat([obs.z * obs.m, obs.m, self.target_input(obs.y, obs.my), obs.my], -1)
+        mus, sigmas = [], []
+        for trunk, head in zip(self.trunks, self.heads):
+            r = F.silu(trunk(r))
+            mu, raw = head(r).chunk(2, -1)
+            mus.append(mu)
+            sigmas.append(F.softplus(raw) + 1e-4)
+        return torch.cat(mus, -1), torch.cat(sigmas, -1)
+
+    # ---- generative ---------------------------------------------------------------------
+    def split(self, eps: Tensor) -> list[Tensor]:
+        return list(eps.split(self.latent_dims, -1))
+
+    def top_down(self, eps: Tensor):
+        """h_1 and what the backward pass needs: per layer (slopes, raw scale, scale, eps_l)."""
+        parts = self.split(eps)
+        h = parts[-1]
+        cache = []
+        for level in range(len(self.latent_dims) - 2, -1, -1):
+            out, slopes = self.priors[level].forward_cached(h)
+            mu, raw = out.chunk(2, -1)
+            sigma = F.softplus(raw) + MIN_SCALE
+            cache.append((level, slopes, raw, sigma, parts[level]))
+            h = mu + sigma * parts[level]
+        return h, cache
+
+    def code_params(self, eps: Tensor) -> Tensor:
+        """Raw parameters of p(z | h_1) [..., D, 2]."""
+        h1, _ = self.top_down(eps)
+        return self.decoder(h1).unflatten(-1, (2, self.n_codes)).transpose(-1, -2)
+
+    def forward_pass(self, eps: Tensor, obs: Observed, caches: bool = False):
+        h1, td_cache = self.top_down(eps)
+        dec_out, dec_slopes = self.decoder.forward_cached(h1)
+        z_raw = dec_out.unflatten(-1, (2, self.n_codes)).transpose(-1, -2)  # [loc | raw scale] -> [..., D, 2]
+        z_dist = Gaussian.from_raw(z_raw)
+        lp_z = (z_dist.log_prob(obs.z) * obs.m).sum(-1)
+        z_hat = obs.m * obs.z + (1.0 - obs.m) * z_dist.loc
+        m = obs.m.expand_as(z_hat)
+        pred_out, pred_slopes = self.predictor.forward_cached(torch.cat([z_hat, m, h1], -1))
+        y_raw = pred_out.unflatten(-1, (len(self.targets), self.target_likelihood.width))
+        lp_y_each, y_score = self.target_likelihood.log_prob_and_score(y_raw, obs.y)
+        log_lik = lp_z + (lp_y_each * obs.my).sum(-1)
+        fwd = Forward(log_lik, h1, z_raw, y_raw)
+        if not caches:
+            return fwd
+        return fwd, (td_cache, z_dist, dec_slopes, pred_slopes, y_score)
+
+    def log_joint_and_grad(self, eps: Tensor, obs: Observed) -> tuple[Tensor, Tensor]:
+        """log p*(eps) [...] and d log p*/d eps [..., E]."""
+        fwd, (td_cache, z_dist, dec_slopes, pred_slopes, y_score) = self.forward_pass(eps, obs, caches=True)
+        logp = fwd.log_lik - 0.5 * (eps * eps).sum(-1) - 0.5 * self.latent_size * LOG_2PI
+        # predictor -> (z_hat, m, h1)
+        g_pred = (y_score * obs.my.unsqueeze(-1)).flatten(-2)
+        g_in = self.predictor.vjp(pred_slopes, g_pred)
+        d, d1 = self.n_codes, self.latent_dims[0]
+        g_zhat, g_h1 = g_in[..., :d], g_in[..., 2 * d : 2 * d + d1]
+        # decoder -> h1: the likelihood of the observed codes, plus z_hat's dependence on the mean in holes
+        score = z_dist.raw_score(obs.z) * obs.m.unsqueeze(-1)
+        g_loc = score[..., 0] + (1.0 - obs.m) * g_zhat
+        g_dec = torch.stack([g_loc, score[..., 1]], -2).flatten(-2)  # same layout as dec_out
+        g_h = g_h1 + self.decoder.vjp(dec_slopes, g_dec)
+        # top-down hierarchy, from h_1 upwards
+        grads = []
+        for level, slopes, raw, sigma, eps_l in td_cache:
+            grads.append(g_h * sigma)
+            g_out = torch.cat([g_h, g_h * eps_l * torch.sigmoid(raw)], -1)
+            g_h = self.priors[level].vjp(slopes, g_out)
+        grads.append(g_h)
+        return logp, torch.cat(grads, -1) - eps
+
+    def log_prior(self, eps: Tensor) -> Tensor:
+        return -0.5 * (eps * eps).sum(-1) - 0.5 * self.latent_size * math.log(2 * math.pi)

@@ -1,0 +1,227 @@
+"""HH-VAEM and its variants (VAEM, H-VAEM, HMC-VAEM, MIWAEM) from one code path.
+
+A variant is a configuration: one or several latent layers, Gaussian encoder or
+encoder + tuned HMC, optional importance weighting. The sampler's parameters
+(step sizes per HMC step and dimension, the encoder-scale inflation) live here so
+that one state dict holds everything training tuned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from model.dependency import DependencyVAE, Observed
+from model.hmc import HMCInfo, hmc_chain, init_state
+from model.likelihoods import Gaussian
+from model.marginal import MarginalVAEs
+from model.schema import Schema
+from model.sksd import sksd
+
+VARIANTS = {
+    # name: (hierarchical, hmc, importance samples)
+    "vaem": (False, False, 0),
+    "hvaem": (True, False, 0),
+    "hmcvaem": (False, True, 0),
+    "hhvaem": (True, True, 0),
+    "miwaem": (False, False, 10),
+}
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "hhvaem"
+    latent_dims: tuple[int, ...] = (10, 5)
+    hidden: int = 64
+    marginal_hidden: int = 32
+    hmc_steps: int = 10  # T
+    leapfrog_steps: int = 5  # L
+    step_size_range: tuple[float, float] = (0.02, 0.05)
+    importance_samples: int = 0
+    sksd_chains: int = 30
+    # "encoder": diagonal mass matrix M = 1 / sigma_q^2 per row, so step sizes are relative to the
+    # encoder's posterior scale (robust when the posterior is much narrower than the prior);
+    # "identity": M = I as in the paper.
+    mass: str = "encoder"
+    default_chains: int = 100
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mass not in ("encoder", "identity"):
+            raise ValueError(f"unknown mass {self.mass!r} (expected encoder or identity)")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r} (expected one of {', '.join(VARIANTS)})")
+        self.latent_dims = tuple(int(d) for d in self.latent_dims)
+        self.step_size_range = tuple(float(s) for s in self.step_size_range)
+
+    @property
+    def uses_hmc(self) -> bool:
+        return VARIANTS[self.variant][1]
+
+    @classmethod
+    def for_table(cls, variant: str, n_features: int, n_rows: int) -> ModelConfig:
+        """Paper defaults, scaled with the table: [10, 5] latents ([4, 2] below 10 features), T=10 (5 small)."""
+        hier, _, iw = VARIANTS.get(variant, (True, True, 0))
+        small = n_features < 10
+        dims = (4, 2) if small else (10, 5)
+        hidden = 64 if n_rows * n_features < 200_000 else 128
+        return cls(
+            variant=variant,
+            latent_dims=dims if hier else dims[:1],
+            hidden=hidden,
+            hmc_steps=5 if small else 10,
+            importance_samples=iw,
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latent_dims"] = list(self.latent_dims)
+        d["step_size_range"] = list(self.step_size_range)
+        return d
+
+
+class HHVAEM(nn.Module):
+    def __init__(self, schema: Schema, config: ModelConfig):
+        super().__init__()
+        if not schema.targets:
+            raise ValueError("the model needs at least one target column")
+        self.schema, self.config = schema, config
+        self.marginal = MarginalVAEs(schema.features, config.marginal_hidden)
+        self.dependency = DependencyVAE(len(schema.features), schema.targets, config.latent_dims, config.hidden)
+        e = self.dependency.latent_size
+        lo, hi = config.step_size_range
+        steps = torch.empty(config.hmc_steps, e).uniform_(lo, hi)
+        self.log_step_sizes = nn.Parameter(torch.log(steps))
+        self.log_inflation = nn.Parameter(torch.zeros(()))
+
+    @property
+    def latent_size(self) -> int:
+        return self.dependency.latent_size
+
+    @property
+    def step_sizes(self) -> Tensor:
+        return torch.exp(self.log_step_sizes)
+
+    @property
+    def inflation(self) -> Tensor:
+        return torch.exp(self.log_inflation)
+
+    def sampler_parameters(self) -> list[nn.Parameter]:
+        return [self.log_step_sizes]
+
+    def generative_parameters(self) -> list[nn.Parameter]:
+        dep = self.dependency
+        return [p for m in (dep.priors, dep.decoder, dep.predictor) for p in m.parameters()]
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        dep = self.dependency
+        return [p for m in (dep.trunks, dep.heads) for p in m.parameters()]
+
+    # ---- observed data --------------------------------------------------------------------
+    def codes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Marginal codes (encoder means) of the observed entries, 0 in the holes."""
+        mu, _ = self.marginal.encode(x)
+        return mu * mask.to(mu.dtype)
+
+    def observed(self, x: Tensor, mx: Tensor, y: Tensor, my: Tensor) -> Observed:
+        return Observed(self.codes(x, mx), mx.to(x.dtype), y, my.to(y.dtype))
+
+    def log_joint_and_grad(self, obs: Observed):
+        return lambda eps: self.dependency.log_joint_and_grad(eps, obs)
+
+    # ---- posterior over eps ---------------------------------------------------------------
+    def initial_samples(
+        self, obs: Observed, n: int, generator: torch.Generator | None = None, inflate: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """n draws per row from the encoder (inflated by s for HMC): eps [B, n, E], its mean and scale."""
+        mu, sigma = self.dependency.encode(obs)
+        scale = sigma * self.inflation if inflate and self.config.uses_hmc else sigma
+        noise = torch.randn((*mu.shape[:-1], n, mu.shape[-1]), generator=generator, dtype=mu.dtype, device=mu.device)
+        return mu.unsqueeze(-2) + scale.unsqueeze(-2) * noise, mu, sigma
+
+    def inverse_mass(self, sigma: Tensor) -> Tensor:
+        """Diagonal inverse mass [B, 1, E] from the encoder scale sigma [B, E] (see ModelConfig.mass)."""
+        if self.config.mass == "encoder":
+            return (sigma.detach() ** 2).unsqueeze(-2)
+        return torch.ones_like(sigma).unsqueeze(-2)
+
+    def run_hmc(
+        self,
+        eps0: Tensor,
+        obs: Observed,
+        sigma: Tensor,
+        generator: torch.Generator | None = None,
+        step_sizes: Tensor | None = None,
+    ):
+        target = self.log_joint_and_grad(obs.unsqueeze(-2))
+        state = init_state(eps0, target)
+        return hmc_chain(
+            state,
+            target,
+            self.step_sizes if step_sizes is None else step_sizes,
+            self.config.leapfrog_steps,
+            self.inverse_mass(sigma),
+            generator=generator,
+        )
+
+    @torch.no_grad()
+    def posterior(
+        self, obs: Observed, n_samples: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, HMCInfo | None]:
+        """Samples eps [B, n, E] from the variant's approximate posterior."""
+        if self.config.uses_hmc:
+            eps0, _, sigma = self.initial_samples(obs, n_samples, generator)
+            state, info = self.run_hmc(eps0, obs, sigma, generator)
+            return state.position, info
+        if self.config.importance_samples:
+            eps, mu, sigma = self.initial_samples(obs, n_samples, generator, inflate=False)
+            log_w = self._log_weights(eps, mu, sigma, obs)
+            idx = torch.multinomial(torch.softmax(log_w, -1), n_samples, replacement=True, generator=generator)
+            return eps.gather(-2, idx.unsqueeze(-1).expand_as(eps)), None
+        eps, _, _ = self.initial_samples(obs, n_samples, generator, inflate=False)
+        return eps, None
+
+    def _log_weights(self, eps: Tensor, mu: Tensor, sigma: Tensor, obs: Observed) -> Tensor:
+        log_lik = self.dependency.forward_pass(eps, obs.unsqueeze(-2)).log_lik
+        log_q = Gaussian(mu.unsqueeze(-2), sigma.unsqueeze(-2)).log_prob(eps).sum(-1)
+        return log_lik + self.dependency.log_prior(eps) - log_q
+
+    # ---- losses ----------------------------------------------------------------------------
+    def elbo(self, obs: Observed, generator: torch.Generator | None = None) -> Tensor:
+        """Per-row ELBO (or the importance-weighted bound for MIWAEM), analytic KL for the Gaussian case."""
+        k = max(self.config.importance_samples, 1)
+        eps, mu, sigma = self.initial_samples(obs, k, generator, inflate=False)
+        if self.config.importance_samples:
+            log_w = self._log_weights(eps, mu, sigma, obs)
+            return torch.logsumexp(log_w, -1) - torch.log(torch.tensor(float(k)))
+        log_lik = self.dependency.forward_pass(eps, obs.unsqueeze(-2)).log_lik.squeeze(-1)
+        kl = (0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)).sum(-1)
+        return log_lik - kl
+
+    def hmc_objective(self, obs: Observed, generator: torch.Generator | None = None) -> tuple[Tensor, HMCInfo]:
+        """E_{q^(T)}[log p*(eps_T)] per row, one chain; differentiable in decoder, predictor and step sizes."""
+        with torch.no_grad():
+            eps0, _, sigma = self.initial_samples(obs, 1, generator)
+        state, info = self.run_hmc(eps0, obs, sigma, generator)
+        return state.logp.squeeze(-1), info
+
+    def sksd_objective(self, obs: Observed, generator: torch.Generator | None = None) -> Tensor:
+        """SKSD between the sampler's output and the posterior, per row; differentiable in the inflation."""
+        mu, sigma = (t.detach() for t in self.dependency.encode(obs))
+        c = self.config.sksd_chains
+        noise = torch.randn((*mu.shape[:-1], c, mu.shape[-1]), generator=generator, dtype=mu.dtype)
+        eps0 = mu.unsqueeze(-2) + (sigma * self.inflation).unsqueeze(-2) * noise
+        state, _ = self.run_hmc(eps0, obs, sigma, generator, step_sizes=self.step_sizes.detach())
+        return sksd(state.position, state.grad)
+
+    # ---- predictive distributions given eps -------------------------------------------------
+    def feature_params(self, eps: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Raw likelihood parameters of every feature [..., D, width]: z ~ p(z | h_1), then the marginal decoder."""
+        z = Gaussian.from_raw(self.dependency.code_params(eps)).sample(generator)
+        return self.marginal.decode(z)
+
+    def target_params(self, eps: Tensor, obs: Observed) -> Tensor:
+        """Raw likelihood parameters of the targets [..., P, width] (targets taken as unobserved)."""
+        return self.dependency.forward_pass(eps, obs).y_raw

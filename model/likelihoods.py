@@ -1,0 +1,257 @@
+"""Likelihoods, one class each, in the style of torch.distributions.
+
+Each class is built from the raw network output (`from_raw`) and can report the
+gradient of `log_prob` with respect to that raw output (`raw_score`). The HMC
+target needs that gradient as a plain forward computation (no autograd inside),
+so that it can be differentiated once more during training and exported to ONNX.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.schema import Column
+
+MIN_SCALE = 1e-3
+LOG_2PI = math.log(2 * math.pi)
+# Additive logit for categories a padded categorical head does not have.
+NO_CATEGORY = -1e4
+
+
+class Gaussian:
+    def __init__(self, loc: Tensor, scale: Tensor, raw_scale: Tensor | None = None):
+        self.loc, self.scale, self._raw_scale = loc, scale, raw_scale
+
+    @classmethod
+    def from_raw(cls, raw: Tensor) -> Gaussian:
+        """raw[..., 0] is the location, softplus(raw[..., 1]) + MIN_SCALE the scale."""
+        return cls(raw[..., 0], F.softplus(raw[..., 1]) + MIN_SCALE, raw[..., 1])
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        u = (x - self.loc) / self.scale
+        return -0.5 * u * u - torch.log(self.scale) - 0.5 * LOG_2PI
+
+    def raw_score(self, x: Tensor) -> Tensor:
+        u = (x - self.loc) / self.scale
+        d_loc = u / self.scale
+        d_scale = (u * u - 1.0) / self.scale
+        return torch.stack([d_loc, d_scale * torch.sigmoid(self._raw_scale)], dim=-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> Tensor:
+        return self.scale**2
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(self.loc.shape, generator=generator, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + self.scale * noise
+
+
+class LogNormal:
+    """x = exp(v) - shift with v ~ N(loc, scale): positive columns in the user's units."""
+
+    def __init__(self, loc: Tensor, scale: Tensor, shift: float = 1.0):
+        self.loc, self.scale, self.shift = loc, scale, shift
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        v = torch.log(x + self.shift)
+        return Gaussian(self.loc, self.scale).log_prob(v) - v
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.exp(self.loc + 0.5 * self.scale**2) - self.shift
+
+    @property
+    def variance(self) -> Tensor:
+        s2 = self.scale**2
+        return torch.expm1(s2) * torch.exp(2 * self.loc + s2)
+
+    def quantile(self, q: float) -> Tensor:
+        z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2 * q - 1, dtype=self.loc.dtype))
+        return torch.exp(self.loc + self.scale * z) - self.shift
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        return torch.exp(Gaussian(self.loc, self.scale).sample(generator)) - self.shift
+
+
+class Poisson:
+    def __init__(self, log_rate: Tensor):
+        self.log_rate = log_rate.clamp(-15.0, 15.0)
+
+    @classmethod
+    def from_raw(cls, raw: Tensor) -> Poisson:
+        return cls(raw[..., 0])
+
+    @property
+    def rate(self) -> Tensor:
+        return torch.exp(self.log_rate)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return x * self.log_rate - self.rate - torch.lgamma(x + 1.0)
+
+    def raw_score(self, x: Tensor) -> Tensor:
+        return (x - self.rate).unsqueeze(-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.rate
+
+    @property
+    def mode(self) -> Tensor:
+        return torch.floor(self.rate)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        return torch.poisson(self.rate, generator=generator)
+
+
+class Bernoulli:
+    def __init__(self, logits: Tensor):
+        self.logits = logits
+
+    @classmethod
+    def from_raw(cls, raw: Tensor) -> Bernoulli:
+        return cls(raw[..., 0])
+
+    @property
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return x * self.logits - F.softplus(self.logits)
+
+    def raw_score(self, x: Tensor) -> Tensor:
+        return (x - self.probs).unsqueeze(-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def mode(self) -> Tensor:
+        return (self.logits > 0).to(self.logits.dtype)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        return torch.bernoulli(self.probs, generator=generator)
+
+
+class Categorical:
+    def __init__(self, logits: Tensor):
+        self.logits = logits
+
+    @classmethod
+    def from_raw(cls, raw: Tensor) -> Categorical:
+        return cls(raw)
+
+    @property
+    def probs(self) -> Tensor:
+        return torch.softmax(self.logits, dim=-1)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        logp = torch.log_softmax(self.logits, dim=-1)
+        return logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
+
+    def raw_score(self, x: Tensor) -> Tensor:
+        onehot = F.one_hot(x.long(), self.logits.shape[-1]).to(self.logits.dtype)
+        return onehot - self.probs
+
+    @property
+    def mode(self) -> Tensor:
+        return self.logits.argmax(-1).to(self.logits.dtype)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        flat = self.probs.reshape(-1, self.logits.shape[-1])
+        return torch.multinomial(flat, 1, generator=generator).reshape(self.logits.shape[:-1]).to(self.logits.dtype)
+
+
+_FAMILY = {"real": Gaussian, "positive": Gaussian, "count": Poisson, "binary": Bernoulli, "categorical": Categorical}
+
+
+class ColumnLikelihoods:
+    """The likelihoods of several typed columns over one padded raw tensor [..., C, P].
+
+    Columns of one family are evaluated together (no Python loop over columns);
+    results are reassembled in column order.
+    """
+
+    def __init__(self, columns: tuple[Column, ...]):
+        self.columns = columns
+        self.width = max([2] + [c.n_params for c in columns])
+        groups: dict[type, list[int]] = {}
+        for j, c in enumerate(columns):
+            groups.setdefault(_FAMILY[c.type], []).append(j)
+        self.groups = [(fam, torch.tensor(idx)) for fam, idx in groups.items()]
+        order = torch.cat([idx for _, idx in self.groups]) if self.groups else torch.zeros(0, dtype=torch.long)
+        self.inverse = torch.argsort(order)
+        k = max([2] + [c.n_categories for c in columns])
+        pad = torch.zeros(len(columns), self.width)
+        for j, c in enumerate(columns):
+            if c.type == "categorical":
+                pad[j, c.n_categories :] = NO_CATEGORY
+        self.category_pad = pad
+        self.max_categories = k
+
+    def dists(self, raw: Tensor):
+        """(family instance, column index) pairs for `raw` [..., C, width]."""
+        out = []
+        for fam, idx in self.groups:
+            r = raw.index_select(-2, idx)
+            if fam is Categorical:
+                r = r + self.category_pad.index_select(0, idx).to(r)
+            out.append((fam.from_raw(r), idx))
+        return out
+
+    def _assemble(self, parts: list[Tensor]) -> Tensor:
+        return torch.cat(parts, dim=-1).index_select(-1, self.inverse.to(parts[0].device))
+
+    def log_prob(self, raw: Tensor, x: Tensor) -> Tensor:
+        """Per-column log-likelihood [..., C] of normalised values x [..., C]."""
+        x = x.expand(raw.shape[:-1])
+        return self._assemble([d.log_prob(x.index_select(-1, idx)) for d, idx in self.dists(raw)])
+
+    def log_prob_and_score(self, raw: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-likelihood [..., C] and its gradient with respect to raw [..., C, width]."""
+        x = x.expand(raw.shape[:-1])
+        lps, scores = [], []
+        for d, idx in self.dists(raw):
+            xi = x.index_select(-1, idx)
+            lps.append(d.log_prob(xi))
+            s = d.raw_score(xi)
+            scores.append(F.pad(s, (0, self.width - s.shape[-1])))
+        lp = self._assemble(lps)
+        score = torch.cat(scores, dim=-2).index_select(-2, self.inverse.to(raw.device))
+        return lp, score
+
+    def point(self, raw: Tensor) -> Tensor:
+        """Point imputation [..., C]: mean for numeric columns, mode for discrete ones."""
+        parts = []
+        for d, idx in self.dists(raw):
+            parts.append(d.mode if isinstance(d, (Bernoulli, Categorical)) else d.mean)
+        return self._assemble(parts)
+
+    def mean(self, raw: Tensor) -> Tensor:
+        """Mean on the normalised scale; for discrete columns the probability of index 1 / the mode."""
+        return self._assemble([d.mean if not isinstance(d, Categorical) else d.mode for d, _ in self.dists(raw)])
+
+    def probs(self, raw: Tensor) -> Tensor:
+        """Category probabilities [..., C, max_categories] (zeros for numeric columns)."""
+        parts = []
+        k = self.max_categories
+        for d, idx in self.dists(raw):
+            if isinstance(d, Bernoulli):
+                p = d.probs.unsqueeze(-1)
+                parts.append(F.pad(torch.cat([1 - p, p], -1), (0, k - 2)))
+            elif isinstance(d, Categorical):
+                parts.append(d.probs[..., :k])
+            else:
+                parts.append(torch.zeros(*d.mean.shape, k, dtype=raw.dtype, device=raw.device))
+        return torch.cat(parts, dim=-2).index_select(-2, self.inverse.to(raw.device))
+
+    def sample(self, raw: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self._assemble([d.sample(generator) for d, _ in self.dists(raw)])

@@ -1,0 +1,53 @@
+"""Stage 1: one small VAE per feature with a 1-d Gaussian code z_d.
+
+All D marginal VAEs run as one batched network (GroupedMLP), trained on the
+observed entries only, so stage 1 costs one step per batch, not one per feature.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.likelihoods import MIN_SCALE, ColumnLikelihoods
+from model.nets import GroupedMLP
+from model.schema import Column
+
+
+class MarginalVAEs(nn.Module):
+    def __init__(self, features: tuple[Column, ...], hidden: int = 32):
+        super().__init__()
+        self.features = features
+        self.likelihood = ColumnLikelihoods(features)
+        d = len(features)
+        self.in_width = max([1] + [c.n_categories for c in features if c.type == "categorical"])
+        self.register_buffer("is_categorical", torch.tensor([c.type == "categorical" for c in features]))
+        self.register_buffer("is_count", torch.tensor([c.type == "count" for c in features]))
+        self.encoder = GroupedMLP(d, [self.in_width, hidden, hidden, 2])
+        self.decoder = GroupedMLP(d, [1, hidden, hidden, self.likelihood.width])
+
+    def encoder_input(self, x: Tensor) -> Tensor:
+        """[..., D] normalised values -> [..., D, in_width]: one-hot for categorical, scalar otherwise."""
+        scalar = torch.where(self.is_count, torch.log1p(x.clamp_min(0)), x)
+        onehot = F.one_hot(x.long().clamp(0, self.in_width - 1), self.in_width).to(x.dtype)
+        plain = F.pad(scalar.unsqueeze(-1), (0, self.in_width - 1))
+        return torch.where(self.is_categorical.unsqueeze(-1), onehot, plain)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.encoder(self.encoder_input(x))
+        return out[..., 0], F.softplus(out[..., 1]) + MIN_SCALE
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Codes [..., D] -> raw likelihood parameters [..., D, width]."""
+        return self.decoder(z.unsqueeze(-1))
+
+    def loss(self, x: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Negative ELBO, averaged over each feature's observed entries, summed over features."""
+        mu, sigma = self.encode(x)
+        z = mu + sigma * torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+        rec = self.likelihood.log_prob(self.decode(z), x)
+        kl = 0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)
+        m = mask.to(x.dtype)
+        per_feature = ((kl - rec) * m).sum(0) / m.sum(0).clamp_min(1.0)
+        return per_feature.sum()

@@ -1,0 +1,75 @@
+"""Small MLPs that can also run their own backward pass (a vector-Jacobian product).
+
+The HMC target needs d log p*/d eps inside the sampler. Writing that gradient out
+as ordinary tensor operations (instead of calling autograd inside the target) lets
+training differentiate through it once, and lets the sampler export to ONNX as a
+plain forward graph. Tests check `vjp` against torch.autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def silu_and_slope(x: Tensor) -> tuple[Tensor, Tensor]:
+    s = torch.sigmoid(x)
+    return x * s, s * (1.0 + x * (1.0 - s))
+
+
+class MLP(nn.Module):
+    """Linear -> SiLU -> ... -> Linear."""
+
+    def __init__(self, sizes: list[int]):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_cached(x)[0]
+
+    def forward_cached(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Output and the activation slopes the backward pass needs."""
+        slopes = []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < last:
+                x, slope = silu_and_slope(x)
+                slopes.append(slope)
+        return x, slopes
+
+    def vjp(self, slopes: list[Tensor], grad_out: Tensor) -> Tensor:
+        """grad_out^T d(output)/d(input), given the slopes from `forward_cached`."""
+        g = grad_out
+        for i in range(len(self.layers) - 1, -1, -1):
+            if i < len(self.layers) - 1:
+                g = g * slopes[i]
+            g = g @ self.layers[i].weight
+        return g
+
+
+class GroupedMLP(nn.Module):
+    """G independent MLPs of the same shape run as one batched computation.
+
+    Input [..., G, in], output [..., G, out]; used for the per-feature marginal VAEs
+    so that all features train in one step instead of a loop over features.
+    """
+
+    def __init__(self, groups: int, sizes: list[int]):
+        super().__init__()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(a)
+            self.weights.append(nn.Parameter(torch.empty(groups, a, b).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(groups, b).uniform_(-bound, bound)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.einsum("...gi,gio->...go", x, w) + b
+            if i < last:
+                x = torch.nn.functional.silu(x)
+        return x

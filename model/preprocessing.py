@@ -1,0 +1,157 @@
+"""Maps table values to the model's normalised scale and back (numpy only).
+
+Normalised scale (PROTOCOL.md): real -> standardised; positive -> log(1 + x),
+standardised; count -> the raw count (its likelihood is a probability mass);
+binary / categorical -> the category's index. Missing cells are encoded as 0
+with mask 0. Statistics come from the training rows only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from model.schema import Column, Schema
+
+
+class EncodingError(ValueError):
+    """A value that does not fit its column; `column` and `row` say where."""
+
+    def __init__(self, column: str, reason: str, row: int | None = None):
+        self.column, self.reason, self.row = column, reason, row
+        where = f"row {row}, " if row is not None else ""
+        super().__init__(f"{where}column {column!r}: {reason}")
+
+
+def category_key(value: Any) -> Any:
+    """Key under which a category value is matched: numbers by value, the rest as text."""
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return str(value).strip()
+
+
+def is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("", "na", "nan", "null", "none"):
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    """Shift and scale of a numeric column on its transformed scale (log1p for positive)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std}
+
+
+class Preprocessor:
+    """Encodes columns of a schema to (values, mask) arrays and decodes them back."""
+
+    def __init__(self, schema: Schema, stats: Mapping[str, ColumnStats]):
+        self.schema = schema
+        self.stats = dict(stats)
+        self._cat_index = {
+            c.name: {category_key(v): i for i, v in enumerate(c.categories)} for c in schema.columns if c.is_discrete
+        }
+
+    # ---- fitting -------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, schema: Schema, columns: Mapping[str, np.ndarray]) -> Preprocessor:
+        stats: dict[str, ColumnStats] = {}
+        bare = cls(schema, {})
+        for col in schema.columns:
+            if col.is_discrete:
+                continue
+            values, mask = bare.encode_column(col, columns[col.name], transform_only=True)
+            v = values[mask]
+            if v.size == 0:
+                raise EncodingError(col.name, "no observed values to fit on")
+            std = float(v.std())
+            stats[col.name] = ColumnStats(mean=float(v.mean()), std=std if std > 1e-8 else 1.0)
+        return cls(schema, stats)
+
+    # ---- encoding ------------------------------------------------------------------------
+    def encode_column(
+        self, col: Column, raw: Iterable[Any], transform_only: bool = False, row_offset: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        raw = list(raw)
+        values = np.zeros(len(raw), dtype=np.float64)
+        mask = np.zeros(len(raw), dtype=bool)
+        index = self._cat_index.get(col.name)
+        for i, v in enumerate(raw):
+            if is_missing(v):
+                continue
+            if index is not None:
+                key = category_key(v)
+                if key not in index:
+                    raise EncodingError(col.name, f"unknown category {v!r}", row_offset + i)
+                values[i] = index[key]
+            else:
+                values[i] = self._numeric(col, v, row_offset + i)
+            mask[i] = True
+        if index is None:
+            if col.type == "positive":
+                values[mask] = np.log1p(values[mask])
+            if not transform_only and col.type in ("real", "positive"):
+                s = self.stats[col.name]
+                values[mask] = (values[mask] - s.mean) / s.std
+        return values, mask
+
+    @staticmethod
+    def _numeric(col: Column, v: Any, row: int) -> float:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise EncodingError(col.name, f"non-numeric value {v!r} in a {col.type} column", row) from None
+        if not math.isfinite(x):
+            raise EncodingError(col.name, f"value {v!r} is not finite", row)
+        if col.type == "positive" and x < 0:
+            raise EncodingError(col.name, f"value {x:g} is negative in a positive column", row)
+        if col.type == "count" and (x < 0 or x != round(x)):
+            raise EncodingError(col.name, f"value {x:g} is not a non-negative integer count", row)
+        return x
+
+    def encode(
+        self, columns: Mapping[str, Iterable[Any]], which: tuple[Column, ...], n_rows: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encode the given columns; a column absent from `columns` is all missing."""
+        values = np.zeros((n_rows, len(which)), dtype=np.float32)
+        mask = np.zeros((n_rows, len(which)), dtype=bool)
+        for j, col in enumerate(which):
+            if col.name in columns:
+                values[:, j], mask[:, j] = self.encode_column(col, columns[col.name])
+        return values, mask
+
+    # ---- decoding ------------------------------------------------------------------------
+    def to_original(self, col: Column, normalised: np.ndarray) -> np.ndarray:
+        """Normalised numeric values back to the user's units (elementwise)."""
+        if col.type in ("real", "positive"):
+            s = self.stats[col.name]
+            x = np.asarray(normalised) * s.std + s.mean
+            return np.expm1(x) if col.type == "positive" else x
+        return np.asarray(normalised)
+
+    def category(self, col: Column, index: int) -> Any:
+        return col.categories[int(index)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: s.to_dict() for name, s in self.stats.items()}
+
+    @classmethod
+    def from_dict(cls, schema: Schema, d: Mapping[str, Mapping[str, float]]) -> Preprocessor:
+        return cls(schema, {k: ColumnStats(float(v["mean"]), float(v["std"])) for k, v in d.items()})

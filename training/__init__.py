@@ -1,0 +1,1 @@
+"""Training side: reading user tables and fitting HH-VAEM models."""
