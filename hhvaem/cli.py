@@ -6,7 +6,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,10 +14,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="HH-VAEM for 
 
 Data = Annotated[Path, typer.Argument(help="Training table: .csv or .parquet, header row, empty/NA cells missing.")]
 SchemaOpt = Annotated[
-    Optional[Path], typer.Option("--schema", help="JSON schema (features/targets with types) overriding inference.")
+    Path | None, typer.Option("--schema", help="JSON schema (features/targets with types) overriding inference.")
 ]
 TargetOpt = Annotated[
-    Optional[list[str]], typer.Option("--target", help="Target column (repeat for several).", show_default=False)
+    list[str] | None, typer.Option("--target", help="Target column (repeat for several).", show_default=False)
 ]
 VariantOpt = Annotated[str, typer.Option("--variant", help="hhvaem | vaem | hvaem | hmcvaem | miwaem")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed reproduces the model.")]
@@ -139,7 +139,7 @@ def evaluate(
     steps: Annotated[int, typer.Option("--steps", min=10, help="Training steps per split.")] = 20000,
     splits: Annotated[str, typer.Option("--splits", help="Comma-separated split indices in 0..9.")] = "0,1,2",
     samples: Annotated[int, typer.Option("--samples", min=2, help="Posterior samples per test row.")] = 1000,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
 ) -> None:

@@ -8,6 +8,7 @@ that one state dict holds everything training tuned.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -38,7 +39,9 @@ class ModelConfig:
     marginal_hidden: int = 32
     hmc_steps: int = 10  # T
     leapfrog_steps: int = 5  # L
-    step_size_range: tuple[float, float] = (0.02, 0.05)
+    # Initial step sizes, uniform per step and dimension. The paper's [0.02, 0.05] is for an identity
+    # mass on eps; with the encoder mass (steps relative to sigma_q) the same moves are ~5x larger.
+    step_size_range: tuple[float, float] = (0.1, 0.25)
     importance_samples: int = 0
     sksd_chains: int = 30
     # "encoder": diagonal mass matrix M = 1 / sigma_q^2 per row, so step sizes are relative to the
@@ -80,6 +83,19 @@ class ModelConfig:
         d["latent_dims"] = list(self.latent_dims)
         d["step_size_range"] = list(self.step_size_range)
         return d
+
+
+@contextmanager
+def _frozen(params: list[nn.Parameter]):
+    """Temporarily exclude parameters from autograd (they still take part in the computation)."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
 
 
 class HHVAEM(nn.Module):
@@ -128,8 +144,13 @@ class HHVAEM(nn.Module):
     def observed(self, x: Tensor, mx: Tensor, y: Tensor, my: Tensor) -> Observed:
         return Observed(self.codes(x, mx), mx.to(x.dtype), y, my.to(y.dtype))
 
+    def compile_target(self) -> None:
+        """Use torch.compile for the HMC target (fuses its ~100 small ops; training only)."""
+        self._compiled_target = torch.compile(self.dependency.log_joint_and_grad, dynamic=False)
+
     def log_joint_and_grad(self, obs: Observed):
-        return lambda eps: self.dependency.log_joint_and_grad(eps, obs)
+        fn = getattr(self, "_compiled_target", None) or self.dependency.log_joint_and_grad
+        return lambda eps: fn(eps, obs)
 
     # ---- posterior over eps ---------------------------------------------------------------
     def initial_samples(
@@ -200,12 +221,27 @@ class HHVAEM(nn.Module):
         kl = (0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)).sum(-1)
         return log_lik - kl
 
-    def hmc_objective(self, obs: Observed, generator: torch.Generator | None = None) -> tuple[Tensor, HMCInfo]:
-        """E_{q^(T)}[log p*(eps_T)] per row, one chain; differentiable in decoder, predictor and step sizes."""
+    def hmc_objective(self, obs: Observed, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, HMCInfo]:
+        """The stage-3 objectives per row, from one chain started at the (inflated) encoder.
+
+        Returns (sampler objective, model objective, info). The sampler objective is
+        log p*(eps_T) differentiated through the trajectory: it reaches the step sizes.
+        The model objective is log p*_theta at the detached final samples: the Monte Carlo
+        EM gradient for decoder, predictor and hierarchy. Letting theta follow the path
+        derivative instead rewards sharpening the density wherever the sampler lands,
+        which collapsed imputations in our runs.
+        """
         with torch.no_grad():
             eps0, _, sigma = self.initial_samples(obs, 1, generator)
-        state, info = self.run_hmc(eps0, obs, sigma, generator)
-        return state.logp.squeeze(-1), info
+        target = self.log_joint_and_grad(obs.unsqueeze(-2))
+        state = init_state(eps0, target)
+        with _frozen(self.generative_parameters()):
+            state, info = hmc_chain(
+                state, target, self.step_sizes, self.config.leapfrog_steps, self.inverse_mass(sigma), generator=generator
+            )
+        eps_t = state.position.detach()
+        model_logp = self.dependency.forward_pass(eps_t, obs.unsqueeze(-2)).log_lik + self.dependency.log_prior(eps_t)
+        return state.logp.squeeze(-1), model_logp.squeeze(-1), info
 
     def sksd_objective(self, obs: Observed, generator: torch.Generator | None = None) -> Tensor:
         """SKSD between the sampler's output and the posterior, per row; differentiable in the inflation."""
@@ -221,6 +257,26 @@ class HHVAEM(nn.Module):
         """Raw likelihood parameters of every feature [..., D, width]: z ~ p(z | h_1), then the marginal decoder."""
         z = Gaussian.from_raw(self.dependency.code_params(eps)).sample(generator)
         return self.marginal.decode(z)
+
+    def feature_log_prob(
+        self, eps: Tensor, x: Tensor, n_codes: int = 32, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """log p(x_d | eps) [B, K, D] for eps [B, K, E] and values x [B, D].
+
+        p(x_d | eps) = integral p(x_d | z_d) p(z_d | h_1) dz_d, by importance sampling with the
+        marginal encoder q(z_d | x_d) as proposal (n_codes draws per row, shared across the K
+        samples since the proposal does not depend on eps). One sampled z per eps would do
+        for point predictions but gives a needlessly noisy density when decoders are sharp.
+        """
+        mu, sigma = self.marginal.encode(x)  # [B, D]
+        noise = torch.randn((*mu.shape[:-1], n_codes, mu.shape[-1]), generator=generator, dtype=mu.dtype)
+        z = mu.unsqueeze(-2) + sigma.unsqueeze(-2) * noise  # [B, S, D]
+        log_px = self.marginal.likelihood.log_prob(self.marginal.decode(z), x.unsqueeze(-2))  # [B, S, D]
+        log_q = Gaussian(mu.unsqueeze(-2), sigma.unsqueeze(-2)).log_prob(z)
+        code = Gaussian.from_raw(self.dependency.code_params(eps))  # loc, scale [B, K, D]
+        log_pz = Gaussian(code.loc.unsqueeze(-2), code.scale.unsqueeze(-2)).log_prob(z.unsqueeze(1))  # [B,K,S,D]
+        w = log_pz + (log_px - log_q).unsqueeze(1)
+        return torch.logsumexp(w, dim=-2) - torch.log(torch.tensor(float(n_codes)))
 
     def target_params(self, eps: Tensor, obs: Observed) -> Tensor:
         """Raw likelihood parameters of the targets [..., P, width] (targets taken as unobserved)."""

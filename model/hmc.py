@@ -13,7 +13,8 @@ T-step chain (learned per step and per dimension, as in the paper).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -47,7 +48,12 @@ def kinetic_energy(momentum: Tensor, inv_mass: Tensor) -> Tensor:
 
 
 def leapfrog(
-    state: HMCState, momentum: Tensor, step_size: Tensor, n_steps: int, inv_mass: Tensor, logp_and_grad: LogDensityAndGrad
+    state: HMCState,
+    momentum: Tensor,
+    step_size: Tensor,
+    n_steps: int,
+    inv_mass: Tensor,
+    logp_and_grad: LogDensityAndGrad,
 ) -> tuple[HMCState, Tensor]:
     """`n_steps` velocity-Verlet steps; one gradient evaluation per step."""
     position, logp, grad = state
@@ -95,7 +101,9 @@ def hmc_step(
     """One HMC transition given standard-normal noise for the momentum and log U(0,1)."""
     momentum = momentum_noise / torch.sqrt(inv_mass)
     proposal, p_end = leapfrog(state, momentum, step_size, n_leapfrog, inv_mass, logp_and_grad)
-    energy_change = (-proposal.logp + kinetic_energy(p_end, inv_mass)) - (-state.logp + kinetic_energy(momentum, inv_mass))
+    energy_change = (-proposal.logp + kinetic_energy(p_end, inv_mass)) - (
+        -state.logp + kinetic_energy(momentum, inv_mass)
+    )
     new_state, prob, accepted, divergent = metropolis(state, proposal, energy_change, log_uniform)
     return new_state, prob, accepted, divergent, energy_change
 
@@ -117,7 +125,10 @@ def hmc_chain(
         inv_mass = torch.ones(dim, dtype=state.position.dtype, device=state.position.device)
     if momentum_noise is None:
         momentum_noise = torch.randn(
-            (n_steps, *state.position.shape), generator=generator, dtype=state.position.dtype, device=state.position.device
+            (n_steps, *state.position.shape),
+            generator=generator,
+            dtype=state.position.dtype,
+            device=state.position.device,
         )
     if log_uniforms is None:
         u = torch.rand((n_steps, *batch), generator=generator, dtype=state.position.dtype, device=state.position.device)

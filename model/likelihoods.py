@@ -230,10 +230,9 @@ class ColumnLikelihoods:
 
     def point(self, raw: Tensor) -> Tensor:
         """Point imputation [..., C]: mean for numeric columns, mode for discrete ones."""
-        parts = []
-        for d, idx in self.dists(raw):
-            parts.append(d.mode if isinstance(d, (Bernoulli, Categorical)) else d.mean)
-        return self._assemble(parts)
+        return self._assemble(
+            [d.mode if isinstance(d, (Bernoulli, Categorical)) else d.mean for d, _ in self.dists(raw)]
+        )
 
     def mean(self, raw: Tensor) -> Tensor:
         """Mean on the normalised scale; for discrete columns the probability of index 1 / the mode."""
@@ -243,7 +242,7 @@ class ColumnLikelihoods:
         """Category probabilities [..., C, max_categories] (zeros for numeric columns)."""
         parts = []
         k = self.max_categories
-        for d, idx in self.dists(raw):
+        for d, _ in self.dists(raw):
             if isinstance(d, Bernoulli):
                 p = d.probs.unsqueeze(-1)
                 parts.append(F.pad(torch.cat([1 - p, p], -1), (0, k - 2)))

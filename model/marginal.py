@@ -42,12 +42,16 @@ class MarginalVAEs(nn.Module):
         """Codes [..., D] -> raw likelihood parameters [..., D, width]."""
         return self.decoder(z.unsqueeze(-1))
 
-    def loss(self, x: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Negative ELBO, averaged over each feature's observed entries, summed over features."""
+    def loss(self, x: Tensor, mask: Tensor, generator: torch.Generator | None = None, kl_weight: float = 1.0) -> Tensor:
+        """Negative ELBO, averaged over each feature's observed entries, summed over features.
+
+        `kl_weight` < 1 early in training (warm-up) keeps a 1-d code from collapsing onto the prior
+        before the decoder has learnt to use it (seen on nearly-Gaussian columns).
+        """
         mu, sigma = self.encode(x)
         z = mu + sigma * torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
         rec = self.likelihood.log_prob(self.decode(z), x)
         kl = 0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)
         m = mask.to(x.dtype)
-        per_feature = ((kl - rec) * m).sum(0) / m.sum(0).clamp_min(1.0)
+        per_feature = ((kl_weight * kl - rec) * m).sum(0) / m.sum(0).clamp_min(1.0)
         return per_feature.sum()

@@ -56,7 +56,7 @@ def posterior_predictions(
         obs = model.observed(data.x[sl], observed[sl], data.y[sl], no_y[sl])
         eps, _ = model.posterior(obs, n_samples, gen)
         x_raw = model.feature_params(eps, gen)
-        out["lp_x"].append(feat_lik.log_prob(x_raw, data.x[sl].unsqueeze(1)))
+        out["lp_x"].append(model.feature_log_prob(eps, data.x[sl], generator=gen))
         out["x_mean"].append(feat_lik.mean(x_raw).mean(1))
         out["x_probs"].append(feat_lik.probs(x_raw).mean(1))
         y_raw = model.target_params(eps, obs.unsqueeze(-2))

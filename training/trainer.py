@@ -5,15 +5,18 @@ dependency VAE on the ELBO (the importance-weighted bound for MIWAEM) with a fre
 random mask per row and step: missing rate ~ U(0.01, 0.99), applied on top of the
 genuine holes, target included. Stage 3 (HMC variants) keeps training the encoder
 on the ELBO while the decoder, predictor and step sizes train on E_q(T)[log p*]
-and the inflation of the initial proposal on SKSD. Variants without HMC spend
-stage 3's steps on more stage-2 training, so every variant sees the same budget.
+and the inflation of the initial proposal on SKSD (every `sksd_every` steps, with
+`sksd_chains` chains per row, as the paper's code effectively does). Variants
+without HMC spend stage 3's steps on more stage-2 training, so every variant
+sees the same budget.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -37,10 +40,14 @@ class StageSteps:
 
     @classmethod
     def from_total(cls, total: int) -> StageSteps:
-        """--steps N: N dependency-VAE steps, the last 10% with HMC (paper: 18k + 2k), N/20 marginal steps."""
+        """--steps N: N dependency-VAE steps, the last 10% with HMC (paper: 18k + 2k).
+
+        Stage 1 gets N/4 steps, at most the paper's 1000: it is cheap (all features in one batched
+        step) and under-trained marginal codes cap everything downstream.
+        """
         total = max(int(total), 10)
         hmc = total // 10
-        return cls(marginal=max(total // 20, 10), vi=total - hmc, hmc=hmc)
+        return cls(marginal=min(max(total // 4, 10), 1000), vi=total - hmc, hmc=hmc)
 
 
 @dataclass
@@ -51,6 +58,7 @@ class TrainConfig:
     sampler_lr: float = 3e-3
     sksd_every: int = 10
     seed: int = 0
+    compile: bool = False  # torch.compile the HMC target (faster for long runs, ~1 min to compile)
 
 
 Progress = Callable[[str, int, int, float], None]
@@ -72,111 +80,146 @@ def finite_step(optimizer: torch.optim.Optimizer, params: list[Tensor], max_norm
     return True
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield perm[i : i + batch_size]
+class Trainer:
+    """Holds the optimisers and the batch stream; one method per stage's training step."""
+
+    def __init__(self, model: HHVAEM, data: TrainData, config: TrainConfig):
+        self.model, self.data, self.config = model, data, config
+        self.gen = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.n = data.x.shape[0]
+        self.batch_size = min(config.batch_size, self.n)
+        self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
+        self.codes: Tensor | None = None
+        self.opt_marginal = torch.optim.Adam(model.marginal.parameters(), lr=config.lr)
+        self.opt_enc = torch.optim.Adam(model.encoder_parameters(), lr=config.lr)
+        self.opt_gen = torch.optim.Adam(model.generative_parameters(), lr=config.lr)
+        self.opt_joint = torch.optim.Adam(
+            [
+                {"params": model.generative_parameters(), "lr": config.lr},
+                {"params": model.sampler_parameters(), "lr": config.sampler_lr},
+            ]
+        )
+        self.opt_inflation = torch.optim.Adam([model.log_inflation], lr=config.sampler_lr)
+        self.hmc_steps_done = 0
+        self.marginal_steps_done = 0
+        if config.compile:
+            model.compile_target()
+
+    def next_rows(self) -> Tensor:
+        if self._pos + self.batch_size > self.n:
+            self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self._perm[self._pos : self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return idx
+
+    # ---- stage 1 --------------------------------------------------------------------------
+    def marginal_step(self) -> float:
+        idx = self.next_rows()
+        warmup = max(self.config.steps.marginal // 2, 1)
+        kl_weight = min(1.0, self.marginal_steps_done / warmup)
+        self.marginal_steps_done += 1
+        loss = self.model.marginal.loss(self.data.x[idx], self.data.mx[idx], self.gen, kl_weight)
+        self.opt_marginal.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_marginal.step()
+        return loss.item()
+
+    def freeze_marginals(self) -> None:
+        """The marginal VAEs are fixed after stage 1; their codes are computed once."""
+        for p in self.model.marginal.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            self.codes = self.model.codes(self.data.x, self.data.mx)
+
+    def batch(self) -> Observed:
+        idx = self.next_rows()
+        m = random_mask(self.data.mx[idx], self.gen)
+        my = random_mask(self.data.my[idx], self.gen)
+        z = self.codes[idx]
+        return Observed(z * m, m.to(z.dtype), self.data.y[idx], my.to(z.dtype))
+
+    # ---- stage 2 --------------------------------------------------------------------------
+    def vi_step(self) -> float:
+        loss = -self.model.elbo(self.batch(), self.gen).mean()
+        self.opt_enc.zero_grad(set_to_none=True)
+        self.opt_gen.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_enc.step()
+        self.opt_gen.step()
+        return loss.item()
+
+    # ---- stage 3 --------------------------------------------------------------------------
+    def hmc_step(self) -> tuple[float, dict]:
+        model, obs = self.model, self.batch()
+        # Encoder: ELBO only.
+        loss_enc = -model.elbo(obs, self.gen).mean()
+        enc = model.encoder_parameters()
+        for p, g in zip(enc, torch.autograd.grad(loss_enc, enc)):
+            p.grad = g
+        self.opt_enc.step()
+        # Decoder, predictor, hierarchy and step sizes: E_q(T)[log p*].
+        sampler_logp, model_logp, info = model.hmc_objective(obs, self.gen)
+        loss = -model_logp.mean()
+        self.opt_joint.zero_grad(set_to_none=True)
+        (loss - sampler_logp.mean()).backward()
+        stepped = finite_step(self.opt_joint, model.generative_parameters() + model.sampler_parameters())
+        diag = {
+            "acceptance_rate": info.acceptance_rate.mean().item(),
+            "divergences": int(info.divergences.sum()),
+            "skipped": not stepped,
+        }
+        # Inflation of the initial proposal: SKSD.
+        if self.hmc_steps_done % self.config.sksd_every == 0:
+            s_loss = model.sksd_objective(obs, self.gen).mean()
+            (g,) = torch.autograd.grad(s_loss, [model.log_inflation])
+            model.log_inflation.grad = g
+            finite_step(self.opt_inflation, [model.log_inflation])
+            diag["sksd"] = s_loss.item()
+        self.hmc_steps_done += 1
+        return loss.item(), diag
+
+    # ---- the recipe -----------------------------------------------------------------------
+    def run(self, progress: Progress | None = None) -> dict:
+        cfg, model = self.config, self.model
+        report = progress or (lambda stage, step, total, loss: None)
+        history: dict = {"config": {**asdict(cfg), "steps": asdict(cfg.steps)}}
+
+        def loop(stage: str, total: int, step_fn) -> tuple[float, float, list]:
+            t0, loss, extra = time.perf_counter(), float("nan"), []
+            every = max(total // 50, 1)
+            for i in range(total):
+                out = step_fn()
+                loss, more = out if isinstance(out, tuple) else (out, None)
+                if more is not None:
+                    extra.append(more)
+                if i % every == 0 or i == total - 1:
+                    report(stage, i + 1, total, loss)
+            return time.perf_counter() - t0, loss, extra
+
+        secs, loss, _ = loop("marginal", cfg.steps.marginal, self.marginal_step)
+        history["marginal"] = {"seconds": secs, "loss": loss, "steps": cfg.steps.marginal}
+        self.freeze_marginals()
+        vi_steps = cfg.steps.vi + (0 if model.config.uses_hmc else cfg.steps.hmc)
+        secs, loss, _ = loop("vi", vi_steps, self.vi_step)
+        history["vi"] = {"seconds": secs, "loss": loss, "steps": vi_steps}
+        if model.config.uses_hmc and cfg.steps.hmc:
+            secs, loss, diags = loop("hmc", cfg.steps.hmc, self.hmc_step)
+            tail = diags[-max(len(diags) // 10, 1) :]
+            sksd_values = [d["sksd"] for d in diags if "sksd" in d]
+            history["hmc"] = {
+                "seconds": secs,
+                "loss": loss,
+                "steps": cfg.steps.hmc,
+                "acceptance_rate": sum(d["acceptance_rate"] for d in tail) / len(tail),
+                "divergences": sum(d["divergences"] for d in diags),
+                "skipped_steps": sum(d["skipped"] for d in diags),
+                "sksd": sksd_values[-1] if sksd_values else None,
+                "inflation": model.inflation.item(),
+            }
+        return history
 
 
 def train(model: HHVAEM, data: TrainData, config: TrainConfig, progress: Progress | None = None) -> dict:
     """Runs the three stages in place; returns per-stage seconds, final losses and sampler diagnostics."""
-    gen = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    n = data.x.shape[0]
-    batches = _batches(n, min(config.batch_size, n), gen)
-    history: dict = {"config": {**asdict(config), "steps": asdict(config.steps)}}
-    report = progress or (lambda stage, step, total, loss: None)
-
-    def every(total: int) -> int:
-        return max(total // 50, 1)
-
-    # ---- stage 1: marginal VAEs ---------------------------------------------------------
-    t0 = time.perf_counter()
-    opt = torch.optim.Adam(model.marginal.parameters(), lr=config.lr)
-    loss = torch.tensor(float("nan"))
-    for step in range(config.steps.marginal):
-        idx = next(batches)
-        loss = model.marginal.loss(data.x[idx], data.mx[idx], gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % every(config.steps.marginal) == 0 or step == config.steps.marginal - 1:
-            report("marginal", step + 1, config.steps.marginal, loss.item())
-    history["marginal"] = {"seconds": time.perf_counter() - t0, "loss": loss.item()}
-    for p in model.marginal.parameters():
-        p.requires_grad_(False)
-    with torch.no_grad():
-        codes = model.codes(data.x, data.mx)
-
-    def batch_obs():
-        idx = next(batches)
-        m = random_mask(data.mx[idx], gen)
-        my = random_mask(data.my[idx], gen)
-        return Observed(codes[idx] * m, m.to(codes.dtype), data.y[idx], my.to(codes.dtype))
-
-    # ---- stage 2: dependency VAE on the ELBO -------------------------------------------
-    vi_steps = config.steps.vi + (0 if model.config.uses_hmc else config.steps.hmc)
-    t0 = time.perf_counter()
-    opt_enc = torch.optim.Adam(model.encoder_parameters(), lr=config.lr)
-    opt_gen = torch.optim.Adam(model.generative_parameters(), lr=config.lr)
-    for step in range(vi_steps):
-        obs = batch_obs()
-        loss = -model.elbo(obs, gen).mean()
-        opt_enc.zero_grad(set_to_none=True)
-        opt_gen.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_enc.step()
-        opt_gen.step()
-        if step % every(vi_steps) == 0 or step == vi_steps - 1:
-            report("vi", step + 1, vi_steps, loss.item())
-    history["vi"] = {"seconds": time.perf_counter() - t0, "loss": loss.item(), "steps": vi_steps}
-    if not model.config.uses_hmc or config.steps.hmc == 0:
-        return history
-
-    # ---- stage 3: encoder on the ELBO, decoder/predictor/step sizes on HMC, inflation on SKSD
-    t0 = time.perf_counter()
-    opt_gen = torch.optim.Adam(
-        [
-            {"params": model.generative_parameters(), "lr": config.lr},
-            {"params": model.sampler_parameters(), "lr": config.sampler_lr},
-        ]
-    )
-    opt_s = torch.optim.Adam([model.log_inflation], lr=config.sampler_lr)
-    acc, div, skipped, sksd_val = [], 0, 0, float("nan")
-    for step in range(config.steps.hmc):
-        obs = batch_obs()
-        loss_enc = -model.elbo(obs, gen).mean()
-        opt_enc.zero_grad(set_to_none=True)
-        # Only the encoder learns from the ELBO in this stage.
-        for p, g in zip(model.encoder_parameters(), torch.autograd.grad(loss_enc, model.encoder_parameters())):
-            p.grad = g
-        opt_enc.step()
-
-        logp, info = model.hmc_objective(obs, gen)
-        loss = -logp.mean()
-        opt_gen.zero_grad(set_to_none=True)
-        loss.backward()
-        skipped += not finite_step(opt_gen, model.generative_parameters() + model.sampler_parameters())
-        acc.append(info.acceptance_rate.mean().item())
-        div += int(info.divergences.sum())
-
-        if step % config.sksd_every == 0:
-            s_loss = model.sksd_objective(obs, gen).mean()
-            (g,) = torch.autograd.grad(s_loss, [model.log_inflation])
-            model.log_inflation.grad = g
-            finite_step(opt_s, [model.log_inflation])
-            sksd_val = s_loss.item()
-        if step % every(config.steps.hmc) == 0 or step == config.steps.hmc - 1:
-            report("hmc", step + 1, config.steps.hmc, loss.item())
-    tail = acc[-max(len(acc) // 10, 1) :]
-    history["hmc"] = {
-        "seconds": time.perf_counter() - t0,
-        "loss": loss.item(),
-        "acceptance_rate": sum(tail) / len(tail),
-        "divergences": div,
-        "skipped_steps": skipped,
-        "sksd": sksd_val,
-        "inflation": model.inflation.item(),
-    }
-    return history
+    return Trainer(model, data, config).run(progress)
