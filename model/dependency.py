@@ -143,7 +143,7 @@ class DependencyVAE(nn.Module):
         g_h = g_h1 + self.decoder.vjp(dec_slopes, g_dec)
         # top-down hierarchy, from h_1 upwards
         grads = []
-        for level, slopes, raw, sigma, eps_l in td_cache:
+        for level, slopes, raw, sigma, eps_l in reversed(td_cache):
             grads.append(g_h * sigma)
             g_out = torch.cat([g_h, g_h * eps_l * torch.sigmoid(raw)], -1)
             g_h = self.priors[level].vjp(slopes, g_out)

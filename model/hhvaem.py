@@ -57,6 +57,8 @@ class ModelConfig:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r} (expected one of {', '.join(VARIANTS)})")
         self.latent_dims = tuple(int(d) for d in self.latent_dims)
+        if not VARIANTS[self.variant][0]:
+            self.latent_dims = self.latent_dims[:1]  # one latent layer for the non-hierarchical variants
         self.step_size_range = tuple(float(s) for s in self.step_size_range)
 
     @property
@@ -234,10 +236,15 @@ class HHVAEM(nn.Module):
         with torch.no_grad():
             eps0, _, sigma = self.initial_samples(obs, 1, generator)
         target = self.log_joint_and_grad(obs.unsqueeze(-2))
-        state = init_state(eps0, target)
         with _frozen(self.generative_parameters()):
+            state = init_state(eps0, target)
             state, info = hmc_chain(
-                state, target, self.step_sizes, self.config.leapfrog_steps, self.inverse_mass(sigma), generator=generator
+                state,
+                target,
+                self.step_sizes,
+                self.config.leapfrog_steps,
+                self.inverse_mass(sigma),
+                generator=generator,
             )
         eps_t = state.position.detach()
         model_logp = self.dependency.forward_pass(eps_t, obs.unsqueeze(-2)).log_lik + self.dependency.log_prior(eps_t)

@@ -83,6 +83,7 @@ class LogNormal:
 
 class Poisson:
     def __init__(self, log_rate: Tensor):
+        self.raw = log_rate
         self.log_rate = log_rate.clamp(-15.0, 15.0)
 
     @classmethod
@@ -97,7 +98,8 @@ class Poisson:
         return x * self.log_rate - self.rate - torch.lgamma(x + 1.0)
 
     def raw_score(self, x: Tensor) -> Tensor:
-        return (x - self.rate).unsqueeze(-1)
+        inside = (self.raw > -15.0) & (self.raw < 15.0)  # the clamp passes no gradient outside
+        return torch.where(inside, x - self.rate, torch.zeros_like(x)).unsqueeze(-1)
 
     @property
     def mean(self) -> Tensor:

@@ -57,7 +57,7 @@ def sampler_manifest(model: HHVAEM) -> dict[str, Any]:
         "leapfrog_steps": cfg.leapfrog_steps,
         "step_sizes": model.step_sizes.detach().tolist(),
         "mass": cfg.mass,
-        "inflation": float(model.inflation),
+        "inflation": model.inflation.item(),
         "importance_samples": cfg.importance_samples,
         "default_chains": cfg.default_chains,
     }

@@ -30,7 +30,7 @@ def split_indices(n_rows: int, split: int) -> tuple[np.ndarray, np.ndarray]:
     return folds[split]
 
 
-def test_mask(n_rows: int, n_features: int, split: int) -> np.ndarray:
+def protocol_test_mask(n_rows: int, n_features: int, split: int) -> np.ndarray:
     """Every test feature observed independently with probability 0.5 (the target never)."""
     return np.random.default_rng(1000 + split).random((n_rows, n_features)) < 0.5
 
@@ -159,7 +159,7 @@ def evaluate_split(
     fitted = fit(df.iloc[train_idx].reset_index(drop=True), schema, variant, steps, seed, progress)
     train_seconds = time.perf_counter() - t0
     test = encode_rows(fitted.preprocessor, df.iloc[test_idx].reset_index(drop=True))
-    mask = torch.from_numpy(test_mask(len(test_idx), len(schema.features), split)) & test.mx
+    mask = torch.from_numpy(protocol_test_mask(len(test_idx), len(schema.features), split)) & test.mx
     metrics = protocol_metrics(fitted.model, fitted.preprocessor, test, mask, n_samples, seed)
     metrics["train_seconds"] = train_seconds
     return metrics
