@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from hhvaem.cli import app
 from training.artifact import ArtifactError, load_model, read_manifest
-from training.evaluate import split_indices, protocol_test_mask
+from training.evaluate import protocol_test_mask, split_indices
 
 runner = CliRunner()
 

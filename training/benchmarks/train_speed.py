@@ -86,6 +86,12 @@ def main() -> None:
     print(f"{'stage':<10}{'ours ms/step':>14}{'paper ms/step':>15}{'speed-up':>10}")
     for k, v in ms.items():
         print(f"{k:<10}{v:>14.2f}{PAPER_MS[k]:>15.1f}{PAPER_MS[k] / v:>9.1f}x")
+    projected = (1000 * ms["marginal"] + 18000 * ms["vi"] + 2000 * ms["hmc"]) / 1000
+    out["projected_full_recipe_s"] = projected
+    print(
+        f"projected full recipe from these per-step times (not a run; --full runs it): {projected / 60:.1f} min "
+        f"(paper: {PAPER_FULL_S / 60:.0f} min)"
+    )
     if args.full:
         tr = trainer(StageSteps())
         t0 = time.perf_counter()
