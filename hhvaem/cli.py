@@ -22,6 +22,14 @@ TargetOpt = Annotated[
 VariantOpt = Annotated[str, typer.Option("--variant", help="hhvaem | vaem | hvaem | hmcvaem | miwaem")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed reproduces the model.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="Torch CPU threads (0: torch's default).")]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the HMC sampler for training (default: when there are >= 500 HMC steps).",
+        show_default=False,
+    ),
+]
 
 
 def fail(message: str) -> None:
@@ -111,6 +119,7 @@ def train(
     steps: Annotated[int, typer.Option("--steps", min=10, help="Dependency-VAE steps (last 10% with HMC).")] = 20000,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
+    compile: CompileOpt = None,
 ) -> None:
     """Fit a model on DATA and write an artifact directory (manifest.json + model.pt)."""
     _check_variant(variant)
@@ -121,7 +130,7 @@ def train(
 
         df, sch = _load(data, schema, target)
         with StageProgress() as bar:
-            fitted = fit(df, sch, variant, steps, seed, bar)
+            fitted = fit(df, sch, variant, steps, seed, bar, compile=compile)
         manifest = write_artifact(out, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(df))
     s = manifest["sampler"]
     typer.echo(
@@ -142,6 +151,7 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
+    compile: CompileOpt = None,
 ) -> None:
     """Train and test on PROTOCOL.md splits; print NLL_xu, NLL_y, RMSE_xu, ACC_xu and the target error."""
     _check_variant(variant)
@@ -159,7 +169,7 @@ def evaluate(
         results = []
         for k in split_list:
             with StageProgress(prefix=f"split {k}: ") as bar:
-                results.append(evaluate_split(df, sch, k, variant, steps, seed, samples, bar))
+                results.append(evaluate_split(df, sch, k, variant, steps, seed, samples, bar, compile))
             typer.echo(f"split {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in sorted(results[-1].items())), err=True)
         summary = summarise(variant, split_list, results)
     typer.echo(f"{'metric':<16}{'mean':>10}{'std':>10}   ({variant}, splits {splits})")

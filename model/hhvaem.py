@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from model.dependency import DependencyVAE, Observed
-from model.hmc import HMCInfo, hmc_chain, init_state
+from model.hmc import HMCInfo, HMCState, hmc_chain, hmc_step, init_state
 from model.likelihoods import Gaussian
 from model.marginal import MarginalVAEs
 from model.schema import Schema
@@ -146,13 +146,39 @@ class HHVAEM(nn.Module):
     def observed(self, x: Tensor, mx: Tensor, y: Tensor, my: Tensor) -> Observed:
         return Observed(self.codes(x, mx), mx.to(x.dtype), y, my.to(y.dtype))
 
-    def compile_target(self) -> None:
-        """Use torch.compile for the HMC target (fuses its ~100 small ops; training only)."""
-        self._compiled_target = torch.compile(self.dependency.log_joint_and_grad, dynamic=False)
+    def compile_sampler(self, enabled: bool = True) -> None:
+        """torch.compile one HMC transition (L leapfrog steps + accept/reject) for training speed.
+
+        The compiled function takes tensors only (state, noise, observations), so it is traced
+        once per input shape; it fuses the ~600 small ops of a transition.
+        """
+        import torch._dynamo
+
+        # Fall back to eager execution (same results) where compilation is unavailable.
+        torch._dynamo.config.suppress_errors = True
+        self._compiled_transition = torch.compile(self._transition, dynamic=False) if enabled else None
+
+    def _transition(self, position, logp, grad, step_size, noise, log_u, inv_mass, z, m, y, my):
+        obs = Observed(z, m, y, my)
+        return hmc_step(
+            HMCState(position, logp, grad),
+            lambda e: self.dependency.log_joint_and_grad(e, obs),
+            step_size,
+            self.config.leapfrog_steps,
+            noise,
+            log_u,
+            inv_mass,
+        )
+
+    def transition_for(self, obs: Observed):
+        """The HMC transition bound to observations broadcast against eps [..., C, E] (compiled if set up)."""
+        fn = getattr(self, "_compiled_transition", None)
+        if fn is None:
+            return None
+        return lambda state, step, noise, log_u, inv_mass: fn(*state, step, noise, log_u, inv_mass, *obs)
 
     def log_joint_and_grad(self, obs: Observed):
-        fn = getattr(self, "_compiled_target", None) or self.dependency.log_joint_and_grad
-        return lambda eps: fn(eps, obs)
+        return lambda eps: self.dependency.log_joint_and_grad(eps, obs)
 
     # ---- posterior over eps ---------------------------------------------------------------
     def initial_samples(
@@ -178,7 +204,8 @@ class HHVAEM(nn.Module):
         generator: torch.Generator | None = None,
         step_sizes: Tensor | None = None,
     ):
-        target = self.log_joint_and_grad(obs.unsqueeze(-2))
+        obs_c = obs.unsqueeze(-2)
+        target = self.log_joint_and_grad(obs_c)
         state = init_state(eps0, target)
         return hmc_chain(
             state,
@@ -187,6 +214,7 @@ class HHVAEM(nn.Module):
             self.config.leapfrog_steps,
             self.inverse_mass(sigma),
             generator=generator,
+            transition=self.transition_for(obs_c),
         )
 
     @torch.no_grad()
@@ -235,17 +263,8 @@ class HHVAEM(nn.Module):
         """
         with torch.no_grad():
             eps0, _, sigma = self.initial_samples(obs, 1, generator)
-        target = self.log_joint_and_grad(obs.unsqueeze(-2))
         with _frozen(self.generative_parameters()):
-            state = init_state(eps0, target)
-            state, info = hmc_chain(
-                state,
-                target,
-                self.step_sizes,
-                self.config.leapfrog_steps,
-                self.inverse_mass(sigma),
-                generator=generator,
-            )
+            state, info = self.run_hmc(eps0, obs, sigma, generator)
         eps_t = state.position.detach()
         model_logp = self.dependency.forward_pass(eps_t, obs.unsqueeze(-2)).log_lik + self.dependency.log_prior(eps_t)
         return state.logp.squeeze(-1), model_logp.squeeze(-1), info
@@ -256,7 +275,8 @@ class HHVAEM(nn.Module):
         c = self.config.sksd_chains
         noise = torch.randn((*mu.shape[:-1], c, mu.shape[-1]), generator=generator, dtype=mu.dtype)
         eps0 = mu.unsqueeze(-2) + (sigma * self.inflation).unsqueeze(-2) * noise
-        state, _ = self.run_hmc(eps0, obs, sigma, generator, step_sizes=self.step_sizes.detach())
+        with _frozen(self.generative_parameters()):
+            state, _ = self.run_hmc(eps0, obs, sigma, generator, step_sizes=self.step_sizes.detach())
         return sksd(state.position, state.grad)
 
     # ---- predictive distributions given eps -------------------------------------------------

@@ -117,8 +117,13 @@ def hmc_chain(
     momentum_noise: Tensor | None = None,
     log_uniforms: Tensor | None = None,
     generator: torch.Generator | None = None,
+    transition: Callable | None = None,
 ) -> tuple[HMCState, HMCInfo]:
-    """T = len(step_sizes) HMC transitions. Noise shapes: [T, ..., E] and [T, ...]."""
+    """T = len(step_sizes) HMC transitions. Noise shapes: [T, ..., E] and [T, ...].
+
+    `transition(state, step_size, momentum_noise, log_uniform, inv_mass)` replaces
+    `hmc_step` bound to `logp_and_grad` when given (e.g. a compiled version of it).
+    """
     n_steps, dim = step_sizes.shape
     batch = state.logp.shape
     if inv_mass is None:
@@ -137,10 +142,13 @@ def hmc_chain(
     n_acc = torch.zeros(batch, dtype=torch.long, device=state.position.device)
     n_div = torch.zeros_like(n_acc)
     energy = torch.zeros_like(prob_sum)
+    if transition is None:
+
+        def transition(state, step_size, noise, log_u, inv_mass):
+            return hmc_step(state, logp_and_grad, step_size, n_leapfrog, noise, log_u, inv_mass)
+
     for t in range(n_steps):
-        state, prob, acc, div, energy = hmc_step(
-            state, logp_and_grad, step_sizes[t], n_leapfrog, momentum_noise[t], log_uniforms[t], inv_mass
-        )
+        state, prob, acc, div, energy = transition(state, step_sizes[t], momentum_noise[t], log_uniforms[t], inv_mass)
         prob_sum = prob_sum + prob.detach()
         n_acc = n_acc + acc.long()
         n_div = n_div + div.long()

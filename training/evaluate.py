@@ -153,10 +153,11 @@ def evaluate_split(
     seed: int = 0,
     n_samples: int = TEST_SAMPLES,
     progress: Progress | None = None,
+    compile: bool | None = None,
 ) -> dict[str, float]:
     train_idx, test_idx = split_indices(len(df), split)
     t0 = time.perf_counter()
-    fitted = fit(df.iloc[train_idx].reset_index(drop=True), schema, variant, steps, seed, progress)
+    fitted = fit(df.iloc[train_idx].reset_index(drop=True), schema, variant, steps, seed, progress, compile=compile)
     train_seconds = time.perf_counter() - t0
     test = encode_rows(fitted.preprocessor, df.iloc[test_idx].reset_index(drop=True))
     mask = torch.from_numpy(protocol_test_mask(len(test_idx), len(schema.features), split)) & test.mx

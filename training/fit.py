@@ -39,6 +39,7 @@ def fit(
     seed: int = 0,
     progress: Progress | None = None,
     config: ModelConfig | None = None,
+    compile: bool | None = None,
 ) -> FittedModel:
     torch.manual_seed(seed)
     pp = Preprocessor.fit(schema, table_columns(df))
@@ -46,6 +47,6 @@ def fit(
     cfg = config or ModelConfig.for_table(variant, len(schema.features), len(df))
     model = HHVAEM(schema, cfg)
     stage_steps = steps if isinstance(steps, StageSteps) else StageSteps.from_total(steps)
-    history = train(model, data, TrainConfig(stage_steps, seed=seed), progress)
+    history = train(model, data, TrainConfig(stage_steps, seed=seed, compile=compile), progress)
     model.eval()
     return FittedModel(model, pp, history)

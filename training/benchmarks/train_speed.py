@@ -49,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("table", type=Path, help="folder with data.csv and schema.json")
     ap.add_argument("--full", action="store_true", help="also run the full recipe (1k + 18k + 2k steps)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the HMC target")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile the sampler")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--measure", type=int, default=30, help="stage-3 steps to time (10x that for stages 1-2)")
     ap.add_argument("--json", type=Path)
