@@ -219,20 +219,55 @@ class HHVAEM(nn.Module):
 
     @torch.no_grad()
     def posterior(
-        self, obs: Observed, n_samples: int, generator: torch.Generator | None = None
+        self, obs: Observed, n_samples: int, generator: torch.Generator | None = None, use_sampler: bool = True
     ) -> tuple[Tensor, HMCInfo | None]:
-        """Samples eps [B, n, E] from the variant's approximate posterior."""
-        if self.config.uses_hmc:
+        """Samples eps [B, n, E] from the variant's approximate posterior (`use_sampler=False`: the encoder's)."""
+        if self.config.uses_hmc and use_sampler:
             eps0, _, sigma = self.initial_samples(obs, n_samples, generator)
             state, info = self.run_hmc(eps0, obs, sigma, generator)
             return state.position, info
-        if self.config.importance_samples:
+        if self.config.importance_samples and use_sampler:
             eps, mu, sigma = self.initial_samples(obs, n_samples, generator, inflate=False)
             log_w = self._log_weights(eps, mu, sigma, obs)
             idx = torch.multinomial(torch.softmax(log_w, -1), n_samples, replacement=True, generator=generator)
             return eps.gather(-2, idx.unsqueeze(-1).expand_as(eps)), None
         eps, _, _ = self.initial_samples(obs, n_samples, generator, inflate=False)
         return eps, None
+
+    @torch.no_grad()
+    def held_out_log_lik(
+        self,
+        obs: Observed,
+        z: Tensor,
+        hidden: Tensor,
+        y: Tensor,
+        hidden_y: Tensor,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        use_sampler: bool = True,
+    ) -> Tensor:
+        """log p(z_H, y_H | z_O, y_O) per row [B] for the hidden codes/targets (masks `hidden`, `hidden_y`).
+
+        Estimated from n posterior samples: what early stopping watches, since it is the
+        quantity imputation and prediction live on, and it exposes an over-fitted decoder.
+        """
+        eps, _ = self.posterior(obs, n_samples, generator, use_sampler)
+        dep = self.dependency
+        code = Gaussian.from_raw(dep.code_params(eps))
+        lp = (code.log_prob(z.unsqueeze(-2)) * hidden.unsqueeze(-2)).sum(-1)
+        y_raw = dep.forward_pass(eps, obs.unsqueeze(-2)).y_raw
+        lp = lp + (dep.target_likelihood.log_prob(y_raw, y.unsqueeze(-2)) * hidden_y.unsqueeze(-2)).sum(-1)
+        return torch.logsumexp(lp, -1) - torch.log(torch.tensor(float(n_samples)))
+
+    @contextmanager
+    def eager_sampler(self):
+        """Run the sampler uncompiled inside the block (other shapes than training's)."""
+        compiled = getattr(self, "_compiled_transition", None)
+        self._compiled_transition = None
+        try:
+            yield
+        finally:
+            self._compiled_transition = compiled
 
     def _log_weights(self, eps: Tensor, mu: Tensor, sigma: Tensor, obs: Observed) -> Tensor:
         log_lik = self.dependency.forward_pass(eps, obs.unsqueeze(-2)).log_lik

@@ -16,7 +16,13 @@ from torch import Tensor
 
 from model.schema import Column
 
-MIN_SCALE = 1e-3
+# Robust likelihoods. Columns with point masses (boston's ZN: 73 % zeros) and rare classes (CHAS:
+# 7 % ones) let a free Gaussian scale or logit grow without bound: the density on the spike soars,
+# and one confident miss on a test row then costs tens of nats (measured: 21 nats mean for CHAS).
+# A scale floor of 0.05 standard deviations and logits bounded to +-6 (probabilities >= 0.25 %)
+# cap that penalty without moving point predictions.
+MIN_SCALE = 0.05
+LOGIT_BOUND = 6.0
 LOG_2PI = math.log(2 * math.pi)
 # Additive logit for categories a padded categorical head does not have.
 NO_CATEGORY = -1e4
@@ -113,13 +119,19 @@ class Poisson:
         return torch.poisson(self.rate, generator=generator)
 
 
+def bounded_logits(raw: Tensor) -> tuple[Tensor, Tensor]:
+    """LOGIT_BOUND * tanh(raw / LOGIT_BOUND) and its derivative with respect to raw."""
+    t = torch.tanh(raw / LOGIT_BOUND)
+    return LOGIT_BOUND * t, 1.0 - t * t
+
+
 class Bernoulli:
-    def __init__(self, logits: Tensor):
-        self.logits = logits
+    def __init__(self, logits: Tensor, slope: Tensor | None = None):
+        self.logits, self._slope = logits, slope
 
     @classmethod
     def from_raw(cls, raw: Tensor) -> Bernoulli:
-        return cls(raw[..., 0])
+        return cls(*bounded_logits(raw[..., 0]))
 
     @property
     def probs(self) -> Tensor:
@@ -129,7 +141,7 @@ class Bernoulli:
         return x * self.logits - F.softplus(self.logits)
 
     def raw_score(self, x: Tensor) -> Tensor:
-        return (x - self.probs).unsqueeze(-1)
+        return ((x - self.probs) * self._slope).unsqueeze(-1)
 
     @property
     def mean(self) -> Tensor:
@@ -144,12 +156,15 @@ class Bernoulli:
 
 
 class Categorical:
-    def __init__(self, logits: Tensor):
-        self.logits = logits
+    def __init__(self, logits: Tensor, slope: Tensor | None = None):
+        self.logits, self._slope = logits, slope
 
     @classmethod
     def from_raw(cls, raw: Tensor) -> Categorical:
-        return cls(raw)
+        """Bounded logits; padding categories (raw ~ NO_CATEGORY) stay far below every real one."""
+        logits, slope = bounded_logits(raw)
+        pad = raw <= NO_CATEGORY / 2
+        return cls(torch.where(pad, raw, logits), torch.where(pad, torch.zeros_like(slope), slope))
 
     @property
     def probs(self) -> Tensor:
@@ -161,7 +176,7 @@ class Categorical:
 
     def raw_score(self, x: Tensor) -> Tensor:
         onehot = F.one_hot(x.long(), self.logits.shape[-1]).to(self.logits.dtype)
-        return onehot - self.probs
+        return (onehot - self.probs) * self._slope
 
     @property
     def mode(self) -> Tensor:

@@ -61,6 +61,13 @@ class TrainConfig:
     # torch.compile the HMC transition: ~8x faster stage-3 steps after a one-off compile of a minute or
     # two per input shape. None: only when stage 3 is long enough to repay it.
     compile: bool | None = None
+    # Early stopping: this fraction of the training rows (when there are at least MIN_VALIDATION_ROWS
+    # of them) is held out with a fixed random mask; every `validate_every` steps (0: 40 checks per
+    # stage) the predictive log-likelihood of its hidden codes and targets is measured, and each stage
+    # ends on its best checkpoint. Small tables over-fit quickly otherwise (boston, 20k steps).
+    validation_fraction: float = 0.1
+    validate_every: int = 0
+    validation_samples: int = 10
 
     @property
     def compiles(self) -> bool:
@@ -68,6 +75,7 @@ class TrainConfig:
 
 
 COMPILE_MIN_HMC_STEPS = 500
+MIN_VALIDATION_ROWS = 20
 
 Progress = Callable[[str, int, int, float], None]
 
@@ -95,7 +103,17 @@ class Trainer:
         self.model, self.data, self.config = model, data, config
         self.gen = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
-        self.n = data.x.shape[0]
+        n_val = int(data.x.shape[0] * config.validation_fraction)
+        perm = torch.randperm(data.x.shape[0], generator=self.gen)
+        if n_val >= MIN_VALIDATION_ROWS:
+            self.val_rows, self.train_rows = perm[:n_val], perm[n_val:]
+        else:
+            self.val_rows, self.train_rows = perm[:0], perm
+        val_gen = torch.Generator().manual_seed(config.seed + 7919)
+        self.val_visible = random_mask(data.mx[self.val_rows], val_gen)
+        self.val_visible_y = random_mask(data.my[self.val_rows], val_gen)
+        self.best: dict | None = None
+        self.n = len(self.train_rows)
         self.batch_size = min(config.batch_size, self.n)
         self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
         self.codes: Tensor | None = None
@@ -119,7 +137,7 @@ class Trainer:
             self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
         idx = self._perm[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
-        return idx
+        return self.train_rows[idx]
 
     # ---- stage 1 --------------------------------------------------------------------------
     def marginal_step(self) -> float:
@@ -146,6 +164,39 @@ class Trainer:
         my = random_mask(self.data.my[idx], self.gen)
         z = self.codes[idx]
         return Observed(z * m, m.to(z.dtype), self.data.y[idx], my.to(z.dtype))
+
+    # ---- early stopping ----------------------------------------------------------------------
+    def validation_score(self, use_sampler: bool) -> float | None:
+        """Mean held-out predictive log-likelihood of the validation rows' hidden codes and targets."""
+        if len(self.val_rows) == 0:
+            return None
+        d, v = self.data, self.val_rows
+        z = self.codes[v]
+        m, my = self.val_visible, self.val_visible_y
+        obs = Observed(z * m, m.to(z.dtype), d.y[v], my.to(z.dtype))
+        hidden = (d.mx[v] & ~m).to(z.dtype)
+        hidden_y = (d.my[v] & ~my).to(z.dtype)
+        gen = torch.Generator().manual_seed(self.config.seed + 104729)
+        with self.model.eager_sampler():
+            ll = self.model.held_out_log_lik(
+                obs, z, hidden, d.y[v], hidden_y, self.config.validation_samples, gen, use_sampler
+            )
+        return ll.mean().item()
+
+    def checkpoint(self, stage: str, step: int, use_sampler: bool) -> None:
+        score = self.validation_score(use_sampler)
+        if score is None:
+            return
+        if self.best is None or self.best["stage"] != stage or score > self.best["score"]:
+            state = {k: t.detach().clone() for k, t in self.model.state_dict().items()}
+            self.best = {"stage": stage, "step": step, "score": score, "state": state}
+
+    def restore_best(self, stage: str) -> dict | None:
+        """Loads the stage's best checkpoint; returns its step and score."""
+        if self.best is None or self.best["stage"] != stage:
+            return None
+        self.model.load_state_dict(self.best["state"])
+        return {"best_step": self.best["step"], "validation_log_lik": self.best["score"]}
 
     # ---- stage 2 --------------------------------------------------------------------------
     def vi_step(self) -> float:
@@ -198,16 +249,22 @@ class Trainer:
     def _run(self, progress: Progress | None) -> dict:
         cfg, model = self.config, self.model
         report = progress or (lambda stage, step, total, loss: None)
-        history: dict = {"config": {**asdict(cfg), "steps": asdict(cfg.steps)}}
+        history: dict = {
+            "config": {**asdict(cfg), "steps": asdict(cfg.steps)},
+            "rows": {"train": len(self.train_rows), "validation": len(self.val_rows)},
+        }
 
-        def loop(stage: str, total: int, step_fn) -> tuple[float, float, list]:
+        def loop(stage: str, total: int, step_fn, validate: bool = False, use_sampler: bool = False):
             t0, loss, extra = time.perf_counter(), float("nan"), []
             every = max(total // 50, 1)
+            check = cfg.validate_every or max(total // 40, 1)
             for i in range(total):
                 out = step_fn()
                 loss, more = out if isinstance(out, tuple) else (out, None)
                 if more is not None:
                     extra.append(more)
+                if validate and ((i + 1) % check == 0 or i == total - 1):
+                    self.checkpoint(stage, i + 1, use_sampler)
                 if i % every == 0 or i == total - 1:
                     report(stage, i + 1, total, loss)
             return time.perf_counter() - t0, loss, extra
@@ -216,10 +273,12 @@ class Trainer:
         history["marginal"] = {"seconds": secs, "loss": loss, "steps": cfg.steps.marginal}
         self.freeze_marginals()
         vi_steps = cfg.steps.vi + (0 if model.config.uses_hmc else cfg.steps.hmc)
-        secs, loss, _ = loop("vi", vi_steps, self.vi_step)
-        history["vi"] = {"seconds": secs, "loss": loss, "steps": vi_steps}
+        secs, loss, _ = loop("vi", vi_steps, self.vi_step, validate=True)
+        history["vi"] = {"seconds": secs, "loss": loss, "steps": vi_steps, **(self.restore_best("vi") or {})}
         if model.config.uses_hmc and cfg.steps.hmc:
-            secs, loss, diags = loop("hmc", cfg.steps.hmc, self.hmc_step)
+            self.checkpoint("hmc", 0, use_sampler=True)  # stage 3 may not end worse than stage 2 left it
+            secs, loss, diags = loop("hmc", cfg.steps.hmc, self.hmc_step, validate=True, use_sampler=True)
+            best = self.restore_best("hmc") or {}
             tail = diags[-max(len(diags) // 10, 1) :]
             sksd_values = [d["sksd"] for d in diags if "sksd" in d]
             history["hmc"] = {
@@ -231,6 +290,7 @@ class Trainer:
                 "skipped_steps": sum(d["skipped"] for d in diags),
                 "sksd": sksd_values[-1] if sksd_values else None,
                 "inflation": model.inflation.item(),
+                **best,
             }
         return history
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from model.dependency import DependencyVAE, Observed
 from model.hhvaem import HHVAEM, VARIANTS, ModelConfig
-from model.likelihoods import MIN_SCALE
+from model.likelihoods import MIN_SCALE, bounded_logits
 from model.schema import Column, Schema
 
 DT = torch.float64
@@ -115,7 +115,7 @@ def reference_log_joint(dep: DependencyVAE, eps: torch.Tensor, obs: Observed) ->
     z_hat = torch.where(obs.m > 0, obs.z, loc)
     pred = dep.predictor(torch.cat([z_hat, obs.m.expand_as(z_hat), h1], -1)).unflatten(-1, (2, -1))
     lp_t = torch.distributions.Normal(pred[..., 0, 0], F.softplus(pred[..., 0, 1]) + MIN_SCALE).log_prob(obs.y[..., 0])
-    lp_c = torch.distributions.Categorical(logits=pred[..., 1, :3]).log_prob(obs.y[..., 1].long())
+    lp_c = torch.distributions.Categorical(logits=bounded_logits(pred[..., 1, :3])[0]).log_prob(obs.y[..., 1].long())
     lp = lp + lp_t * obs.my[..., 0] + lp_c * obs.my[..., 1]
     return lp + torch.distributions.Normal(0.0, 1.0).log_prob(eps).sum(-1)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
 from model.likelihoods import (
+    LOGIT_BOUND,
     MIN_SCALE,
     Bernoulli,
     Categorical,
@@ -15,6 +18,7 @@ from model.likelihoods import (
     Gaussian,
     LogNormal,
     Poisson,
+    bounded_logits,
 )
 from model.schema import Column
 
@@ -82,7 +86,8 @@ def test_poisson_log_prob_mean_mode_match_scipy():
 def test_bernoulli_log_prob_mean_mode_match_scipy():
     logits = t([-3.0, -0.2, 0.0, 0.4, 5.0])
     d = Bernoulli.from_raw(logits.unsqueeze(-1))
-    p = 1.0 / (1.0 + np.exp(-logits.numpy()))
+    bounded = LOGIT_BOUND * np.tanh(logits.numpy() / LOGIT_BOUND)
+    p = 1.0 / (1.0 + np.exp(-bounded))
     for x in ([0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 1, 0, 1]):
         np.testing.assert_allclose(d.log_prob(t(x)).numpy(), stats.bernoulli(p).logpmf(np.array(x)), rtol=1e-10)
     np.testing.assert_allclose(d.mean.numpy(), stats.bernoulli(p).mean(), rtol=1e-12)
@@ -92,7 +97,8 @@ def test_bernoulli_log_prob_mean_mode_match_scipy():
 def test_categorical_log_prob_probs_mode_match_scipy():
     logits = t([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5], [-1.0, -1.0, 4.0]])
     d = Categorical.from_raw(logits)
-    p = np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(-1, keepdims=True)
+    bounded = LOGIT_BOUND * np.tanh(logits.numpy() / LOGIT_BOUND)
+    p = np.exp(bounded) / np.exp(bounded).sum(-1, keepdims=True)
     np.testing.assert_allclose(d.probs.numpy(), p, rtol=1e-12)
     for x in ([0, 0, 0], [1, 2, 0], [2, 1, 2]):
         ref = [stats.multinomial(1, p[i]).logpmf(np.eye(3)[x[i]]) for i in range(3)]
@@ -277,10 +283,10 @@ def test_column_probs_rows_sum_to_one_and_padding_gets_no_mass():
             k = c.n_categories
             torch.testing.assert_close(p[:, j].sum(-1), torch.ones(raw.shape[0], dtype=DT))
             assert torch.all(p[:, j, k:].abs() < 1e-30)
-            torch.testing.assert_close(p[:, j, :k], torch.softmax(raw[:, j, :k], -1))
+            torch.testing.assert_close(p[:, j, :k], torch.softmax(bounded_logits(raw[:, j, :k])[0], -1))
         elif c.type == "binary":
             torch.testing.assert_close(p[:, j].sum(-1), torch.ones(raw.shape[0], dtype=DT))
-            torch.testing.assert_close(p[:, j, 1], torch.sigmoid(raw[:, j, 0]))
+            torch.testing.assert_close(p[:, j, 1], torch.sigmoid(bounded_logits(raw[:, j, 0])[0]))
             assert torch.all(p[:, j, 2:] == 0)
         else:
             assert torch.all(p[:, j] == 0)
@@ -318,3 +324,14 @@ def test_column_sample_values_are_in_each_columns_support():
         elif c.is_discrete:
             assert set(v.unique().tolist()) <= set(range(c.n_categories)), c.name
             assert len(v.unique()) == c.n_categories  # 500 draws hit every category
+
+
+def test_robust_bounds_cap_confidence_and_density():
+    """Logits are bounded (a confident miss costs at most ~LOGIT_BOUND nats) and scales floored."""
+    huge = t([[200.0], [-200.0]])
+    b = Bernoulli.from_raw(huge)
+    assert torch.all(-b.log_prob(t([0.0, 1.0])) <= LOGIT_BOUND + 0.01)
+    c = Categorical.from_raw(t([[300.0, -300.0, 0.0]]))
+    assert -c.log_prob(t([1.0])).item() <= 2 * LOGIT_BOUND + math.log(3)
+    g = Gaussian.from_raw(t([[0.0, -50.0]]))
+    assert abs(g.scale.item() - MIN_SCALE) < 1e-12
