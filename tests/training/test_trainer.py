@@ -72,3 +72,23 @@ def test_transition_plumbing_matches_the_default_sampler():
     for u, v in zip(a, b):
         assert torch.equal(u, v)
     assert torch.equal(info_a.accepted, info_b.accepted)
+
+
+def test_early_stopping_restores_the_best_validation_checkpoint():
+    schema = Schema((Column("a", "real"), Column("b", "real")), (Column("y", "real"),))
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(300, generator=gen)
+    x = torch.stack([a, a + 0.1 * torch.randn(300, generator=gen)], 1)
+    data = TrainData(x, torch.ones(300, 2, dtype=torch.bool), 2 * a[:, None], torch.ones(300, 1, dtype=torch.bool))
+    torch.manual_seed(0)
+    model = HHVAEM(schema, ModelConfig(variant="hmcvaem", latent_dims=(2,), hidden=8, marginal_hidden=8, hmc_steps=2))
+    trainer = Trainer(model, data, TrainConfig(StageSteps(20, 40, 6), batch_size=32, validate_every=10))
+    history = trainer.run()
+    assert history["rows"] == {"train": 270, "validation": 30}
+    assert history["vi"]["best_step"] in (10, 20, 30, 40)
+    assert history["hmc"]["best_step"] in (0, 6)  # step 0: stage 3 may keep stage 2's model
+    # The model left behind is the best checkpoint of the last stage, not the last step.
+    assert abs(trainer.validation_score(use_sampler=True) - history["hmc"]["validation_log_lik"]) < 1e-5
+    # Validation rows never reach the training batches.
+    seen = torch.cat([trainer.next_rows() for _ in range(20)])
+    assert not set(seen.tolist()) & set(trainer.val_rows.tolist())
