@@ -138,8 +138,9 @@ def hmc_chain(
     if log_uniforms is None:
         u = torch.rand((n_steps, *batch), generator=generator, dtype=state.position.dtype, device=state.position.device)
         log_uniforms = torch.log(u)
-    prob_sum = torch.zeros(batch, dtype=state.position.dtype, device=state.position.device)
-    n_acc = torch.zeros(batch, dtype=torch.long, device=state.position.device)
+    # *_like keeps the batch shape symbolic when the sampler is traced for export.
+    prob_sum = torch.zeros_like(state.logp)
+    n_acc = torch.zeros_like(state.logp, dtype=torch.long)
     n_div = torch.zeros_like(n_acc)
     energy = torch.zeros_like(prob_sum)
     if transition is None:

@@ -229,12 +229,12 @@ class ColumnLikelihoods:
 
     def log_prob(self, raw: Tensor, x: Tensor) -> Tensor:
         """Per-column log-likelihood [..., C] of normalised values x [..., C]."""
-        x = x.expand(raw.shape[:-1])
+        x = x.expand_as(raw[..., 0])  # expand_as stays symbolic when traced for export
         return self._assemble([d.log_prob(x.index_select(-1, idx)) for d, idx in self.dists(raw)])
 
     def log_prob_and_score(self, raw: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """Log-likelihood [..., C] and its gradient with respect to raw [..., C, width]."""
-        x = x.expand(raw.shape[:-1])
+        x = x.expand_as(raw[..., 0])  # expand_as stays symbolic when traced for export
         lps, scores = [], []
         for d, idx in self.dists(raw):
             xi = x.index_select(-1, idx)
