@@ -26,6 +26,7 @@ from training.tabular import load_dataset, table_columns
 from training.trainer import StageSteps, TrainConfig, Trainer
 
 PAPER_MS = {"marginal": 3.8, "vi": 20.7, "hmc": 2840.0}
+# The paper's stage-1 step trains one feature's VAE (1k steps per feature); ours trains all D at once.
 PAPER_FULL_S = 107 * 60
 
 
@@ -82,10 +83,13 @@ def main() -> None:
         "first_hmc_step_s": first,
         "speedup_vs_paper": {k: PAPER_MS[k] / v for k, v in ms.items()},
     }
+    d = len(schema.features)
+    out["speedup_vs_paper"]["marginal"] = PAPER_MS["marginal"] * d / ms["marginal"]
     print(f"table {args.table.name}, commit {out['commit']}, {out['machine']}, compile={args.compile}")
     print(f"{'stage':<10}{'ours ms/step':>14}{'paper ms/step':>15}{'speed-up':>10}")
     for k, v in ms.items():
-        print(f"{k:<10}{v:>14.2f}{PAPER_MS[k]:>15.1f}{PAPER_MS[k] / v:>9.1f}x")
+        print(f"{k:<10}{v:>14.2f}{PAPER_MS[k]:>15.1f}{out['speedup_vs_paper'][k]:>9.1f}x")
+    print(f"(stage 1: one step of ours trains all {d} marginal VAEs, one of the paper's trains one of them)")
     projected = (1000 * ms["marginal"] + 18000 * ms["vi"] + 2000 * ms["hmc"]) / 1000
     out["projected_full_recipe_s"] = projected
     print(
