@@ -14,7 +14,6 @@ log N(eps; 0, I) and its gradient in one pass, the gradient written out by hand.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -130,7 +129,7 @@ class DependencyVAE(nn.Module):
     def log_joint_and_grad(self, eps: Tensor, obs: Observed) -> tuple[Tensor, Tensor]:
         """log p*(eps) [...] and d log p*/d eps [..., E]."""
         fwd, (td_cache, z_dist, dec_slopes, pred_slopes, y_score) = self.forward_pass(eps, obs, caches=True)
-        logp = fwd.log_lik - 0.5 * (eps * eps).sum(-1) - 0.5 * self.latent_size * LOG_2PI
+        logp = fwd.log_lik + self.log_prior(eps)
         # predictor -> (z_hat, m, h1)
         g_pred = (y_score * obs.my.unsqueeze(-1)).flatten(-2)
         g_in = self.predictor.vjp(pred_slopes, g_pred)
@@ -151,4 +150,4 @@ class DependencyVAE(nn.Module):
         return logp, torch.cat(grads, -1) - eps
 
     def log_prior(self, eps: Tensor) -> Tensor:
-        return -0.5 * (eps * eps).sum(-1) - 0.5 * self.latent_size * math.log(2 * math.pi)
+        return -0.5 * (eps * eps).sum(-1) - 0.5 * self.latent_size * LOG_2PI

@@ -9,7 +9,7 @@ that one state dict holds everything training tuned.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +49,6 @@ class ModelConfig:
     # "identity": M = I as in the paper.
     mass: str = "encoder"
     default_chains: int = 100
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mass not in ("encoder", "identity"):
