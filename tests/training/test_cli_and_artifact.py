@@ -140,3 +140,38 @@ def test_protocol_splits_and_masks_are_the_documented_ones():
     assert np.array_equal(train, folds[4][0]) and np.array_equal(test, folds[4][1])
     mask = protocol_test_mask(6, 5, 2)
     assert np.array_equal(mask, np.random.default_rng(1002).random((6, 5)) < 0.5)
+
+
+def test_train_on_parquet_with_a_regression_and_a_classification_target(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 80
+    a = rng.normal(size=n)
+    df = pd.DataFrame(
+        {
+            "a": a,
+            "b": a + 0.5 * rng.normal(size=n),
+            "size": rng.choice(["S", "M", "L"], size=n),
+            "price": np.exp(a),
+            "label": np.where(a > 0, "yes", "no"),
+        }
+    )
+    df.loc[rng.random(n) < 0.2, "label"] = None  # genuinely missing target cells
+    path = tmp_path / "t.parquet"
+    df.to_parquet(path)
+    out = tmp_path / "m"
+    res = runner.invoke(
+        app, ["train", str(path), "--target", "price", "--target", "label", "--steps", "30"] + ["--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    model, pp, manifest = load_model(out)
+    targets = {c["name"]: c for c in manifest["schema"]["targets"]}
+    assert targets["price"]["type"] == "positive"
+    assert targets["label"]["type"] == "binary" and targets["label"]["categories"] == ["no", "yes"]
+    assert [c.name for c in model.schema.features] == ["a", "b", "size"]
+    # The model predicts both targets: raw parameters for 2 target columns per posterior sample.
+    from training.fit import encode_rows
+
+    data = encode_rows(pp, df.head(4))
+    obs = model.observed(data.x, data.mx, data.y, torch.zeros_like(data.my))
+    eps, _ = model.posterior(obs, 3)
+    assert model.target_params(eps, obs.unsqueeze(-2)).shape[:3] == (4, 3, 2)
