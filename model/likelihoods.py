@@ -251,10 +251,6 @@ class ColumnLikelihoods:
             [d.mode if isinstance(d, (Bernoulli, Categorical)) else d.mean for d, _ in self.dists(raw)]
         )
 
-    def mean(self, raw: Tensor) -> Tensor:
-        """Mean on the normalised scale; for discrete columns the probability of index 1 / the mode."""
-        return self._assemble([d.mean if not isinstance(d, Categorical) else d.mode for d, _ in self.dists(raw)])
-
     def probs(self, raw: Tensor) -> Tensor:
         """Category probabilities [..., C, max_categories] (zeros for numeric columns)."""
         parts = []

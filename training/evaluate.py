@@ -15,7 +15,7 @@ import torch
 from sklearn.model_selection import KFold
 
 from model.hhvaem import HHVAEM
-from model.likelihoods import Gaussian, LogNormal
+from model.likelihoods import Gaussian, LogNormal, Poisson
 from model.preprocessing import Preprocessor
 from model.schema import Schema
 from training.fit import encode_rows, fit
@@ -57,7 +57,7 @@ def posterior_predictions(
         eps, _ = model.posterior(obs, n_samples, gen)
         x_raw = model.feature_params(eps, gen)
         out["lp_x"].append(model.feature_log_prob(eps, data.x[sl], generator=gen))
-        out["x_mean"].append(feat_lik.mean(x_raw).mean(1))
+        out["x_mean"].append(feat_lik.point(x_raw).mean(1))  # read for numeric columns only
         out["x_probs"].append(feat_lik.probs(x_raw).mean(1))
         y_raw = model.target_params(eps, obs.unsqueeze(-2))
         out["lp_y"].append(tgt_lik.log_prob(y_raw, data.y[sl].unsqueeze(1)))
@@ -75,7 +75,7 @@ def target_point(model: HHVAEM, pp: Preprocessor, y_raw: torch.Tensor) -> list[n
         if col.is_discrete:
             points.append(probs[:, j, : col.n_categories].argmax(-1).numpy())
         elif col.type == "count":
-            points.append(torch.exp(raw[..., 0].clamp(-15, 15)).mean(1).numpy())
+            points.append(Poisson.from_raw(raw).mean.mean(1).numpy())
         else:
             g = Gaussian.from_raw(raw)
             s = pp.stats[col.name]
