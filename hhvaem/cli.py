@@ -121,7 +121,7 @@ def train(
     threads: ThreadsOpt = 0,
     compile: CompileOpt = None,
 ) -> None:
-    """Fit a model on DATA and write an artifact directory (manifest.json + model.pt)."""
+    """Fit a model on DATA and write an artifact directory (manifest.json, sampler.onnx, model.pt)."""
     _check_variant(variant)
     _setup(threads, seed)
     with user_errors():
@@ -137,6 +137,19 @@ def train(
         f"wrote {out} ({variant}, {len(df)} rows, {len(sch.features)} features, targets "
         f"{', '.join(c.name for c in sch.targets)}; inflation {s['inflation']:.3f})"
     )
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="Artifact directory written by `hhvaem train`.")],
+) -> None:
+    """(Re-)export the ONNX sampler graph of an artifact from its torch state (upgrades older artifacts)."""
+    with user_errors():
+        from training.artifact import export_artifact
+
+        manifest = export_artifact(model_dir)
+    g = manifest["onnx"]
+    typer.echo(f"wrote {model_dir / g['file']} (opset {g['opset']}, exported in {g['export_seconds']} s)")
 
 
 @app.command()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.likelihoods import LOG_2PI, MIN_SCALE, ColumnLikelihoods, Gaussian
+from model.likelihoods import LOG_2PI, MIN_SCALE, ColumnLikelihoods, Gaussian, one_hot
 from model.nets import MLP
 from model.schema import Column
 
@@ -71,7 +71,7 @@ class DependencyVAE(nn.Module):
         parts = []
         for j, k in enumerate(self.target_onehot):
             if k:
-                parts.append(F.one_hot(y[..., j].long().clamp(0, k - 1), k).to(y.dtype) * my[..., j : j + 1])
+                parts.append(one_hot(y[..., j].long().clamp(0, k - 1), k, y.dtype) * my[..., j : j + 1])
             else:
                 parts.append((y[..., j] * my[..., j]).unsqueeze(-1))
         return torch.cat(parts, -1)

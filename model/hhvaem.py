@@ -113,6 +113,13 @@ class HHVAEM(nn.Module):
         self.log_step_sizes = nn.Parameter(torch.log(steps))
         self.log_inflation = nn.Parameter(torch.zeros(()))
 
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> HHVAEM:
+        """The model from a loaded checkpoint dict ({"config", "schema", "state_dict"}), in eval mode."""
+        model = cls(Schema.from_dict(ckpt["schema"]), ModelConfig(**dict(ckpt["config"])))
+        model.load_state_dict(ckpt["state_dict"])
+        return model.eval()
+
     @property
     def latent_size(self) -> int:
         return self.dependency.latent_size

@@ -73,7 +73,7 @@ def metropolis(
     Non-finite proposals are rejected; `torch.where` keeps gradients of the chosen branch.
     """
     finite = torch.isfinite(energy_change) & torch.isfinite(proposal.position).all(-1)
-    energy_change = torch.where(finite, energy_change, torch.full_like(energy_change, float("inf")))
+    energy_change = energy_change.masked_fill(~finite, float("inf"))
     accept_prob = torch.exp(torch.clamp(-energy_change, max=0.0))
     accepted = log_uniform < -energy_change
     divergent = energy_change > DIVERGENCE_THRESHOLD

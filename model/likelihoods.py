@@ -105,7 +105,7 @@ class Poisson:
 
     def raw_score(self, x: Tensor) -> Tensor:
         inside = (self.raw > -15.0) & (self.raw < 15.0)  # the clamp passes no gradient outside
-        return torch.where(inside, x - self.rate, torch.zeros_like(x)).unsqueeze(-1)
+        return ((x - self.rate) * inside.to(x.dtype)).unsqueeze(-1)
 
     @property
     def mean(self) -> Tensor:
@@ -117,6 +117,11 @@ class Poisson:
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return torch.poisson(self.rate, generator=generator)
+
+
+def one_hot(index: Tensor, k: int, dtype: torch.dtype) -> Tensor:
+    """One-hot [..., k] of float or integer indices by comparison (F.one_hot fixes traced shapes in export)."""
+    return (index.unsqueeze(-1) == torch.arange(k, device=index.device, dtype=index.dtype)).to(dtype)
 
 
 def bounded_logits(raw: Tensor) -> tuple[Tensor, Tensor]:
@@ -164,7 +169,9 @@ class Categorical:
         """Bounded logits; padding categories (raw ~ NO_CATEGORY) stay far below every real one."""
         logits, slope = bounded_logits(raw)
         pad = raw <= NO_CATEGORY / 2
-        return cls(torch.where(pad, raw, logits), torch.where(pad, torch.zeros_like(slope), slope))
+        # masked_fill, not where(pad, zeros_like(slope), ...): the exporter folds that zeros_like to a
+        # constant of the traced shape, which breaks the dynamic batch axis.
+        return cls(torch.where(pad, raw, logits), slope.masked_fill(pad, 0.0))
 
     @property
     def probs(self) -> Tensor:
@@ -175,7 +182,7 @@ class Categorical:
         return logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
 
     def raw_score(self, x: Tensor) -> Tensor:
-        onehot = F.one_hot(x.long(), self.logits.shape[-1]).to(self.logits.dtype)
+        onehot = one_hot(x.long(), self.logits.shape[-1], self.logits.dtype)
         return (onehot - self.probs) * self._slope
 
     @property
@@ -251,19 +258,31 @@ class ColumnLikelihoods:
             [d.mode if isinstance(d, (Bernoulli, Categorical)) else d.mean for d, _ in self.dists(raw)]
         )
 
-    def probs(self, raw: Tensor) -> Tensor:
-        """Category probabilities [..., C, max_categories] (zeros for numeric columns)."""
+    def natural(self, raw: Tensor) -> Tensor:
+        """Natural parameters [..., C, max_categories], what serving reads from the exported graph.
+
+        Gaussian: (loc, scale); Poisson: (rate, 0); Bernoulli: (1 - p, p); categorical: the
+        probabilities (padding categories get 0). Zero-padded to a common width.
+        """
         parts = []
         k = self.max_categories
         for d, _ in self.dists(raw):
-            if isinstance(d, Bernoulli):
-                p = d.probs.unsqueeze(-1)
-                parts.append(F.pad(torch.cat([1 - p, p], -1), (0, k - 2)))
-            elif isinstance(d, Categorical):
-                parts.append(d.probs[..., :k])
+            if isinstance(d, Gaussian):
+                p = torch.stack([d.loc, d.scale], -1)
+            elif isinstance(d, Poisson):
+                p = d.rate.unsqueeze(-1)
+            elif isinstance(d, Bernoulli):
+                q = d.probs.unsqueeze(-1)
+                p = torch.cat([1 - q, q], -1)
             else:
-                parts.append(torch.zeros(*d.mean.shape, k, dtype=raw.dtype, device=raw.device))
+                p = d.probs[..., :k]
+            parts.append(F.pad(p, (0, k - p.shape[-1])))
         return torch.cat(parts, dim=-2).index_select(-2, self.inverse.to(raw.device))
+
+    def probs(self, raw: Tensor) -> Tensor:
+        """Category probabilities [..., C, max_categories] (zeros for numeric columns)."""
+        discrete = torch.tensor([c.is_discrete for c in self.columns], dtype=raw.dtype, device=raw.device)
+        return self.natural(raw) * discrete.unsqueeze(-1)
 
     def sample(self, raw: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self._assemble([d.sample(generator) for d, _ in self.dists(raw)])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.likelihoods import MIN_SCALE, ColumnLikelihoods
+from model.likelihoods import MIN_SCALE, ColumnLikelihoods, one_hot
 from model.nets import GroupedMLP
 from model.schema import Column
 
@@ -30,7 +30,7 @@ class MarginalVAEs(nn.Module):
     def encoder_input(self, x: Tensor) -> Tensor:
         """[..., D] normalised values -> [..., D, in_width]: one-hot for categorical, scalar otherwise."""
         scalar = torch.where(self.is_count, torch.log1p(x.clamp_min(0)), x)
-        onehot = F.one_hot(x.long().clamp(0, self.in_width - 1), self.in_width).to(x.dtype)
+        onehot = one_hot(x.long().clamp(0, self.in_width - 1), self.in_width, x.dtype)
         plain = F.pad(scalar.unsqueeze(-1), (0, self.in_width - 1))
         return torch.where(self.is_categorical.unsqueeze(-1), onehot, plain)
 

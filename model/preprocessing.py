@@ -97,13 +97,7 @@ class Preprocessor:
         for i, v in enumerate(raw):
             if is_missing(v):
                 continue
-            if index is not None:
-                key = category_key(v)
-                if key not in index:
-                    raise EncodingError(col.name, f"unknown category {v!r}", row_offset + i)
-                values[i] = index[key]
-            else:
-                values[i] = self._numeric(col, v, row_offset + i)
+            values[i] = self.encode_value(col, v, row_offset + i, transform=False)
             mask[i] = True
         if index is None:
             if col.type == "positive":
@@ -113,8 +107,33 @@ class Preprocessor:
                 values[mask] = (values[mask] - s.mean) / s.std
         return values, mask
 
+    def encode_value(self, col: Column, v: Any, row: int | None = None, strict: bool = False, transform: bool = True):
+        """One present value on the normalised scale; EncodingError says why it does not fit.
+
+        `strict` (the JSON API) refuses text and booleans in numeric columns instead of parsing them.
+        `transform=False` stops after validation and the category lookup (numbers stay in user units).
+        """
+        index = self._cat_index.get(col.name)
+        if index is not None:
+            key = category_key(v)
+            if key not in index:
+                known = ", ".join(repr(c) for c in col.categories[:10])
+                raise EncodingError(col.name, f"unknown category {v!r} (expected one of {known})", row)
+            return float(index[key])
+        if strict and (isinstance(v, (bool, str)) or not isinstance(v, (int, float))):
+            raise EncodingError(col.name, f"expected a number for a {col.type} column, got {type(v).__name__}", row)
+        x = self._numeric(col, v, row)
+        if not transform:
+            return x
+        if col.type == "positive":
+            x = math.log1p(x)
+        if col.type in ("real", "positive"):
+            s = self.stats[col.name]
+            x = (x - s.mean) / s.std
+        return x
+
     @staticmethod
-    def _numeric(col: Column, v: Any, row: int) -> float:
+    def _numeric(col: Column, v: Any, row: int | None) -> float:
         try:
             x = float(v)
         except (TypeError, ValueError):

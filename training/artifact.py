@@ -20,25 +20,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from model.hhvaem import HHVAEM, ModelConfig
+from hhvaem.artifact import (
+    CHECKPOINT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PREDICTIVE_GRAPH,
+    ArtifactError,
+    read_manifest,
+    sha256_file,
+)
+from model.export import export_predictive
+from model.hhvaem import HHVAEM
 from model.preprocessing import Preprocessor
 from model.schema import Schema
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-CHECKPOINT = "model.pt"
-
-
-class ArtifactError(ValueError):
-    """An artifact directory that cannot be loaded; the message says which file and why."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["ArtifactError", "read_manifest", "write_artifact", "export_artifact", "load_model", "data_fingerprint"]
 
 
 def data_fingerprint(df: pd.DataFrame) -> dict[str, Any]:
@@ -71,6 +67,7 @@ def write_artifact(
     fingerprint: dict[str, Any],
     metrics: dict | None = None,
     name: str | None = None,
+    export_onnx: bool = True,
 ) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,29 +98,41 @@ def write_artifact(
         },
         "files": {CHECKPOINT: sha256_file(ckpt)},
     }
+    if export_onnx:
+        _add_predictive_graph(out, model, manifest)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
     return manifest
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Reads and verifies a manifest: format version and the checksum of every listed file."""
+def _add_predictive_graph(out: Path, model: HHVAEM, manifest: dict[str, Any]) -> None:
+    import onnx
+
+    graph = export_predictive(model, out / PREDICTIVE_GRAPH)
+    manifest["onnx"] = {"file": PREDICTIVE_GRAPH, **graph}
+    manifest["files"][PREDICTIVE_GRAPH] = sha256_file(out / PREDICTIVE_GRAPH)
+    manifest["versions"]["onnx"] = onnx.__version__
+
+
+def export_artifact(path: str | Path) -> dict[str, Any]:
+    """(Re-)exports the ONNX graph of an artifact from its torch state; upgrades older formats.
+
+    The checkpoint's checksum is verified first, so a changed model.pt is refused, not exported.
+    """
     d = Path(path)
     mf = d / MANIFEST
     if not mf.is_file():
         raise ArtifactError(f"{d}: no {MANIFEST} (not an artifact directory)")
-    try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{mf}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f"{mf}: format version {version!r} is not supported (this build reads {FORMAT_VERSION})")
-    for fname, digest in manifest.get("files", {}).items():
-        f = d / fname
-        if not f.is_file():
-            raise ArtifactError(f"{d}: file {fname} listed in the manifest is missing")
-        if sha256_file(f) != digest:
-            raise ArtifactError(f"{d}: checksum mismatch for {fname} (file changed after export)")
+    manifest = json.loads(mf.read_text())
+    digest = manifest.get("files", {}).get(CHECKPOINT)
+    if not (d / CHECKPOINT).is_file() or digest is None:
+        raise ArtifactError(f"{d}: no {CHECKPOINT} listed in the manifest; nothing to export from")
+    if sha256_file(d / CHECKPOINT) != digest:
+        raise ArtifactError(f"{d}: checksum mismatch for {CHECKPOINT} (file changed after training)")
+    model, _ = _model_from_checkpoint(d, manifest)
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["files"] = {CHECKPOINT: digest}
+    _add_predictive_graph(d, model, manifest)
+    mf.write_text(json.dumps(manifest, indent=2, default=float))
     return manifest
 
 
@@ -131,10 +140,10 @@ def load_model(path: str | Path) -> tuple[HHVAEM, Preprocessor, dict[str, Any]]:
     """The torch model (for fine-tuning, export, evaluation) from a verified artifact."""
     d = Path(path)
     manifest = read_manifest(d)
-    ckpt = torch.load(d / CHECKPOINT, map_location="cpu", weights_only=True)
-    schema = Schema.from_dict(manifest["schema"])
-    cfg_dict = dict(ckpt["config"])
-    model = HHVAEM(schema, ModelConfig(**cfg_dict))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model, schema = _model_from_checkpoint(d, manifest)
     return model, Preprocessor.from_dict(schema, manifest["preprocessing"]), manifest
+
+
+def _model_from_checkpoint(d: Path, manifest: dict[str, Any]) -> tuple[HHVAEM, Schema]:
+    model = HHVAEM.from_checkpoint(torch.load(d / CHECKPOINT, map_location="cpu", weights_only=True))
+    return model, model.schema

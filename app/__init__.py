@@ -1,0 +1,1 @@
+"""HH-VAEM serving application: settings, inference engine, routes, storage."""

@@ -1,0 +1,1 @@
+"""SQL state: ORM models, engine/session helpers, migrations entry point and repository functions."""
