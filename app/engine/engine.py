@@ -173,7 +173,9 @@ class Engine:
         return results
 
     # ---- the three questions ----------------------------------------------------------------
-    def prepare_impute(self, rows, samples=None, quantiles=DEFAULT_QUANTILES, seed=None, return_samples=False):
+    def prepare_impute(
+        self, rows, samples=None, quantiles=DEFAULT_QUANTILES, seed=None, return_samples=False, strict=True
+    ):
         quantiles = _check_quantiles(quantiles)
 
         def finish(prep: Prepared, outputs):
@@ -212,9 +214,11 @@ class Engine:
                 out.append({"values": completed, "imputed": imputed, "acceptance_rate": float(acceptance[i])})
             return out
 
-        return self.prepare(rows, samples, seed, finish)
+        return self.prepare(rows, samples, seed, finish, strict)
 
-    def prepare_predict(self, rows, samples=None, quantiles=DEFAULT_QUANTILES, seed=None, return_samples=False):
+    def prepare_predict(
+        self, rows, samples=None, quantiles=DEFAULT_QUANTILES, seed=None, return_samples=False, strict=True
+    ):
         quantiles = _check_quantiles(quantiles)
 
         def finish(prep: Prepared, outputs):
@@ -235,7 +239,7 @@ class Engine:
                 for i in range(prep.rows)
             ]
 
-        return self.prepare(rows, samples, seed, finish)
+        return self.prepare(rows, samples, seed, finish, strict)
 
     def prepare_next_features(
         self,

@@ -1,0 +1,98 @@
+"""Dependencies injected into the routes (`Annotated[...]`): app state, the caller, loaded models."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.api.problems import Problem, forbidden, not_found, unauthorized, unprocessable
+from app.core.config import Settings
+from app.core.security import ADMIN, INFER, check_scopes
+from app.db import repository as repo
+from app.engine import InputError
+from app.services.registry import LoadedModel, ModelNotFound, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key (id and scopes), or anyone when authentication is off."""
+
+    key_id: int | None
+    scopes: frozenset[str] = field(default_factory=lambda: frozenset({ADMIN, INFER}))
+
+    @property
+    def owner(self) -> str | None:
+        return None if self.key_id is None else str(self.key_id)
+
+
+def get_state(request: Request) -> Any:
+    return request.app.state.hhvaem
+
+
+State = Annotated[Any, Depends(get_state)]
+
+
+def _key_from(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+async def get_principal(request: Request, state: State) -> Principal:
+    settings: Settings = state.settings
+    if not settings.auth_enabled:
+        return Principal(None)
+    key = _key_from(request)
+    if key is None:
+        raise unauthorized("An API key is required (Authorization: Bearer <key> or X-API-Key).")
+
+    def verify():
+        with state.sessions() as s:
+            rec = repo.verify_api_key(s, key)
+            return None if rec is None else (rec.id, frozenset(rec.scopes))
+
+    found = await run_in_threadpool(verify)
+    if found is None:
+        raise unauthorized("The API key is not valid or was revoked.")
+    return Principal(found[0], found[1])
+
+
+def require(scope: str):
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not check_scopes(principal.scopes, scope):
+            raise forbidden(f"This API key lacks the {scope!r} scope.")
+        return principal
+
+    return check
+
+
+Inferrer = Annotated[Principal, Depends(require(INFER))]
+Admin = Annotated[Principal, Depends(require(ADMIN))]
+
+
+def resolve_model(registry: ModelRegistry, name: str, version: int | None = None) -> LoadedModel:
+    try:
+        return registry.resolve(name, version)
+    except ModelNotFound as e:
+        raise not_found("model", name if version is None else f"{name} version {version}", str(e)) from None
+
+
+def input_problem(e: InputError) -> Problem:
+    """The engine's per-cell errors as a 422 problem naming each field (rows.<i>.<feature>)."""
+    errors = []
+    for err in e.errors:
+        where = err.field if err.row is None else f"rows.{err.row}.{err.field}"
+        errors.append({"field": where, "reason": err.reason})
+    return unprocessable(errors)
+
+
+def check_samples(settings: Settings, samples: int | None) -> None:
+    if samples is not None and samples > settings.max_samples:
+        raise unprocessable([{"field": "samples", "reason": f"at most {settings.max_samples} samples per request"}])

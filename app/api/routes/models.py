@@ -1,0 +1,81 @@
+"""The model registry: list, describe, register (admin), activate (admin)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import Admin, Inferrer, State, resolve_model
+from app.api.problems import not_found, problem_responses, unprocessable
+from app.api.schemas import ModelDetail, ModelInfo, RegisterModelRequest
+from app.db import repository as repo
+from hhvaem.artifact import ArtifactError
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def _info(r) -> dict:
+    return {
+        "name": r.name,
+        "version": r.version,
+        "active": r.active,
+        "checksum": r.checksum,
+        "created_at": r.created_at.isoformat() if r.created_at else None,
+        "summary": r.summary or {},
+        "metrics": r.metrics or {},
+    }
+
+
+@router.get("", response_model=list[ModelInfo], responses=problem_responses(401, 403), summary="Registered models")
+async def list_models(state: State, caller: Inferrer):
+    return [_info(r) for r in await run_in_threadpool(state.registry.records)]
+
+
+@router.get("/{name}", response_model=ModelDetail, responses=problem_responses(401, 403, 404), summary="One model")
+async def get_model(name: str, state: State, caller: Inferrer, version: int | None = None):
+    """Schema (features, types, categories, units), targets, sampler settings, metrics and versions."""
+    m = await run_in_threadpool(resolve_model, state.registry, name, version)
+    records = [r for r in await run_in_threadpool(state.registry.records) if r.name == name]
+    record = next(r for r in records if r.version == m.version)
+    d = m.engine.describe()
+    return {
+        **_info(record),
+        "schema": d["schema"],
+        "sampler": d["sampler"],
+        "backend": d["backend"],
+        "versions": sorted(r.version for r in records),
+    }
+
+
+@router.post(
+    "", status_code=201, response_model=ModelInfo, responses=problem_responses(401, 403, 422), summary="Register"
+)
+async def register_model(body: RegisterModelRequest, state: State, caller: Admin):
+    """Registers an artifact directory on the server (checksums verified, graph loaded) as a new version."""
+    try:
+        record, _ = await run_in_threadpool(state.registry.register, body.path, body.name, body.activate)
+    except ArtifactError as e:
+        raise unprocessable([{"field": "path", "reason": str(e)}]) from None
+    except OSError as e:
+        raise unprocessable([{"field": "path", "reason": f"cannot read the directory ({e.strerror})"}]) from None
+    await state.audit("model.registered", caller, (record.name, record.version), detail={"path": record.path})
+    return _info(record)
+
+
+@router.post(
+    "/{name}/versions/{version}/activate",
+    response_model=ModelInfo,
+    responses=problem_responses(401, 403, 404),
+    summary="Make a version the active one",
+)
+async def activate(name: str, version: int, state: State, caller: Admin):
+    def run():
+        with state.sessions.begin() as s:
+            if repo.get_model(s, name, version) is None:
+                return None
+            return _info(repo.activate_model(s, name, version))
+
+    out = await run_in_threadpool(run)
+    if out is None:
+        raise not_found("model", f"{name} version {version}")
+    return out

@@ -1,0 +1,179 @@
+"""Questionnaire sessions: state in Redis (or in-process), pinned to the model version they started on."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import Inferrer, Principal, State, check_samples, input_problem, resolve_model
+from app.api.problems import Problem, not_found, problem_responses, unprocessable
+from app.api.schemas import (
+    CreateSessionRequest,
+    NextFeaturesResponse,
+    ObservationsRequest,
+    SessionOut,
+    SessionPrediction,
+)
+from app.engine import InputError
+from app.sessions.store import SessionNotFound, SessionState
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+ERRORS = problem_responses(401, 403, 404, 422, 503)
+
+
+def _out(state, s: SessionState) -> dict[str, Any]:
+    return {
+        "session_id": s.id,
+        "model": s.model_name,
+        "version": s.model_version,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "expires_in": int(state.store.ttl_seconds),
+        "observations": [o.to_dict() for o in s.observations],
+        "current": s.current,
+    }
+
+
+def _gone(session_id: str) -> Problem:
+    return not_found("session", session_id, f"There is no session {session_id!r}: it never existed or it expired.")
+
+
+async def _session(state, session_id: str, caller: Principal) -> SessionState:
+    try:
+        s = await state.store.get(session_id)
+    except SessionNotFound:
+        raise _gone(session_id) from None
+    if s.owner is not None and s.owner != caller.owner:
+        raise _gone(session_id)  # another key's session: indistinguishable from a missing one
+    return s
+
+
+def _validate(engine, observations: dict[str, Any]) -> None:
+    """Checks answers against the schema before anything is stored (null retracts an answer)."""
+    targets = {c.name for c in engine.schema.targets}
+    errors = [
+        {"field": f"observations.{k}", "reason": "is the model's target: a session predicts it, it does not take it"}
+        for k in observations
+        if k in targets
+    ]
+    if errors:
+        raise unprocessable(errors)
+    try:
+        engine.encode_rows([observations])
+    except InputError as e:
+        problem = input_problem(e)
+        for err in problem.errors or []:
+            err["field"] = err["field"].replace("rows.0.", "observations.", 1)
+        raise problem from None
+
+
+@router.post("", status_code=201, response_model=SessionOut, responses=ERRORS, summary="Start a questionnaire")
+async def create_session(body: CreateSessionRequest, state: State, caller: Inferrer, response: Response):
+    m = resolve_model(state.registry, body.model, body.version)
+    _validate(m.engine, body.observations)
+    s = await state.store.create(m.name, m.version, caller.owner, body.observations)
+    response.headers["Location"] = f"/v1/sessions/{s.id}"
+    await state.audit("session.created", caller, (m.name, m.version), s.id, values=body.observations)
+    return _out(state, s)
+
+
+@router.get("/{session_id}", response_model=SessionOut, responses=ERRORS, summary="A session's answers")
+async def get_session(session_id: str, state: State, caller: Inferrer):
+    return _out(state, await _session(state, session_id, caller))
+
+
+@router.post("/{session_id}/observations", response_model=SessionOut, responses=ERRORS, summary="Record answers")
+async def add_observations(session_id: str, body: ObservationsRequest, state: State, caller: Inferrer):
+    """Adds answers atomically (concurrent writers lose nothing); answering a feature again corrects it,
+    null retracts it. A rejected request stores nothing."""
+    s = await _session(state, session_id, caller)
+    m = resolve_model(state.registry, s.model_name, s.model_version)
+    _validate(m.engine, body.observations)
+    try:
+        s = await state.store.add_observations(session_id, body.observations)
+    except SessionNotFound:
+        raise _gone(session_id) from None
+    await state.audit("session.observation", caller, (m.name, m.version), s.id, values=body.observations)
+    return _out(state, s)
+
+
+@router.delete("/{session_id}", status_code=204, responses=ERRORS, summary="End a session")
+async def delete_session(session_id: str, state: State, caller: Inferrer) -> Response:
+    await _session(state, session_id, caller)
+    try:
+        await state.store.delete(session_id)
+    except SessionNotFound:
+        raise _gone(session_id) from None
+    return Response(status_code=204)
+
+
+def _parse_costs(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    costs = {}
+    for part in text.split(","):
+        name, sep, value = part.partition(":")
+        try:
+            costs[name.strip()] = float(value)
+        except ValueError:
+            raise unprocessable([{"field": "costs", "reason": f"{part!r} is not feature:cost"}]) from None
+        if not sep:
+            raise unprocessable([{"field": "costs", "reason": f"{part!r} is not feature:cost"}])
+    return costs
+
+
+@router.get(
+    "/{session_id}/next-features", response_model=NextFeaturesResponse, responses=ERRORS, summary="Next question"
+)
+async def session_next_features(
+    session_id: str,
+    state: State,
+    caller: Inferrer,
+    top_k: Annotated[int | None, Query(ge=1)] = None,
+    method: Annotated[str, Query(pattern="^(mixture|histogram)$")] = "mixture",
+    costs: Annotated[str | None, Query(description="feature:cost pairs, comma-separated, e.g. ldl:5,hdl:5")] = None,
+    exclude: Annotated[str | None, Query(description="Comma-separated features not to ask (e.g. skipped).")] = None,
+    min_gain: Annotated[float, Query(ge=0)] = 0.01,
+    max_uncertainty: Annotated[float | None, Query(ge=0)] = None,
+    samples: Annotated[int | None, Query(ge=2)] = None,
+    seed: Annotated[int | None, Query(ge=0)] = None,
+):
+    check_samples(state.settings, samples)
+    s = await _session(state, session_id, caller)
+    m = resolve_model(state.registry, s.model_name, s.model_version)
+    current = s.current
+    skip = {x.strip() for x in (exclude or "").split(",") if x.strip()}
+    unknown = sorted(skip - {c.name for c in m.engine.schema.features})
+    if unknown:
+        raise unprocessable([{"field": "exclude", "reason": f"unknown feature {unknown[0]!r}"}])
+    candidates = [c.name for c in m.engine.schema.features if c.name not in current and c.name not in skip]
+    try:
+        prep = m.engine.prepare_next_features(
+            current, candidates, _parse_costs(costs), top_k, samples, seed, None, method, min_gain, max_uncertainty
+        )
+    except InputError as e:
+        raise input_problem(e) from None
+    out = await state.batcher.submit((m.name, m.version), m.engine, prep)
+    best = out["ranking"][0]["feature"] if out["ranking"] else None
+    await state.audit("recommendation.served", caller, (m.name, m.version), s.id, detail={"recommended": best})
+    return {"model": m.name, "version": m.version, **out}
+
+
+@router.get(
+    "/{session_id}/prediction", response_model=SessionPrediction, responses=ERRORS, summary="Current prediction"
+)
+async def session_prediction(
+    session_id: str,
+    state: State,
+    caller: Inferrer,
+    samples: Annotated[int | None, Query(ge=2)] = None,
+    seed: Annotated[int | None, Query(ge=0)] = None,
+):
+    check_samples(state.settings, samples)
+    s = await _session(state, session_id, caller)
+    m = resolve_model(state.registry, s.model_name, s.model_version)
+    prep = m.engine.prepare_predict([s.current], samples, seed=seed)
+    (row,) = await state.batcher.submit((m.name, m.version), m.engine, prep)
+    await state.audit("prediction.served", caller, (m.name, m.version), s.id)
+    return {"session_id": s.id, "model": m.name, "version": m.version, **row}

@@ -1,0 +1,120 @@
+"""The FastAPI application: `create_app(settings)`; `uvicorn app.main:app` uses the environment."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.api.problems import BodySizeLimit, install_problem_handlers
+from app.api.routes import batch_jobs, health, inference, models, sessions
+from app.core.config import Settings, get_settings
+from app.db.session import make_engine, make_sessionmaker, migrate
+from app.services.batcher import DynamicBatcher
+from app.services.metrics import Metrics
+from app.services.registry import ModelRegistry
+from app.services.state import AppState
+from app.sessions.store import make_store
+from hhvaem import __version__
+
+log = logging.getLogger("hhvaem")
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None, backend: str = "onnx") -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        migrate(settings.database_url)
+        db = make_engine(settings.database_url)
+        sessions = make_sessionmaker(db)
+        registry = ModelRegistry(sessions, backend, settings.device, settings.threads)
+        if settings.models_dir:
+            registry.register_dir(settings.models_dir)
+        for record in [r for r in registry.records() if r.active]:
+            try:  # load what the registry says is active, checksums verified
+                registry.resolve(record.name)
+            except Exception as e:
+                log.error("model %s version %d not loaded: %s", record.name, record.version, e)
+        metrics = Metrics()
+        state = AppState(
+            settings,
+            db,
+            sessions,
+            registry,
+            make_store(settings),
+            DynamicBatcher(settings.batch_window_ms, settings.max_batch_rows, metrics.on_batch),
+            metrics,
+        )
+        app.state.hhvaem = state
+        log.info(
+            "hhvaem %s ready: models %s, database %s, sessions %s, auth %s",
+            __version__,
+            registry.loaded() or "none",
+            settings.redacted()["database_url"],
+            state.store.kind,
+            "on" if settings.auth_enabled else "off",
+        )
+        try:
+            yield
+        finally:
+            await batch_jobs.shutdown(state)
+            await state.batcher.close()
+            await state.store.close()
+            db.dispose()
+
+    app = FastAPI(
+        title="hhvaem",
+        version=__version__,
+        summary="Imputation, prediction and next-best-feature acquisition for tables with missing values (HH-VAEM).",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        state = getattr(request.app.state, "hhvaem", None)
+        if state is not None:
+            state.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+            state.metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.max_upload_bytes,
+        upload_paths=["/v1/batch-jobs"],
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+    for router in (health.router, models.router, inference.router, sessions.router, batch_jobs.router):
+        app.include_router(router)
+    if STATIC.is_dir():
+        app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
+
+        @app.get("/", include_in_schema=False)
+        async def index():
+            return RedirectResponse("/ui/")
+
+    return app
+
+
+def app() -> FastAPI:  # uvicorn app.main:app --factory
+    return create_app()

@@ -1,0 +1,1 @@
+"""Service-side machinery between the routes and the engine: loaded models, batching, scoring, audit."""

@@ -1,0 +1,64 @@
+"""Everything a running service holds: settings, SQL, loaded models, the session store, the batcher."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine as SQLEngine
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from app.core.config import Settings
+from app.db import repository as repo
+from app.services.batcher import DynamicBatcher
+from app.services.metrics import Metrics
+from app.services.registry import ModelRegistry
+from app.sessions.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: SQLEngine
+    sessions: sessionmaker[Session]
+    registry: ModelRegistry
+    store: SessionStore
+    batcher: DynamicBatcher
+    metrics: Metrics
+
+    async def audit(
+        self,
+        kind: str,
+        principal: Any,
+        model: tuple[str, int] | None = None,
+        session_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> None:
+        """Appends an audit event; raw values only when `audit_values` is on. Never fails the request."""
+        detail = dict(detail or {})
+        if values is not None:
+            detail["features"] = sorted(values)
+            if self.settings.audit_values:
+                detail["values"] = values
+
+        def write():
+            with self.sessions.begin() as s:
+                repo.record_event(
+                    s,
+                    kind,
+                    model_name=model[0] if model else None,
+                    model_version=model[1] if model else None,
+                    session_id=session_id,
+                    api_key_id=principal.key_id,
+                    detail=detail,
+                )
+
+        try:
+            await run_in_threadpool(write)
+        except Exception as e:  # auditing must not take the answer down with it
+            log.error("audit event %s not recorded: %s", kind, type(e).__name__)
