@@ -40,14 +40,14 @@ def fail(message: str) -> None:
 @contextmanager
 def user_errors():
     """Turns the library's input errors into a one-line message and exit status 2 (no traceback)."""
+    from hhvaem.artifact import ArtifactError
+    from hhvaem.tables import TableError
     from model.preprocessing import EncodingError
     from model.schema import SchemaError
-    from training.artifact import ArtifactError
-    from training.tabular import TableError
 
     try:
         yield
-    except (TableError, SchemaError, EncodingError, ArtifactError, ValueError) as e:
+    except (TableError, SchemaError, EncodingError, ArtifactError, ValueError, OSError) as e:
         fail(str(e))
 
 
@@ -190,6 +190,247 @@ def evaluate(
         typer.echo(f"{name:<16}{m['mean']:>10.4f}{m['std']:>10.4f}")
     if json_out:
         json_out.write_text(json.dumps(summary, indent=2))
+
+
+# ---- serving ---------------------------------------------------------------------------------------
+HostOpt = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
+PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")]
+
+
+def _serve(host: str, port: int, models_dir: Path | None) -> None:
+    import logging
+
+    import uvicorn
+
+    from app.core.config import Settings
+    from app.main import create_app
+
+    settings = Settings(**({"models_dir": models_dir} if models_dir else {}))
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+
+
+@app.command()
+def serve(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    models: Annotated[
+        Path | None, typer.Option("--models", help="Directory with one artifact per subfolder, registered at start.")
+    ] = None,
+) -> None:
+    """Run the HTTP service (settings from HHVAEM_* environment variables; see the README)."""
+    if models is not None and not models.is_dir():
+        fail(f"--models: {models} is not a directory")
+    _serve(host, port, models)
+
+
+@app.command()
+def demo(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    steps: Annotated[int, typer.Option("--steps", min=10, help="Training steps for the demo model.")] = 2000,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Train the demo model again.")] = False,
+) -> None:
+    """Serve the demo model (scikit-learn's diabetes table in raw units), training it on first run."""
+    from app.core.config import Settings
+
+    models_dir = Settings().data_dir / "demo"
+    target = models_dir / "diabetes"
+    if rebuild or not (target / "manifest.json").is_file():
+        try:
+            from training.demo import build_demo
+        except ImportError:
+            fail("training the demo model needs torch: pip install torch==2.13.0 && pip install -e '.[train]'")
+        typer.echo(f"training the demo model into {target} (first run only, about two minutes)...", err=True)
+        _setup(0, 0)
+        with StageProgress() as bar:
+            build_demo(target, steps=steps, progress=bar)
+    typer.echo(f"serving the demo model on http://{host}:{port}/ (questionnaire page), API docs at /docs", err=True)
+    _serve(host, port, models_dir)
+
+
+@app.command()
+def score(
+    model_dir: Annotated[Path, typer.Argument(help="Artifact directory (manifest.json + sampler.onnx).")],
+    input: Annotated[Path, typer.Argument(help="Table to score: .csv, .csv.gz or .parquet.")],
+    output: Annotated[Path, typer.Argument(help="Where to write the result: .csv or .parquet.")],
+    operation: Annotated[str, typer.Option("--operation", help="impute | predict | both")] = "both",
+    samples: Annotated[int | None, typer.Option("--samples", min=2, help="Posterior samples per row.")] = None,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per sampler call.")] = 128,
+    seed: SeedOpt = 0,
+    threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime threads (0: default).")] = 0,
+) -> None:
+    """Batch scoring offline, with a progress bar; bad rows are reported by row number and skipped."""
+    from app.services.scoring import OPERATIONS
+
+    if operation not in OPERATIONS:
+        fail(f"--operation: unknown operation {operation!r} (expected one of {', '.join(OPERATIONS)})")
+    if not output.name.lower().endswith((".csv", ".parquet")):
+        fail(f"{output.name}: the output must end in .csv or .parquet")
+    with user_errors():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from app.engine import Engine
+        from app.services.scoring import score_frame
+        from hhvaem.tables import read_table
+
+        engine = Engine(model_dir, threads=threads)
+        df = read_table(input)
+        columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("rows", total=len(df))
+            out, errors = score_frame(
+                engine,
+                df,
+                operation,
+                samples,
+                chunk_rows,
+                seed,
+                progress=lambda done, total, _: bar.update(task, completed=done),
+            )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.name.lower().endswith(".parquet"):
+            # Parquet columns have one type: a column mixing text and numbers (a rejected "abc" among
+            # imputed values) is written as text.
+            for name in out.columns:
+                if out[name].dtype == object and out[name].map(type).nunique() > 1:
+                    out[name] = out[name].map(lambda v: v if v is None else str(v))
+            out.to_parquet(output, index=False)
+        else:
+            out.to_csv(output, index=False)
+    for e in errors[:20]:
+        where = f"row {e['row']}, " if e["row"] is not None else ""
+        typer.echo(f"warning: {where}column {e['column']}: {e['reason']}", err=True)
+    if len(errors) > 20:
+        typer.echo(f"warning: ... and {len(errors) - 20} more", err=True)
+    bad = len({e["row"] for e in errors if e["row"] is not None})
+    typer.echo(f"wrote {output}: {len(df) - bad} rows scored, {bad} rejected ({operation}, {engine.backend.name})")
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; the key is shown once, at creation).")
+app.add_typer(keys_app, name="keys")
+
+
+def _db():
+    from app.core.config import Settings
+    from app.db.session import make_engine, make_sessionmaker, migrate
+
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.database_url)
+    return make_sessionmaker(make_engine(settings.database_url))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A label for the key (who uses it).")],
+    scope: Annotated[list[str] | None, typer.Option("--scope", help="infer | admin (repeat; default infer).")] = None,
+) -> None:
+    """Create an API key and print it (only now: only its hash is stored)."""
+    from app.db import repository as repo
+
+    with user_errors():
+        with _db().begin() as s:
+            record, key = repo.create_api_key(s, name, scope or ["infer"])
+            typer.echo(f"key {record.id} ({', '.join(record.scopes)}): {key}")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (prefix, scopes, revoked or not); never the keys themselves."""
+    from app.db import repository as repo
+
+    with _db()() as s:
+        for k in repo.list_api_keys(s):
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            typer.echo(f"{k.id:>4}  {k.name:<24} {k.prefix}…  {','.join(k.scopes):<14} {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id from `hhvaem keys list`.")]) -> None:
+    """Revoke an API key (requests with it get 401 from then on)."""
+    from app.db import repository as repo
+
+    with user_errors():
+        try:
+            with _db().begin() as s:
+                repo.revoke_api_key(s, key_id)
+        except LookupError:
+            fail(f"no API key with id {key_id}")
+    typer.echo(f"revoked key {key_id}")
+
+
+def _split_list(splits: str) -> list[int]:
+    try:
+        split_list = [int(s) for s in splits.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--splits: {splits!r} is not a comma-separated list of integers")
+    if not split_list or any(not 0 <= s < 10 for s in split_list):
+        fail(f"--splits: {splits!r} must name splits between 0 and 9")
+    return split_list
+
+
+@app.command()
+def saia(
+    data: Data,
+    schema: SchemaOpt = None,
+    target: TargetOpt = None,
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated: random, kl, kl-latent, histogram, mixture.")
+    ] = "random,kl,histogram,mixture",
+    splits: Annotated[str, typer.Option("--splits", help="Comma-separated split indices in 0..9.")] = "0,1,2",
+    steps: Annotated[int, typer.Option("--steps", min=10, help="Training steps per split.")] = 3000,
+    samples: Annotated[int, typer.Option("--samples", min=2, help="Posterior samples K per sampler call.")] = 100,
+    max_rows: Annotated[
+        int | None, typer.Option("--max-rows", min=1, help="Seeded subset of test rows per split (default: all).")
+    ] = None,
+    kl_draws: Annotated[int, typer.Option("--kl-draws", min=1, help="Draws per candidate for the KL reward.")] = 32,
+    seed: SeedOpt = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write curves and AUCs as JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of both curves here.")] = None,
+    threads: Annotated[int, typer.Option("--threads", help="Torch and ONNX Runtime CPU threads.")] = 1,
+    compile: CompileOpt = None,
+) -> None:
+    """Sequential active information acquisition (PROTOCOL.md): train per split, acquire features one by one.
+
+    Prints the area under the target-error and NLL_y curves (mean ± std over splits) per method. The target is
+    the first --target (or the schema's first target).
+    """
+    from training.saia import METHODS
+
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in method_list if m not in METHODS]
+    if bad:
+        fail(f"--methods: unknown method {bad[0]!r} (expected some of {', '.join(METHODS)})")
+    if not method_list or len(set(method_list)) != len(method_list):
+        fail(f"--methods: {methods!r} must name each method at most once, and at least one")
+    if kl_draws > samples:
+        fail(f"--kl-draws: {kl_draws} is more than --samples {samples}")
+    if plot is not None and plot.suffix.lower() != ".png":
+        fail(f"--plot: {str(plot)!r} must end in .png")
+    split_list = _split_list(splits)
+    _setup(threads, seed)
+    with user_errors():
+        from training.saia import SaiaSettings, format_table, plot_curves, run_saia, write_json
+
+        df, sch = _load(data, schema, target)
+        settings = SaiaSettings(tuple(method_list), samples, kl_draws, 5, max_rows, seed, max(threads, 1))
+        summary = run_saia(
+            df,
+            sch,
+            split_list,
+            target[0] if target else None,
+            steps,
+            settings,
+            progress_for=lambda k: StageProgress(prefix=f"split {k}: "),
+            compile=compile,
+            log=lambda msg: typer.echo(msg, err=True),
+        )
+    typer.echo(format_table(summary))
+    if json_out:
+        write_json(summary, json_out)
+    if plot:
+        plot_curves(summary, plot, title=f"SAIA on {data.name}, target {summary['target']}")
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -416,7 +417,7 @@ def run_saia(
     target: str | None = None,
     steps: int | StageSteps = 3000,
     settings: SaiaSettings | None = None,
-    progress_for: Callable[[int], Progress | None] | None = None,
+    progress_for: Callable[[int], AbstractContextManager[Progress | None]] | None = None,
     compile: bool | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
@@ -427,8 +428,8 @@ def run_saia(
         raise ValueError(f"unknown target {target!r} (the table's targets: {names})")
     per_split = []
     for k in splits:
-        progress = progress_for(k) if progress_for else None
-        res = run_split(df, schema, k, tcol.name, steps, settings, progress=progress, compile=compile, log=log)
+        with progress_for(k) if progress_for else nullcontext() as progress:
+            res = run_split(df, schema, k, tcol.name, steps, settings, progress=progress, compile=compile, log=log)
         per_split.append(res)
         if log:
             s = per_split[-1]

@@ -98,8 +98,9 @@ def _write_imputed(engine: Engine, out: pd.DataFrame, added, index: list[int], r
         for name, summary in r["imputed"].items():
             if name not in out.columns:
                 out[name] = np.nan
-            if out[name].dtype != object and not isinstance(r["values"][name], (int, float)):
-                out[name] = out[name].astype(object)
+            numeric = pd.api.types.is_numeric_dtype(out[name])
+            if out[name].dtype != object and not (numeric and isinstance(r["values"][name], (int, float))):
+                out[name] = out[name].astype(object)  # text columns (pandas' str dtype) take numbers this way
             out.iat[i, out.columns.get_loc(name)] = r["values"][name]
             if "std" in summary and summary["std"] is not None:
                 _column(added, f"{name}__std", n)[i] = summary["std"]

@@ -1,0 +1,1 @@
+"""Service benchmarks (load test)."""

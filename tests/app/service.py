@@ -1,0 +1,569 @@
+"""Helpers for the real-HTTP service tests (`test_api*.py`): the REAL service (`create_app`) served by uvicorn on a
+free loopback port in a background thread, called with httpx, backed by real PostgreSQL and Redis.
+
+Nothing here is a pytest fixture (fixtures imported into a test module trip ruff's F811); each test module builds
+its own module-scoped fixtures from `running_service(...)`, so every module starts only a few servers.
+
+Backing stores:
+
+* PostgreSQL: `HHVAEM_TEST_POSTGRES_URL`'s server (default `postgresql://postgres@127.0.0.1:5432`), database
+  `hhvaem_api_test` (created if missing); every service gets a schema of its own, dropped when it stops.
+* SQLite: a file in the service's own temporary directory.
+* Redis: `HHVAEM_TEST_API_REDIS_URL` (default `redis://127.0.0.1:6379/14`); the sessions' keys are deleted when the
+  service stops. A throwaway `redis-server` (no persistence, free port) is available for outage tests.
+
+Unreachable servers skip the tests that need them, unless `HHVAEM_REQUIRE_POSTGRES=1` / `HHVAEM_REQUIRE_REDIS=1`.
+`HHVAEM_TEST_ARTIFACT=<dir>` makes `artifact_dir` use a prebuilt demo artifact instead of training one (speeds up
+local iterations; the default trains the shared `demo_artifact`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+PG_SERVER_URL = os.environ.get("HHVAEM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/hhvaem_test")
+PG_DATABASE = "hhvaem_api_test"
+REDIS_URL = os.environ.get("HHVAEM_TEST_API_REDIS_URL", "redis://127.0.0.1:6379/14")
+SESSION_PREFIX = "hhvaem:session:"  # RedisSessionStore's default key prefix
+MODEL = "diabetes"  # the demo artifact's manifest name
+TARGET = "disease_progression"
+FEATURES = (
+    "age",
+    "sex",
+    "bmi",
+    "blood_pressure",
+    "total_cholesterol",
+    "ldl",
+    "hdl",
+    "cholesterol_ratio",
+    "log_triglycerides",
+    "blood_sugar",
+)
+ROW = {"age": 59, "sex": 2, "bmi": 32.1, "blood_pressure": 101.0}  # a plausible, partly observed row
+SAMPLES = 20  # keep every sampler call small
+PROBLEM = "application/problem+json"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false", "no")
+
+
+def artifact_dir(request: pytest.FixtureRequest) -> str:
+    """The demo artifact: `HHVAEM_TEST_ARTIFACT` if set, else the session fixture `demo_artifact`."""
+    prebuilt = os.environ.get("HHVAEM_TEST_ARTIFACT")
+    if prebuilt:
+        return prebuilt
+    return request.getfixturevalue("demo_artifact")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_url(database: str):
+    from app.db.session import normalize_url
+
+    return normalize_url(PG_SERVER_URL).set(database=database)
+
+
+def _pg_connect(database: str):
+    import psycopg
+
+    url = _pg_url(database)
+    params: dict[str, Any] = {"host": url.host or "127.0.0.1", "port": url.port or 5432, "dbname": database}
+    if url.username:
+        params["user"] = url.username
+    if url.password:
+        params["password"] = url.password
+    return psycopg.connect(**params, autocommit=True, connect_timeout=3)
+
+
+@functools.cache
+def _pg_database() -> str | None:
+    """Creates `hhvaem_api_test` if missing; the reason PostgreSQL is unusable, or None when it is fine."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        with _pg_connect("postgres") as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone():
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(PG_DATABASE)))
+    except psycopg.OperationalError as exc:
+        return f"PostgreSQL not reachable at {_pg_url('postgres').render_as_string(hide_password=True)}: {exc}"
+    return None
+
+
+def require_postgres() -> None:
+    reason = _pg_database()
+    if reason:
+        if _flag("HHVAEM_REQUIRE_POSTGRES"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def pg_schema() -> Iterator[str]:
+    """A SQLAlchemy URL on an empty schema of its own in `hhvaem_api_test` (dropped afterwards)."""
+    from psycopg import sql
+
+    require_postgres()
+    schema = f"api_{uuid.uuid4().hex[:16]}"
+    with _pg_connect(PG_DATABASE) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    url = _pg_url(PG_DATABASE).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with _pg_connect(PG_DATABASE) as conn:
+            conn.execute("SET lock_timeout = '10s'")
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+# --------------------------------------------------------------------------------------------------------- Redis
+
+
+def require_redis(url: str = REDIS_URL) -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        message = f"Redis not reachable at {url}: {exc}"
+        if _flag("HHVAEM_REQUIRE_REDIS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+def delete_sessions(url: str, ids: list[str] | None = None) -> None:
+    """Deletes the given sessions' keys (all session keys of that database when `ids` is None)."""
+    import redis
+
+    with contextlib.suppress(redis.RedisError):
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        keys = [SESSION_PREFIX + i for i in ids] if ids is not None else list(client.scan_iter(SESSION_PREFIX + "*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+class ThrowawayRedis:
+    """A private redis-server without persistence on a free port, that a test may stop and start at will."""
+
+    def __init__(self, folder: Path):
+        self.server = shutil.which("redis-server")
+        self.cli = shutil.which("redis-cli")
+        if not self.server or not self.cli:
+            pytest.skip("redis-server / redis-cli not installed")
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def _ping(self) -> bool:
+        probe = subprocess.run([self.cli, "-p", str(self.port), "ping"], capture_output=True, text=True, timeout=5)
+        return probe.stdout.strip() == "PONG"
+
+    def start(self) -> None:
+        subprocess.run(
+            [self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            + ["--daemonize", "yes", "--dir", str(self.folder), "--pidfile", str(self.folder / "redis.pid")]
+            + ["--logfile", str(self.folder / "redis.log")],
+            check=True,
+            timeout=10,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._ping():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"throwaway redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        subprocess.run([self.cli, "-p", str(self.port), "shutdown", "nosave"], capture_output=True, timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"throwaway redis-server on port {self.port} did not stop")
+
+
+# ------------------------------------------------------------------------------------------------------- service
+
+
+class LogCapture(logging.Handler):
+    """Every log record emitted in this process while a service runs, formatted with tracebacks."""
+
+    NAMES = ("app", "hhvaem", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+        self._levels: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # noqa: BLE001 - a broken record must not break the server
+            self.lines.append(f"{record.levelname} {record.name}: <unformattable {record.msg!r}>")
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def install(self) -> None:
+        logging.getLogger().addHandler(self)
+        for name in self.NAMES:  # the service logs at INFO (its default log level): let those records through
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+
+    def remove(self) -> None:
+        logging.getLogger().removeHandler(self)
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@dataclass
+class Service:
+    """A running service: its base URL, settings, in-process app (for white-box reads) and captured logs."""
+
+    url: str
+    settings: Any
+    app: Any
+    logs: LogCapture
+    models_dir: Path
+    artifact: Path  # this service's own copy of the demo artifact (registered at start-up)
+    redis_url: str | None
+    memo: dict[str, Any] = field(default_factory=dict)  # what tests set up once per service (e.g. version 2)
+    _clients: list[httpx.Client] = field(default_factory=list)
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        c = httpx.Client(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 60), **kwargs)
+        self._clients.append(c)
+        return c
+
+    def async_client(self, key: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.hhvaem
+
+    @contextlib.contextmanager
+    def db(self) -> Iterator[Any]:
+        """A SQLAlchemy session on the service's database (a separate engine, as another process would have)."""
+        from app.db.session import make_engine, make_sessionmaker
+
+        engine = make_engine(self.settings.database_url)
+        try:
+            with make_sessionmaker(engine)() as s:
+                yield s
+        finally:
+            engine.dispose()
+
+    def create_api_key(self, name: str, scopes: list[str]) -> tuple[int, str]:
+        from app.db import repository as repo
+
+        with self.db() as s, s.begin():
+            record, plaintext = repo.create_api_key(s, name, scopes)
+            return record.id, plaintext
+
+    def events(self, kind: str | None = None, session_id: str | None = None) -> list[Any]:
+        from app.db import repository as repo
+
+        with self.db() as s:
+            return repo.list_events(s, kind, session_id, limit=1000)
+
+    def close_clients(self) -> None:
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+
+
+@contextlib.contextmanager
+def _serve(app: Any, logs: LogCapture, timeout: float = 60.0) -> Iterator[str]:
+    """Serves `app` with uvicorn on a free loopback port in a background thread; yields the base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        log_config=None,  # keep the process's logging as it is (LogCapture listens at the root)
+        access_log=True,
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+        timeout_keep_alive=5,
+        ws="none",
+    )
+    server = uvicorn.Server(config)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if failure or not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(10)
+            sock.close()
+            raise RuntimeError(f"the service did not start: {failure or 'see the log'}\n{logs.text[-4000:]}")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@contextlib.contextmanager
+def running_service(
+    artifact: str | os.PathLike[str],
+    folder: Path,
+    *,
+    database: str = "postgresql",
+    sessions: str = "redis",
+    redis_url: str | None = None,
+    register: str = "models_dir",
+    **settings: Any,
+) -> Iterator[Service]:
+    """The real service (`create_app`) over HTTP on a free port.
+
+    `database`: "postgresql" (a schema of its own) or "sqlite" (a file in `folder`). `sessions`: "redis" (the test
+    Redis, or `redis_url`) or "memory". The demo artifact is copied into `folder/models/diabetes`; `register` says
+    how the service learns of it: "models_dir" (registered at start-up from `models_dir`), "registry" (a row
+    written into the migrated database beforehand, as another process would; the service loads what the registry
+    says) or "none". Other keyword arguments are `Settings` fields (`make_settings`)."""
+    from app.core.config import make_settings
+    from app.main import create_app
+
+    folder.mkdir(parents=True, exist_ok=True)
+    models = folder / "models"
+    copy = models / MODEL
+    if not copy.exists():
+        shutil.copytree(artifact, copy)
+    if sessions == "redis":
+        redis_url = redis_url or require_redis()
+    elif sessions == "memory":
+        redis_url = None
+    else:
+        raise ValueError(sessions)
+    with contextlib.ExitStack() as stack:
+        if database == "postgresql":
+            db_url = stack.enter_context(pg_schema())
+        elif database == "sqlite":
+            db_url = f"sqlite:///{(folder / 'hhvaem.sqlite3').as_posix()}"
+        else:
+            raise ValueError(database)
+        if register == "registry":
+            register_in_db(db_url, copy)
+        elif register not in ("models_dir", "none"):
+            raise ValueError(register)
+        s = make_settings(
+            data_dir=folder / "data",
+            database_url=db_url,
+            redis_url=redis_url,
+            models_dir=models if register == "models_dir" else None,
+            threads=1,
+            **settings,
+        )
+        logs = LogCapture()
+        logs.install()
+        stack.callback(logs.remove)
+        app = create_app(s)
+        url = stack.enter_context(_serve(app, logs))
+        service = Service(url, s, app, logs, models, copy, redis_url)
+        stack.callback(service.close_clients)
+        try:
+            yield service
+        finally:
+            if redis_url and redis_url == REDIS_URL:
+                delete_sessions(redis_url)
+
+
+def register_in_db(
+    db_url: str, path: Path, name: str = MODEL, *, activate: bool = True, checksum: str | None = None
+) -> int:
+    """Writes a registry row for the artifact at `path` straight into the database (migrated first), as another
+    process or an operator would; returns its version. `checksum` defaults to the manifest's."""
+    import json
+
+    from app.db import repository as repo
+    from app.db.session import make_engine, make_sessionmaker, migrate
+    from app.services.registry import artifact_summary
+    from hhvaem.artifact import manifest_checksum
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    migrate(db_url)
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine).begin() as s:
+            record = repo.register_model(
+                s,
+                name,
+                str(path),
+                checksum or manifest_checksum(path),
+                str(manifest["format_version"]),
+                manifest.get("metrics") or {},
+                artifact_summary(manifest),
+                activate=activate,
+            )
+            return record.version
+    finally:
+        engine.dispose()
+
+
+def variant_copy(artifact: Path, dest: Path, note: str) -> Path:
+    """A copy of `artifact` whose manifest differs (an extra `note`): a new artifact to the registry, same model."""
+    import json
+
+    if not dest.exists():
+        shutil.copytree(artifact, dest)
+        manifest = json.loads((dest / "manifest.json").read_text())
+        manifest["note"] = note
+        (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return dest
+
+
+_SHARED: dict[str, Service] = {}
+
+
+def shared_service(request: pytest.FixtureRequest, name: str, **kwargs: Any) -> Service:
+    """A service started once per test run under `name` (first caller's `kwargs` win) and stopped when pytest
+    ends: the test modules that need the same configuration share one start-up (each costs seconds, mostly
+    ONNX Runtime optimising the sampler graph)."""
+    if name not in _SHARED:
+        folder = request.getfixturevalue("tmp_path_factory").mktemp(f"service-{name}")
+        stack = contextlib.ExitStack()
+        _SHARED[name] = stack.enter_context(running_service(artifact_dir(request), folder, **kwargs))
+
+        def stop() -> None:
+            _SHARED.pop(name, None)
+            stack.close()
+
+        request.config.add_cleanup(stop)
+    return _SHARED[name]
+
+
+# The configuration most tests share: PostgreSQL + Redis, with small limits so that the limit checks are cheap.
+MAIN_LIMITS = {
+    "max_rows": 8,
+    "max_samples": 64,
+    "max_body_bytes": 64 * 1024,
+    "max_upload_bytes": 256 * 1024,
+    "default_samples": SAMPLES,
+}
+
+
+def main_service(request: pytest.FixtureRequest) -> Service:
+    """The main configuration: PostgreSQL registry/audit/jobs, Redis sessions, auth off; shared by test modules."""
+    return shared_service(request, "main", database="postgresql", sessions="redis", **MAIN_LIMITS)
+
+
+def lite_service(request: pytest.FixtureRequest) -> Service:
+    """The smoke configuration: SQLite + in-process sessions; the model is known from a registry row written
+    before start-up (no models_dir), and audit events keep raw values (`audit_values=True`)."""
+    return shared_service(
+        request, "lite", database="sqlite", sessions="memory", register="registry", audit_values=True, **MAIN_LIMITS
+    )
+
+
+def second_version(service: Service) -> dict[str, Any]:
+    """Registers (once per service) a changed copy of the demo artifact through the admin API: version 2 of the
+    model, active. Returns the registration response body."""
+    cached = service.memo.get("second_version")
+    if cached is None:
+        copy = variant_copy(service.artifact, service.models_dir.parent / "variant" / MODEL, "second version")
+        r = service.client().post("/v1/models", json={"path": str(copy)})
+        assert r.status_code == 201, r.text
+        cached = r.json()
+        service.memo["second_version"] = cached
+    return cached
+
+
+def activate(service: Service, version: int) -> None:
+    r = service.client().post(f"/v1/models/{MODEL}/versions/{version}/activate")
+    assert r.status_code == 200 and r.json()["active"], r.text
+
+
+# ------------------------------------------------------------------------------------------------------ asserts
+
+
+def declared_length_request(url: str, path: str, length: int) -> tuple[int, dict[str, str], bytes]:
+    """POSTs only headers declaring a `length`-byte JSON body (none follows): what the server answers at once."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def problem(response: httpx.Response, status: int, *fields: str) -> dict[str, Any]:
+    """Asserts `response` is a problem document with `status` naming each of `fields` in `errors`; returns it."""
+    assert response.status_code == status, (response.status_code, response.text[:2000])
+    assert response.headers["content-type"].startswith(PROBLEM), response.headers["content-type"]
+    body = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("/problems/") and body["title"]
+    assert "Traceback" not in response.text
+    named = [e["field"] for e in body.get("errors") or []]
+    for f in fields:
+        assert f in named, (f, body)
+    return body
+
+
+def reason(body: dict[str, Any], field_name: str) -> str:
+    """The `reason` given for `field_name` in a problem document."""
+    return next(e["reason"] for e in body["errors"] if e["field"] == field_name)
