@@ -40,7 +40,6 @@ class Observed(NamedTuple):
 class Forward(NamedTuple):
     log_lik: Tensor  # [...] log p(z_O | h_1) + log p(y_O | .)
     h1: Tensor
-    z_raw: Tensor  # [..., D, 2]
     y_raw: Tensor  # [..., P, width]
 
 
@@ -107,21 +106,36 @@ class DependencyVAE(nn.Module):
     def code_params(self, eps: Tensor) -> Tensor:
         """Raw parameters of p(z | h_1) [..., D, 2]."""
         h1, _ = self.top_down(eps)
-        return self.decoder(h1).unflatten(-1, (2, self.n_codes)).transpose(-1, -2)
+        out = self.decoder(h1)
+        return torch.stack([out[..., : self.n_codes], out[..., self.n_codes :]], -1)
+
+    def code_distribution(self, dec_out: Tensor) -> Gaussian:
+        """p(z | h_1) from the decoder output laid out [loc (D) | raw scale (D)].
+
+        Slicing, not reshaping: the exported sampler evaluates this ~50 times per call, and every
+        reshape of a dynamic-shape tensor costs a chain of shape nodes in the ONNX graph.
+        """
+        raw_scale = dec_out[..., self.n_codes :]
+        return Gaussian(dec_out[..., : self.n_codes], F.softplus(raw_scale) + MIN_SCALE, raw_scale)
+
+    def target_params(self, pred_out: Tensor) -> Tensor:
+        """Predictor output -> [..., P, width] (a plain unsqueeze for the usual single target)."""
+        if len(self.targets) == 1:
+            return pred_out.unsqueeze(-2)
+        return pred_out.unflatten(-1, (len(self.targets), self.target_likelihood.width))
 
     def forward_pass(self, eps: Tensor, obs: Observed, caches: bool = False):
         h1, td_cache = self.top_down(eps)
         dec_out, dec_slopes = self.decoder.forward_cached(h1)
-        z_raw = dec_out.unflatten(-1, (2, self.n_codes)).transpose(-1, -2)  # [loc | raw scale] -> [..., D, 2]
-        z_dist = Gaussian.from_raw(z_raw)
+        z_dist = self.code_distribution(dec_out)
         lp_z = (z_dist.log_prob(obs.z) * obs.m).sum(-1)
         z_hat = obs.m * obs.z + (1.0 - obs.m) * z_dist.loc
         m = obs.m.expand_as(z_hat)
         pred_out, pred_slopes = self.predictor.forward_cached(torch.cat([z_hat, m, h1], -1))
-        y_raw = pred_out.unflatten(-1, (len(self.targets), self.target_likelihood.width))
+        y_raw = self.target_params(pred_out)
         lp_y_each, y_score = self.target_likelihood.log_prob_and_score(y_raw, obs.y)
         log_lik = lp_z + (lp_y_each * obs.my).sum(-1)
-        fwd = Forward(log_lik, h1, z_raw, y_raw)
+        fwd = Forward(log_lik, h1, y_raw)
         if not caches:
             return fwd
         return fwd, (td_cache, z_dist, dec_slopes, pred_slopes, y_score)
@@ -131,14 +145,15 @@ class DependencyVAE(nn.Module):
         fwd, (td_cache, z_dist, dec_slopes, pred_slopes, y_score) = self.forward_pass(eps, obs, caches=True)
         logp = fwd.log_lik + self.log_prior(eps)
         # predictor -> (z_hat, m, h1)
-        g_pred = (y_score * obs.my.unsqueeze(-1)).flatten(-2)
+        g_pred = y_score * obs.my.unsqueeze(-1)
+        g_pred = g_pred.squeeze(-2) if len(self.targets) == 1 else g_pred.flatten(-2)
         g_in = self.predictor.vjp(pred_slopes, g_pred)
         d, d1 = self.n_codes, self.latent_dims[0]
         g_zhat, g_h1 = g_in[..., :d], g_in[..., 2 * d : 2 * d + d1]
         # decoder -> h1: the likelihood of the observed codes, plus z_hat's dependence on the mean in holes
-        score = z_dist.raw_score(obs.z) * obs.m.unsqueeze(-1)
-        g_loc = score[..., 0] + (1.0 - obs.m) * g_zhat
-        g_dec = torch.stack([g_loc, score[..., 1]], -2).flatten(-2)  # same layout as dec_out
+        d_loc, d_scale = z_dist.raw_scores(obs.z)
+        g_loc = d_loc * obs.m + (1.0 - obs.m) * g_zhat
+        g_dec = torch.cat([g_loc, d_scale * obs.m], -1)  # same layout as dec_out
         g_h = g_h1 + self.decoder.vjp(dec_slopes, g_dec)
         # top-down hierarchy, from h_1 upwards
         grads = []

@@ -41,11 +41,14 @@ class Gaussian:
         u = (x - self.loc) / self.scale
         return -0.5 * u * u - torch.log(self.scale) - 0.5 * LOG_2PI
 
-    def raw_score(self, x: Tensor) -> Tensor:
+    def raw_scores(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """d log p / d loc and d log p / d raw scale."""
         u = (x - self.loc) / self.scale
-        d_loc = u / self.scale
         d_scale = (u * u - 1.0) / self.scale
-        return torch.stack([d_loc, d_scale * torch.sigmoid(self._raw_scale)], dim=-1)
+        return u / self.scale, d_scale * torch.sigmoid(self._raw_scale)
+
+    def raw_score(self, x: Tensor) -> Tensor:
+        return torch.stack(self.raw_scores(x), dim=-1)
 
     @property
     def mean(self) -> Tensor:
@@ -220,18 +223,24 @@ class ColumnLikelihoods:
                 pad[j, c.n_categories :] = NO_CATEGORY
         self.category_pad = pad
         self.max_categories = k
+        # One family in column order (the usual single target): no gathers and no reassembly, which keeps
+        # the exported sampler free of the shape nodes those cost on every gradient evaluation.
+        self.single = len(self.groups) == 1
+        self._score_width = {Gaussian: 2, Poisson: 1, Bernoulli: 1, Categorical: self.width}
 
     def dists(self, raw: Tensor):
         """(family instance, column index) pairs for `raw` [..., C, width]."""
         out = []
         for fam, idx in self.groups:
-            r = raw.index_select(-2, idx)
+            r = raw if self.single else raw.index_select(-2, idx)
             if fam is Categorical:
                 r = r + self.category_pad.index_select(0, idx).to(r)
             out.append((fam.from_raw(r), idx))
         return out
 
     def _assemble(self, parts: list[Tensor]) -> Tensor:
+        if self.single:
+            return parts[0]
         return torch.cat(parts, dim=-1).index_select(-1, self.inverse.to(parts[0].device))
 
     def log_prob(self, raw: Tensor, x: Tensor) -> Tensor:
@@ -241,14 +250,18 @@ class ColumnLikelihoods:
 
     def log_prob_and_score(self, raw: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """Log-likelihood [..., C] and its gradient with respect to raw [..., C, width]."""
-        x = x.expand_as(raw[..., 0])  # expand_as stays symbolic when traced for export
+        if not self.single or self.groups[0][0] is Categorical:  # gather needs x at full size
+            x = x.expand_as(raw[..., 0])  # expand_as stays symbolic when traced for export
         lps, scores = [], []
         for d, idx in self.dists(raw):
-            xi = x.index_select(-1, idx)
+            xi = x if self.single else x.index_select(-1, idx)
             lps.append(d.log_prob(xi))
             s = d.raw_score(xi)
-            scores.append(F.pad(s, (0, self.width - s.shape[-1])))
+            pad = self.width - self._score_width[type(d)]  # a Python int: constant pads in the graph
+            scores.append(F.pad(s, (0, pad)) if pad else s)
         lp = self._assemble(lps)
+        if self.single:
+            return lp, scores[0]
         score = torch.cat(scores, dim=-2).index_select(-2, self.inverse.to(raw.device))
         return lp, score
 

@@ -181,28 +181,28 @@ class Engine:
         def finish(prep: Prepared, outputs):
             _, features, target, acceptance = outputs
             out = []
-            summaries = {
-                c.name: summarise(
-                    ColumnPredictive(c, features[:, :, j]),
-                    self.preprocessor,
-                    prep.rng,
-                    quantiles,
-                    self._draws(prep.samples),
-                    return_samples,
-                )
-                for j, c in enumerate(self.schema.features)
-            } | {
-                c.name: summarise(
-                    ColumnPredictive(c, target[:, :, j]),
-                    self.preprocessor,
-                    prep.rng,
-                    quantiles,
-                    self._draws(prep.samples),
-                    return_samples,
-                )
-                for j, c in enumerate(self.schema.targets)
-            }
             mask = np.concatenate([prep.feeds["mask"], prep.feeds["y_mask"]], axis=1)
+            w = max(features.shape[-1], target.shape[-1])
+            pad = [(0, 0)] * 3
+            params = np.concatenate(
+                [
+                    np.pad(features, [*pad, (0, w - features.shape[-1])]),
+                    np.pad(target, [*pad, (0, w - target.shape[-1])]),
+                ],
+                axis=2,
+            )
+            summaries = {  # only for columns with a hole in some row
+                c.name: summarise(
+                    ColumnPredictive(c, params[:, :, j]),
+                    self.preprocessor,
+                    prep.rng,
+                    quantiles,
+                    self._draws(prep.samples),
+                    return_samples,
+                )
+                for j, c in enumerate(self.schema.columns)
+                if not mask[:, j].all()
+            }
             for i, row in enumerate(rows):
                 completed, imputed = {}, {}
                 for j, c in enumerate(self.schema.columns):

@@ -115,7 +115,7 @@ def summarise(
         return out
     mean, std = moments(pred, prep)
     values = draw(pred, prep, rng, draws)
-    qs = np.quantile(values, quantiles, axis=-1) if quantiles else np.zeros((0, len(mean)))
+    qs = sample_quantiles(values, quantiles)
     out = []
     for b in range(len(mean)):
         d = {
@@ -127,6 +127,20 @@ def summarise(
             d["samples"] = [json_value(col, v) for v in values[b, :: max(draws, 1)]]
         out.append(d)
     return out
+
+
+def sample_quantiles(values: np.ndarray, quantiles: tuple[float, ...]) -> np.ndarray:
+    """Quantiles [Q, B] of draws [B, N], linear interpolation (numpy's default method).
+
+    Written out because np.quantile's generic machinery costs ~0.3 ms per call, more than the
+    sort itself for a single row's 1000 draws.
+    """
+    v = np.sort(values, axis=-1)
+    pos = np.asarray(quantiles, dtype=np.float64) * (v.shape[-1] - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, v.shape[-1] - 1)
+    w = pos - lo
+    return (v[:, lo] * (1 - w) + v[:, hi] * w).T
 
 
 def point_value(col: Column, summary: dict[str, Any]) -> Any:

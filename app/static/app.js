@@ -213,7 +213,10 @@ function sessionExpired() {
   session.inert = true;
   session.classList.add("expired");
   const actions = [{ label: "Start over", run: () => guarded(() => start({ carry: false })) }];
-  if (n) actions.unshift({ label: `Start again with my ${n} answers`, run: () => guarded(() => start({ carry: true })) });
+  if (n) {
+    const text = `Start again with my ${n} answer${n === 1 ? "" : "s"}`;
+    actions.unshift({ label: text, run: () => guarded(() => start({ carry: true })) });
+  }
   showAlert(
     `Your questionnaire session has expired (after ${ttl} s without activity) and the service no longer has it. ` +
       "Start again to continue.",
@@ -581,6 +584,11 @@ function displayValue(feature, value) {
   return withUnit(typeof value === "number" ? fmt(value, 6) : String(value), spec?.unit);
 }
 
+function outsideRange(feature, value) {
+  const q = Object.values(state.ranges[feature]?.quantiles || {});
+  return typeof value === "number" && q.length >= 2 && (value < Math.min(...q) || value > Math.max(...q));
+}
+
 function renderAnswers() {
   const s = state.session;
   const order = [];
@@ -600,6 +608,7 @@ function renderAnswers() {
         " ",
         el("span", { class: "a-value", text: displayValue(f, s.current[f]) }),
         count[f] > 1 ? el("span", { class: "a-note", text: " (corrected)" }) : null,
+        outsideRange(f, s.current[f]) ? el("span", { class: "a-warn", text: " outside the plausible range" }) : null,
         " ",
         el("button", {
           type: "button",
@@ -735,7 +744,7 @@ async function start({ carry = false } = {}) {
   $("start").textContent = "Start a new questionnaire";
   $("apply-settings").hidden = false;
   const n = Object.keys(observations).length;
-  await refresh({ said: n ? `New questionnaire started with your ${n} answers.` : "Questionnaire started." });
+  await refresh({ said: n ? `New questionnaire started with your ${n} earlier answers.` : "Questionnaire started." });
 }
 
 async function loadModels() {

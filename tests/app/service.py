@@ -28,6 +28,7 @@ import socket
 import subprocess
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -216,16 +217,39 @@ class ThrowawayRedis:
 # ------------------------------------------------------------------------------------------------------- service
 
 
-class LogCapture(logging.Handler):
-    """Every log record emitted in this process while a service runs, formatted with tracebacks."""
+class _PlainFormatter(logging.Formatter):
+    """Formats tracebacks without Python 3.11's caret lines: those call `ast.parse`, whose state is not thread-safe
+    in CPython 3.11.7 (a server thread logging a traceback while pytest renders a report corrupts it for good)."""
 
-    NAMES = ("app", "hhvaem", "uvicorn", "uvicorn.error", "uvicorn.access")
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        lines = ["Traceback (most recent call last):"]
+        for frame in traceback.extract_tb(ei[2]):
+            lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+            if frame.line:
+                lines.append(f"    {frame.line}")
+        exc: BaseException | None = ei[1]
+        seen: set[int] = set()
+        while exc is not None and id(exc) not in seen:  # the exception and what caused it, one line each
+            seen.add(id(exc))
+            lines.extend(x.rstrip("\n") for x in traceback.format_exception_only(type(exc), exc))
+            exc = exc.__cause__ or exc.__context__
+        return "\n".join(lines)
+
+
+class LogCapture(logging.Handler):
+    """Every log record emitted in this process while a service runs, formatted with tracebacks.
+
+    Listens at the root (the service's own loggers) and at `uvicorn`, which stops propagating meanwhile: uvicorn
+    logs a failed request's traceback after the response has gone out, concurrently with the test, and only this
+    handler (whose formatter is thread-safe) may format it."""
+
+    LEVELS = ("app", "hhvaem", "uvicorn")
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.setFormatter(_PlainFormatter("%(levelname)s %(name)s: %(message)s"))
         self.lines: list[str] = []
-        self._levels: dict[str, int] = {}
+        self._saved: dict[str, tuple[int, bool]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -239,16 +263,21 @@ class LogCapture(logging.Handler):
 
     def install(self) -> None:
         logging.getLogger().addHandler(self)
-        for name in self.NAMES:  # the service logs at INFO (its default log level): let those records through
+        for name in self.LEVELS:  # the service logs at INFO (its default log level): let those records through
             logger = logging.getLogger(name)
-            self._levels[name] = logger.level
+            self._saved[name] = (logger.level, logger.propagate)
             if logger.getEffectiveLevel() > logging.INFO:
                 logger.setLevel(logging.INFO)
+        uvicorn_logger = logging.getLogger("uvicorn")
+        uvicorn_logger.addHandler(self)
+        uvicorn_logger.propagate = False
 
     def remove(self) -> None:
         logging.getLogger().removeHandler(self)
-        for name, level in self._levels.items():
+        logging.getLogger("uvicorn").removeHandler(self)
+        for name, (level, propagate) in self._saved.items():
             logging.getLogger(name).setLevel(level)
+            logging.getLogger(name).propagate = propagate
 
 
 @dataclass
@@ -361,7 +390,7 @@ def _serve(app: Any, logs: LogCapture, timeout: float = 60.0) -> Iterator[str]:
 
 @contextlib.contextmanager
 def running_service(
-    artifact: str | os.PathLike[str],
+    artifact: str | os.PathLike[str] | None,
     folder: Path,
     *,
     database: str = "postgresql",
@@ -383,7 +412,7 @@ def running_service(
     folder.mkdir(parents=True, exist_ok=True)
     models = folder / "models"
     copy = models / MODEL
-    if not copy.exists():
+    if artifact is not None and not copy.exists():
         shutil.copytree(artifact, copy)
     if sessions == "redis":
         redis_url = redis_url or require_redis()
