@@ -93,6 +93,8 @@ def input_problem(e: InputError) -> Problem:
     return unprocessable(errors)
 
 
-def check_samples(settings: Settings, samples: int | None) -> None:
+def check_samples(settings: Settings, samples: int | None) -> int:
+    """The request's sample count (the configured default when it gives none), within the limit."""
     if samples is not None and samples > settings.max_samples:
         raise unprocessable([{"field": "samples", "reason": f"at most {settings.max_samples} samples per request"}])
+    return settings.default_samples if samples is None else samples

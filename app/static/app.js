@@ -140,7 +140,7 @@ function clearFieldErrors() {
 function setFieldError(prefix, reason) {
   const target = $(`${prefix}-error`);
   if (!target) return false;
-  target.textContent = reason;
+  target.textContent = target.textContent ? `${target.textContent}; ${reason}` : reason;
   const input = $(`${prefix}-input`) || $(prefix);
   const group = $(`${prefix}-group`);
   for (const node of [input, group]) node?.setAttribute("aria-invalid", "true");
@@ -179,8 +179,11 @@ function handleError(error, retry, scope) {
     const loose = [];
     let first = null;
     for (const e of problem.errors || []) {
-      const target = fieldTarget(String(e.field || ""), scope);
-      if (target && setFieldError(target, e.reason)) first ??= target;
+      const field = String(e.field || "");
+      const target = fieldTarget(field, scope);
+      const sub = field.split(".").slice(1).join(".");
+      const reason = sub && !field.startsWith("observations.") ? `${sub}: ${e.reason}` : e.reason;
+      if (target && setFieldError(target, reason)) first ??= target;
       else loose.push(`${e.field}: ${e.reason}`);
     }
     showAlert(`Not accepted: ${problem.detail || problem.title}`, [], loose);

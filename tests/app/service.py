@@ -183,6 +183,7 @@ class ThrowawayRedis:
         self.folder = folder
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.running = False
 
     def _ping(self) -> bool:
         probe = subprocess.run([self.cli, "-p", str(self.port), "ping"], capture_output=True, text=True, timeout=5)
@@ -199,6 +200,7 @@ class ThrowawayRedis:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._ping():
+                self.running = True
                 return
             time.sleep(0.05)
         raise RuntimeError(f"throwaway redis-server on port {self.port} did not start")
@@ -209,6 +211,7 @@ class ThrowawayRedis:
         while time.monotonic() < deadline:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                    self.running = False
                     return
             time.sleep(0.05)
         raise RuntimeError(f"throwaway redis-server on port {self.port} did not stop")

@@ -56,7 +56,7 @@ async def create_job(
     """Accepts a table and scores it in the background; poll the job, then fetch `result_url` (CSV)."""
     if operation not in OPERATIONS:
         raise unprocessable([{"field": "operation", "reason": f"must be one of {', '.join(OPERATIONS)}"}])
-    check_samples(state.settings, samples)
+    samples = check_samples(state.settings, samples)
     m = resolve_model(state.registry, model, version)
     name = Path(file.filename or "upload.csv").name
     if not name.lower().endswith(SUFFIXES):

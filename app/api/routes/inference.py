@@ -22,20 +22,20 @@ Version = Annotated[int | None, Query(ge=1, description="Model version (default:
 ERRORS = problem_responses(401, 403, 404, 413, 422, 503)
 
 
-def _check_rows(state, body: RowsRequest) -> None:
+def _check_rows(state, body: RowsRequest) -> int:
     if len(body.rows) > state.settings.max_rows:
         raise unprocessable([{"field": "rows", "reason": f"at most {state.settings.max_rows} rows per request"}])
-    check_samples(state.settings, body.samples)
+    return check_samples(state.settings, body.samples)
 
 
 @router.post("/{name}/impute", response_model=ImputeResponse, responses=ERRORS, summary="Fill in the holes")
 async def impute(name: str, body: RowsRequest, state: State, caller: Inferrer, version: Version = None):
     """Completes each row: observed values as given, each hole with its predictive mean/std/quantiles
     (numbers) or mode/probabilities (categories)."""
-    _check_rows(state, body)
+    samples = _check_rows(state, body)
     m = resolve_model(state.registry, name, version)
     try:
-        prep = m.engine.prepare_impute(body.rows, body.samples, body.quantiles, body.seed, body.return_samples)
+        prep = m.engine.prepare_impute(body.rows, samples, body.quantiles, body.seed, body.return_samples)
     except InputError as e:
         raise input_problem(e) from None
     rows = await state.batcher.submit((m.name, m.version), m.engine, prep)
@@ -46,10 +46,10 @@ async def impute(name: str, body: RowsRequest, state: State, caller: Inferrer, v
 @router.post("/{name}/predict", response_model=PredictResponse, responses=ERRORS, summary="Predict the target")
 async def predict(name: str, body: RowsRequest, state: State, caller: Inferrer, version: Version = None):
     """The target's predictive distribution for each row, from whatever the row holds."""
-    _check_rows(state, body)
+    samples = _check_rows(state, body)
     m = resolve_model(state.registry, name, version)
     try:
-        prep = m.engine.prepare_predict(body.rows, body.samples, body.quantiles, body.seed, body.return_samples)
+        prep = m.engine.prepare_predict(body.rows, samples, body.quantiles, body.seed, body.return_samples)
     except InputError as e:
         raise input_problem(e) from None
     rows = await state.batcher.submit((m.name, m.version), m.engine, prep)
@@ -63,7 +63,7 @@ async def predict(name: str, body: RowsRequest, state: State, caller: Inferrer, 
 async def next_features(name: str, body: NextFeaturesRequest, state: State, caller: Inferrer, version: Version = None):
     """Ranks unobserved features by expected information gain about the target (gain per cost when costs
     are given), with the current prediction and a stopping hint."""
-    check_samples(state.settings, body.samples)
+    samples = check_samples(state.settings, body.samples)
     m = resolve_model(state.registry, name, version)
     try:
         prep = m.engine.prepare_next_features(
@@ -71,7 +71,7 @@ async def next_features(name: str, body: NextFeaturesRequest, state: State, call
             body.candidates,
             body.costs,
             body.top_k,
-            body.samples,
+            samples,
             body.seed,
             body.target,
             body.method,

@@ -139,7 +139,7 @@ async def session_next_features(
     samples: Annotated[int | None, Query(ge=2)] = None,
     seed: Annotated[int | None, Query(ge=0)] = None,
 ):
-    check_samples(state.settings, samples)
+    samples = check_samples(state.settings, samples)
     s = await _session(state, session_id, caller)
     m = resolve_model(state.registry, s.model_name, s.model_version)
     current = s.current
@@ -170,7 +170,7 @@ async def session_prediction(
     samples: Annotated[int | None, Query(ge=2)] = None,
     seed: Annotated[int | None, Query(ge=0)] = None,
 ):
-    check_samples(state.settings, samples)
+    samples = check_samples(state.settings, samples)
     s = await _session(state, session_id, caller)
     m = resolve_model(state.registry, s.model_name, s.model_version)
     prep = m.engine.prepare_predict([s.current], samples, seed=seed)
