@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -51,7 +52,12 @@ def create_app(settings: Settings | None = None, backend: str = "onnx") -> FastA
             sessions,
             registry,
             make_store(settings),
-            DynamicBatcher(settings.batch_window_ms, settings.max_batch_rows, metrics.on_batch),
+            DynamicBatcher(
+                settings.batch_window_ms,
+                settings.max_batch_rows,
+                metrics.on_batch,
+                settings.inference_workers or os.cpu_count() or 1,
+            ),
             metrics,
         )
         app.state.hhvaem = state

@@ -124,7 +124,7 @@ async def http_figures(base, name, workloads, levels, max_requests, max_seconds)
 def engine_figures(artifact: Path, workloads: dict, repeats: int) -> dict:
     from app.engine import Engine
 
-    engine = Engine(artifact)
+    engine = Engine(artifact, threads=1)  # as the service runs it (HHVAEM_THREADS default)
     out = {}
     for work, (_, bodies) in workloads.items():
         fn = engine.impute if work == "impute" else engine.next_features

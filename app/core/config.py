@@ -101,7 +101,17 @@ class Settings(BaseSettings):
         description="Where inference runs: `cpu`, `cuda`, or `auto` (CUDA when ONNX Runtime offers it, else CPU).",
     )
     threads: int = Field(
-        default=0, ge=0, description="ONNX Runtime intra-op threads per session (0: the library's default)."
+        default=1,
+        ge=0,
+        description=(
+            "ONNX Runtime intra-op threads per sampler call (0: the library's default). One is fastest for the "
+            "sampler's many small matrix products; the cores are used by `inference_workers` instead."
+        ),
+    )
+    inference_workers: int = Field(
+        default=0,
+        ge=0,
+        description="Sampler calls that may run at once, each on its own thread (0: one per CPU core).",
     )
     auth_enabled: bool = Field(
         default=False, description="Require an API key on the `/v1` routes (keys are stored hashed in the database)."

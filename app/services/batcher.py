@@ -1,6 +1,6 @@
 """Dynamic batching: requests that arrive together share one sampler call, as model servers do.
 
-Each model version has a queue and one worker. The worker takes the first waiting request,
+Each model version has a queue and `workers` workers. A worker takes the first waiting request,
 waits up to `window_ms` for more (or until `max_rows`), and runs the group through one
 `Engine.run` call in a worker thread (ONNX Runtime releases the GIL). While a call runs, new
 requests queue up, so under load batches grow by themselves; alone, a request waits at most
@@ -35,21 +35,26 @@ class DynamicBatcher:
         window_ms: float = 2.0,
         max_rows: int = 256,
         on_batch: Callable[[int, int, float], None] | None = None,
+        workers: int = 1,
     ):
         self.window = window_ms / 1000.0
         self.max_rows = max_rows
         self.on_batch = on_batch  # (requests, rows, seconds) per sampler call, for metrics
         self._queues: dict[Any, asyncio.Queue[_Item]] = {}
-        self._workers: dict[Any, asyncio.Task] = {}
-        # One inference thread: the sampler already uses every core through ONNX Runtime's own threads.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler")
+        self._workers: dict[Any, list[asyncio.Task]] = {}
+        # `workers` sampler calls at once, each single-threaded inside ONNX Runtime: for the sampler's small
+        # matrix products, parallel calls use the cores better than threads inside one call.
+        self.n_workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(max_workers=self.n_workers, thread_name_prefix="sampler")
 
     async def submit(self, key: Any, engine: Engine, prepared: Prepared) -> Any:
         """Queues one prepared request for `engine` (keyed by model version); returns its finished result."""
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = asyncio.Queue()
-            self._workers[key] = asyncio.create_task(self._work(engine, queue), name=f"batcher-{key}")
+            self._workers[key] = [
+                asyncio.create_task(self._work(engine, queue), name=f"batcher-{key}-{i}") for i in range(self.n_workers)
+            ]
         future = asyncio.get_running_loop().create_future()
         await queue.put(_Item(prepared, future))
         return await future
@@ -90,9 +95,10 @@ class DynamicBatcher:
                 i.future.set_result(r)
 
     async def close(self) -> None:
-        for task in self._workers.values():
+        tasks = [t for ts in self._workers.values() for t in ts]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
         self._queues.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -706,13 +706,14 @@ async function refresh({ focus = "question", keep = false, said = "" } = {}) {
 async function submitAnswer(feature, value, options = {}) {
   state.session = await api("POST", sessionPath("/observations"), { observations: { [feature]: value } });
   state.skipped.delete(feature);
-  const said = value === null ? `Removed the answer to ${label(feature)}.` : `Saved ${label(feature)}: ${displayValue(feature, value)}.`;
+  const said =
+    value === null ? `Removed the answer to ${label(feature)}.` : `Saved ${label(feature)}: ${displayValue(feature, value)}.`;
   await refresh({ ...options, said });
 }
 
-async function loadModel(name) {
+async function loadModel(name, version) {
   const [detail, imputed] = await Promise.all([
-    api("GET", `models/${encodeURIComponent(name)}`),
+    api("GET", `models/${encodeURIComponent(name)}${version ? `?version=${version}` : ""}`),
     api("POST", `models/${encodeURIComponent(name)}/impute`, {
       rows: [{}],
       quantiles: [0.01, 0.5, 0.99],
@@ -725,12 +726,13 @@ async function loadModel(name) {
 }
 
 async function start({ carry = false } = {}) {
-  const name = $("model").value;
+  carry = carry && state.session !== null; // carries the answers over to the same model version
+  const name = carry ? state.session.model : $("model").value;
   if (!name) return;
-  const observations = carry && state.session ? { ...state.session.current } : {};
-  const version = carry && state.session ? state.session.version : undefined;
+  const observations = carry ? { ...state.session.current } : {};
+  const version = carry ? state.session.version : undefined;
   if (!state.model || state.model.name !== name || (version && state.model.version !== version)) {
-    await loadModel(name);
+    await loadModel(name, version);
   }
   const session = await api("POST", "sessions", { model: name, version, observations });
   if (!carry) {
