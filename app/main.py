@@ -116,8 +116,9 @@ def create_app(settings: Settings | None = None, backend: str = "onnx") -> FastA
         app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
 
         @app.get("/", include_in_schema=False)
-        async def index():
-            return RedirectResponse("/ui/")
+        async def index(request: Request):
+            query = request.url.query  # keep ?model=&costs=... for the page
+            return RedirectResponse("/ui/" + (f"?{query}" if query else ""))
 
     return app
 

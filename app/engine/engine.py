@@ -105,7 +105,9 @@ class Engine:
                 if isinstance(value, float) and not math.isfinite(value):
                     errors.append(FieldError(name, f"{value} is not allowed; send null for a missing value", i))
                     continue
-                if is_missing(value):
+                # JSON clients say "missing" with null only; text like "" or "NA" is a value to check
+                # (a category may be called "NA"). Tables (strict=False) use the usual missing tokens.
+                if value is None or (not strict and is_missing(value)):
                     continue
                 try:
                     v = self.preprocessor.encode_value(col, value, i, strict=strict)
@@ -262,7 +264,7 @@ class Engine:
             errors.append(FieldError("method", f"unknown method {method!r} (expected one of {', '.join(METHODS)})"))
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             errors.append(FieldError("top_k", f"must be a positive integer, got {top_k!r}"))
-        observed = {k for k, v in row.items() if not is_missing(v)} if isinstance(row, Mapping) else set()
+        observed = {k for k, v in row.items() if v is not None} if isinstance(row, Mapping) else set()
         pool = self._candidates(candidates, observed, errors)
         for name, cost in (costs or {}).items():
             if name not in self._feature_index:

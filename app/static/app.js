@@ -105,7 +105,8 @@ async function api(method, path, body) {
     data = null;
   }
   if (!response.ok) {
-    const problem = data && typeof data === "object" ? data : { title: response.statusText, detail: text.slice(0, 300) };
+    const fallback = { title: response.statusText, detail: text.slice(0, 300) };
+    const problem = data && typeof data === "object" ? data : fallback;
     throw new ApiError(response.status, problem);
   }
   return data;
@@ -236,7 +237,8 @@ function rangeHint(spec) {
     const q = Object.entries(r.quantiles).sort((a, b) => Number(a[0]) - Number(b[0]));
     if (q.length >= 2) {
       const [lo, hi] = [q[0][1], q[q.length - 1][1]];
-      return `Plausible range ${fmt(lo)} to ${withUnit(fmt(hi), spec.unit)} (the model's 1%–99% range before any answers).`;
+      const range = `${fmt(lo)} to ${withUnit(fmt(hi), spec.unit)}`;
+      return `Plausible range ${range} (the model's 1%–99% range before any answers).`;
     }
   }
   if (r?.probabilities) {
@@ -271,7 +273,9 @@ function buildInput(spec, prefix, value) {
   if (categories.length > 8) {
     const select = el("select", { id: `${prefix}-input`, "aria-describedby": describedby, "data-feature": spec.name });
     select.append(el("option", { value: "", text: "Choose…" }));
-    categories.forEach((c, i) => select.append(el("option", { value: String(i), text: String(c), selected: c === value })));
+    categories.forEach((c, i) =>
+      select.append(el("option", { value: String(i), text: String(c), selected: c === value })),
+    );
     const text = el("label", { for: select.id, class: "question-label", text: label(spec.name) });
     return el("div", { class: "field" }, feature, text, select, hint, error);
   }
@@ -511,7 +515,8 @@ function barsPlot(target, probs, baseProbs, summary) {
     const y = 10 + i * 30;
     root.append(svg("text", { x: L - 10, y: y + 15, "text-anchor": "end", class: "row-label" }, c));
     if (baseProbs && c in baseProbs) {
-      root.append(svg("rect", { x: L, y: y - 1, width: Math.max(1, baseProbs[c] * (R - L)), height: 22, class: "base" }));
+      const width = Math.max(1, baseProbs[c] * (R - L));
+      root.append(svg("rect", { x: L, y: y - 1, width, height: 22, class: "base" }));
     }
     root.append(
       svg("rect", { x: L, y: y + 4, width: Math.max(1, probs[c] * (R - L)), height: 12, class: "band" }),
@@ -707,7 +712,9 @@ async function submitAnswer(feature, value, options = {}) {
   state.session = await api("POST", sessionPath("/observations"), { observations: { [feature]: value } });
   state.skipped.delete(feature);
   const said =
-    value === null ? `Removed the answer to ${label(feature)}.` : `Saved ${label(feature)}: ${displayValue(feature, value)}.`;
+    value === null
+      ? `Removed the answer to ${label(feature)}.`
+      : `Saved ${label(feature)}: ${displayValue(feature, value)}.`;
   await refresh({ ...options, said });
 }
 

@@ -62,10 +62,9 @@ def _validate(engine, observations: dict[str, Any]) -> None:
     try:
         engine.encode_rows([observations])
     except InputError as e:
-        problem = input_problem(e)
-        for err in problem.errors or []:
-            err["field"] = err["field"].replace("rows.0.", "observations.", 1)
-        raise problem from None
+        raise unprocessable(
+            [{"field": f"observations.{err.field}", "reason": err.reason} for err in e.errors]
+        ) from None
 
 
 @router.post("", status_code=201, response_model=SessionOut, responses=ERRORS, summary="Start a questionnaire")
