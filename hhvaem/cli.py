@@ -376,7 +376,8 @@ def saia(
     schema: SchemaOpt = None,
     target: TargetOpt = None,
     methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated: random, kl, kl-latent, histogram, mixture.")
+        str,
+        typer.Option("--methods", help="Comma-separated: random, kl, kl-latent, histogram, mixture, mixture-xy."),
     ] = "random,kl,histogram,mixture",
     splits: Annotated[str, typer.Option("--splits", help="Comma-separated split indices in 0..9.")] = "0,1,2",
     steps: Annotated[int, typer.Option("--steps", min=10, help="Training steps per split.")] = 3000,

@@ -163,7 +163,7 @@ class Preprocessor:
         if col.type in ("real", "positive"):
             s = self.stats[col.name]
             x = np.asarray(normalised) * s.std + s.mean
-            return np.expm1(x) if col.type == "positive" else x
+            return np.maximum(np.expm1(x), 0.0) if col.type == "positive" else x  # rounding can dip below 0
         return np.asarray(normalised)
 
     def category(self, col: Column, index: int) -> Any:

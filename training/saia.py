@@ -29,6 +29,11 @@ and at step D in particular, where all methods agree exactly).
   target. ``kl-latent`` (the first term only, EDDI without a target) is available too.
 * ``histogram``: the paper's estimator, ``Engine.next_features(method="histogram")``.
 * ``mixture``: ours, ``Engine.next_features(method="mixture")``.
+* ``mixture-xy`` (a prototype, not served): the same mixture estimator on a joint in which the target's
+  component reads the candidate's sampled code, as the model's predictor reads an observed feature
+  (:func:`direct_target_params`). The served estimators take x_i and y as independent given eps; SAIA
+  showed that this misses features whose effect on y runs through the predictor's direct input (docs/saia.md).
+  The ``kl`` reward's joint draws have the same blind spot.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from training.fit import fit
 from training.tabular import table_columns
 from training.trainer import Progress, StageSteps
 
-METHODS = ("random", "kl", "kl-latent", "histogram", "mixture")
+METHODS = ("random", "kl", "kl-latent", "histogram", "mixture", "mixture-xy")
 DEFAULT_METHODS = ("random", "kl", "histogram", "mixture")
 ENGINE_METHODS = ("histogram", "mixture")
 
@@ -175,6 +180,63 @@ def kl_rewards(
     return reward.numpy()
 
 
+# ---------------------------------------------------------------------------------------------- mixture-xy (prototype)
+
+
+@torch.no_grad()
+def direct_target_params(model: HHVAEM, feeds: dict[str, np.ndarray], eps: np.ndarray, candidates: Sequence[int]):
+    """Target natural params [C, K, P, W] with candidate i's *sampled* code fed to the predictor (one row).
+
+    The served estimators pair p_k(x_i) with the target's q_k(y) of the same posterior sample, whose predictor
+    input holds the decoder's mean code in x_i's hole: they take x_i and y as independent given eps. The model's
+    predictor, however, reads an observed feature's code directly. Here component k pairs p(x_i | z_ik) with
+    p(y | eps_k, z_hat with z_ik in place i), where z_ik is the very code the graph decoded into p_k(x_i)
+    (recomputed from the same code noise), so y's component follows the sampled x_i as it would once observed.
+    """
+    dep = model.dependency
+    x, m = torch.as_tensor(feeds["x"][:1]), torch.as_tensor(feeds["mask"][:1])
+    y, my = torch.as_tensor(feeds["y"][:1]), torch.as_tensor(feeds["y_mask"][:1])
+    e = torch.as_tensor(eps[:1])  # [1, K, E]
+    obs = model.observed(x, m, y, my)
+    code = dep.code_params(e)  # [1, K, D, 2]
+    from model.likelihoods import Gaussian
+
+    g = Gaussian.from_raw(code)
+    z = g.loc + g.scale * torch.as_tensor(feeds["code_noise"][:1])  # [1, K, D]
+    c, k = len(candidates), e.shape[1]
+    zz = obs.z.unsqueeze(1).expand(1, k, -1).repeat(c, 1, 1)  # [C, K, D]
+    mm = obs.m.unsqueeze(1).expand(1, k, -1).repeat(c, 1, 1)
+    idx = torch.as_tensor(list(candidates))
+    zz[torch.arange(c), :, idx] = z[0, :, idx].T
+    mm[torch.arange(c), :, idx] = 1.0
+    yy, ym = obs.y.expand(c * k, -1).reshape(c, k, -1), obs.my.expand(c * k, -1).reshape(c, k, -1)
+    y_raw = dep.forward_pass(e.expand(c, k, -1), type(obs)(zz, mm, yy, ym)).y_raw
+    return dep.target_likelihood.natural(y_raw).numpy()
+
+
+def mixture_xy_gains(
+    model: HHVAEM,
+    feeds: dict[str, np.ndarray],
+    eps: np.ndarray,
+    features: np.ndarray,
+    candidates: Sequence[int],
+    target_index: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """I(x_i; y | x_O) by the mixture estimator on the joint of `direct_target_params` (one row)."""
+    from model.acquisition import mixture_information
+
+    schema = model.schema
+    tcol = schema.targets[target_index]
+    tgt = direct_target_params(model, feeds, eps, candidates)  # [C, K, P, W]
+    gains = []
+    for n, i in enumerate(candidates):
+        x_mix = ColumnPredictive(schema.features[i], features[None, :, i]).mixture(0)
+        y_mix = ColumnPredictive(tcol, tgt[n][None, :, target_index]).mixture(0)
+        gains.append(mixture_information(x_mix, y_mix, rng))
+    return np.array(gains)
+
+
 # ---------------------------------------------------------------------------------------------- one artifact
 
 
@@ -242,7 +304,7 @@ def saia_artifact(
     if tcol is None:
         raise ValueError(f"unknown target {target!r} (the model predicts {', '.join(c.name for c in schema.targets)})")
     ti = [c.name for c in schema.targets].index(tcol.name)
-    need_torch = any(m.startswith("kl") for m in settings.methods)
+    need_torch = any(m not in ("random", *ENGINE_METHODS) for m in settings.methods)
     model = load_model(artifact)[0] if need_torch else None
     feats = schema.features
     d = len(feats)
@@ -304,22 +366,26 @@ def saia_artifact(
             else:
                 rng = np.random.default_rng([settings.seed, split, int(chosen[r]), step, 31])
                 cand = [j for j in range(d) if j not in tr.picks[r]]
-                rewards = kl_rewards(
-                    model,
-                    prep.feeds["x"][0],
-                    prep.feeds["mask"][0],
-                    features[0],
-                    tgt[0],
-                    cand,
-                    ti,
-                    rng,
-                    settings.kl_draws,
-                    with_target=tr.method == "kl",
-                )
-                best = int(np.argmax(rewards))
+                if tr.method == "mixture-xy":
+                    scores = mixture_xy_gains(model, prep.feeds, outputs[0], features[0], cand, ti, rng)
+                else:
+                    scores = kl_rewards(
+                        model,
+                        prep.feeds["x"][0],
+                        prep.feeds["mask"][0],
+                        features[0],
+                        tgt[0],
+                        cand,
+                        ti,
+                        rng,
+                        settings.kl_draws,
+                        with_target=tr.method == "kl",
+                    )
+                # The engine's order: highest score first, ties broken by feature name.
+                best = min(range(len(cand)), key=lambda c: (-scores[c], feats[cand[c]].name))
                 tr.picks[r].append(cand[best])
-                tr.top_gain[r].append(float(rewards[best]))
-                tr.ties[r].append(int(np.sum(rewards == rewards[best])) > 1)
+                tr.top_gain[r].append(float(scores[best]))
+                tr.ties[r].append(int(np.sum(scores == scores[best])) > 1)
         if log:
             log(f"split {split}: step {step}/{d} ({time.perf_counter() - t0:.0f} s)")
 

@@ -9,12 +9,13 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api.problems import Problem, forbidden, not_found, unauthorized, unprocessable
+from app.api.problems import Problem, forbidden, not_found, unauthorized, unavailable, unprocessable
 from app.core.config import Settings
 from app.core.security import ADMIN, INFER, check_scopes
 from app.db import repository as repo
 from app.engine import InputError
 from app.services.registry import LoadedModel, ModelNotFound, ModelRegistry
+from hhvaem.artifact import ArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ def resolve_model(registry: ModelRegistry, name: str, version: int | None = None
         return registry.resolve(name, version)
     except ModelNotFound as e:
         raise not_found("model", name if version is None else f"{name} version {version}", str(e)) from None
+    except ArtifactError as e:  # registered, but its files changed or vanished since
+        what = f"model {name!r}" + (f" version {version}" if version is not None else "")
+        raise unavailable(f"{what} cannot be loaded: {e}", retry_after=60) from None
 
 
 def input_problem(e: InputError) -> Problem:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Value = float | int | str | bool | None
+# Versions are stored as 32-bit integers; a larger one cannot exist (and must not reach the database).
+MAX_VERSION = 2**31 - 1
 ROW_EXAMPLE = {"age": 59, "sex": 2, "bmi": 32.1, "blood_pressure": 101, "ldl": None}
 
 
@@ -126,7 +128,9 @@ class RegisterModelRequest(_Strict):
 
 class CreateSessionRequest(_Strict):
     model: str = Field(examples=["diabetes"])
-    version: int | None = Field(None, ge=1, description="Model version to pin (default: the active one).")
+    version: int | None = Field(
+        None, ge=1, le=MAX_VERSION, description="Model version to pin (default: the active one)."
+    )
     observations: dict[str, Value] = Field(default_factory=dict)
 
 

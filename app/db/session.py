@@ -85,7 +85,11 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # IMMEDIATE: take the write lock up front. A deferred transaction that reads and then writes fails
+        # at once ("database is locked", the busy timeout does not apply) when another writer committed in
+        # between; this way concurrent writers queue on the busy timeout instead. SQLite is the
+        # single-node default, where serialised transactions cost nothing that matters.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -114,6 +114,10 @@ class Engine:
                 except EncodingError as e:
                     errors.append(FieldError(name, e.reason, i))
                     continue
+                far = _implausible(col, v)
+                if far:
+                    errors.append(FieldError(name, f"{value!r} is {far}; the model cannot extrapolate that far", i))
+                    continue
                 if name in self._feature_index:
                     x[i, self._feature_index[name]], mx[i, self._feature_index[name]] = v, 1.0
                 else:
@@ -357,6 +361,20 @@ class Engine:
             "backend": self.backend.name,
             "created_at": m.get("created_at"),
         }
+
+
+# Beyond this many training standard deviations (on the model's scale) a value is refused: the networks
+# never saw anything like it, and exp() in the decoders would overflow long before.
+MAX_STANDARD_DEVIATIONS = 100.0
+MAX_COUNT = 1e6
+
+
+def _implausible(col: Column, v: float) -> str | None:
+    if col.type in ("real", "positive") and not abs(v) <= MAX_STANDARD_DEVIATIONS:
+        return f"{abs(v):.3g} standard deviations from the training data's mean"
+    if col.type == "count" and not v <= MAX_COUNT:
+        return f"above {MAX_COUNT:g}"
+    return None
 
 
 def _check_quantiles(quantiles) -> tuple[float, ...]:

@@ -59,7 +59,7 @@ def moments(pred: ColumnPredictive, prep: Preprocessor) -> tuple[np.ndarray, np.
     else:  # positive: x = exp(v) - 1 with v ~ N(loc, scale) on the log1p scale
         m1 = np.exp(np.minimum(loc + 0.5 * scale**2, _MAX_EXP))
         m2 = np.exp(np.minimum(2 * loc + 2 * scale**2, _MAX_EXP))
-        mean = m1.mean(-1) - 1.0
+        mean = np.maximum(m1.mean(-1) - 1.0, 0.0)
         second = m2.mean(-1) - 2 * m1.mean(-1) + 1.0
     var = np.maximum(second - mean**2, 0.0)
     return mean, np.sqrt(var)

@@ -1,8 +1,12 @@
 """Helpers for the real-HTTP service tests (`test_api*.py`): the REAL service (`create_app`) served by uvicorn on a
 free loopback port in a background thread, called with httpx, backed by real PostgreSQL and Redis.
 
-Nothing here is a pytest fixture (fixtures imported into a test module trip ruff's F811); each test module builds
-its own module-scoped fixtures from `running_service(...)`, so every module starts only a few servers.
+Nothing here is a pytest fixture (fixtures imported into a test module trip ruff's F811): the test modules build
+their module-scoped fixtures from `running_service(...)` (a server for one module) and `shared_service(...)` (one
+server per configuration for all the `SHARING_MODULES`: `main_service`, PostgreSQL + Redis; `lite_service`, SQLite
++ in-process sessions), so that a run starts few servers; each sharing module calls `release_shared_services` at
+its end, which stops the shared servers after the last of them. While a server runs, `LogCapture` records every log
+line of the process (the service's log output, checked for secrets).
 
 Backing stores:
 
@@ -25,6 +29,7 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -59,6 +64,14 @@ FEATURES = (
 ROW = {"age": 59, "sex": 2, "bmi": 32.1, "blood_pressure": 101.0}  # a plausible, partly observed row
 SAMPLES = 20  # keep every sampler call small
 PROBLEM = "application/problem+json"
+# One TLS context for every client: httpx would otherwise load the CA bundle for each new client (~75 ms apiece),
+# and these tests make many clients (plain HTTP; the context is never used for a handshake).
+_TLS = ssl.create_default_context()
+
+
+def http_client(base_url: str, **kwargs: Any) -> httpx.Client:
+    """A new httpx client (its own connections) on `base_url`."""
+    return httpx.Client(base_url=base_url, verify=_TLS, timeout=kwargs.pop("timeout", 60), **kwargs)
 
 
 def _flag(name: str) -> bool:
@@ -239,20 +252,37 @@ class _PlainFormatter(logging.Formatter):
         return "\n".join(lines)
 
 
+class _TracebackAsText(logging.Filter):
+    """Turns a record's traceback into plain text in its message, before any handler sees it: for loggers that the
+    server thread may use at any moment (asyncio reports a failed background task when it is collected)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None:
+            record.msg = f"{record.getMessage()}\n{_PlainFormatter().formatException(record.exc_info)}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class LogCapture(logging.Handler):
     """Every log record emitted in this process while a service runs, formatted with tracebacks.
 
     Listens at the root (the service's own loggers) and at `uvicorn`, which stops propagating meanwhile: uvicorn
     logs a failed request's traceback after the response has gone out, concurrently with the test, and only this
-    handler (whose formatter is thread-safe) may format it."""
+    handler (whose formatter is thread-safe) may format it. `asyncio` records get their traceback as text."""
 
     LEVELS = ("app", "hhvaem", "uvicorn")
+    # Logger settings are process-wide while captures overlap and end in any order: the first capture to start
+    # saves them and the last to end restores them.
+    _active = 0
+    _saved: dict[str, tuple[int, bool]] = {}
+    _asyncio_filter = _TracebackAsText()
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.setFormatter(_PlainFormatter("%(levelname)s %(name)s: %(message)s"))
         self.lines: list[str] = []
-        self._saved: dict[str, tuple[int, bool]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -265,22 +295,28 @@ class LogCapture(logging.Handler):
         return "\n".join(self.lines)
 
     def install(self) -> None:
+        cls = LogCapture
+        if cls._active == 0:
+            cls._saved = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate) for n in self.LEVELS}
+            for name in self.LEVELS:  # the service logs at INFO (its default log level): let those records through
+                if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
+                    logging.getLogger(name).setLevel(logging.INFO)
+            logging.getLogger("uvicorn").propagate = False
+            logging.getLogger("asyncio").addFilter(cls._asyncio_filter)
+        cls._active += 1
         logging.getLogger().addHandler(self)
-        for name in self.LEVELS:  # the service logs at INFO (its default log level): let those records through
-            logger = logging.getLogger(name)
-            self._saved[name] = (logger.level, logger.propagate)
-            if logger.getEffectiveLevel() > logging.INFO:
-                logger.setLevel(logging.INFO)
-        uvicorn_logger = logging.getLogger("uvicorn")
-        uvicorn_logger.addHandler(self)
-        uvicorn_logger.propagate = False
+        logging.getLogger("uvicorn").addHandler(self)
 
     def remove(self) -> None:
+        cls = LogCapture
         logging.getLogger().removeHandler(self)
         logging.getLogger("uvicorn").removeHandler(self)
-        for name, (level, propagate) in self._saved.items():
-            logging.getLogger(name).setLevel(level)
-            logging.getLogger(name).propagate = propagate
+        cls._active -= 1
+        if cls._active == 0:
+            logging.getLogger("asyncio").removeFilter(cls._asyncio_filter)
+            for name, (level, propagate) in cls._saved.items():
+                logging.getLogger(name).setLevel(level)
+                logging.getLogger(name).propagate = propagate
 
 
 @dataclass
@@ -301,7 +337,7 @@ class Service:
         headers = dict(kwargs.pop("headers", {}) or {})
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        c = httpx.Client(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 60), **kwargs)
+        c = http_client(self.url, headers=headers, **kwargs)
         self._clients.append(c)
         return c
 
@@ -309,7 +345,9 @@ class Service:
         headers = dict(kwargs.pop("headers", {}) or {})
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 60), **kwargs)
+        return httpx.AsyncClient(
+            base_url=self.url, headers=headers, verify=_TLS, timeout=kwargs.pop("timeout", 60), **kwargs
+        )
 
     @property
     def state(self) -> Any:
@@ -500,24 +538,42 @@ def variant_copy(artifact: Path, dest: Path, note: str) -> Path:
     return dest
 
 
-_SHARED: dict[str, Service] = {}
+_SHARED: dict[str, tuple[Service, contextlib.ExitStack]] = {}
+# The test modules that share services (and call `release_shared_services` when they end).
+SHARING_MODULES = frozenset(
+    {"test_api.py", "test_api_batch.py", "test_api_fuzz.py", "test_api_security.py", "test_api_sessions.py"}
+)
 
 
 def shared_service(request: pytest.FixtureRequest, name: str, **kwargs: Any) -> Service:
-    """A service started once per test run under `name` (first caller's `kwargs` win) and stopped when pytest
-    ends: the test modules that need the same configuration share one start-up (each costs seconds, mostly
-    ONNX Runtime optimising the sampler graph)."""
+    """A service started once under `name` (first caller's `kwargs` win) for all the `SHARING_MODULES` of this run:
+    they share one start-up per configuration (each costs seconds, mostly loading the model's sampler graph).
+    `release_shared_services` stops it after the last of those modules, so that its threads and logging hooks do
+    not outlive them; pytest's own clean-up stops it at the latest."""
     if name not in _SHARED:
         folder = request.getfixturevalue("tmp_path_factory").mktemp(f"service-{name}")
         stack = contextlib.ExitStack()
-        _SHARED[name] = stack.enter_context(running_service(artifact_dir(request), folder, **kwargs))
+        service = stack.enter_context(running_service(artifact_dir(request), folder, **kwargs))
+        _SHARED[name] = (service, stack)
+        request.config.add_cleanup(lambda: _stop_shared(name))
+    return _SHARED[name][0]
 
-        def stop() -> None:
-            _SHARED.pop(name, None)
-            stack.close()
 
-        request.config.add_cleanup(stop)
-    return _SHARED[name]
+def _stop_shared(name: str) -> None:
+    entry = _SHARED.pop(name, None)
+    if entry is not None:
+        entry[1].close()
+
+
+def release_shared_services(request: pytest.FixtureRequest) -> None:
+    """Called when a sharing module ends (a module-scoped fixture's teardown): stops every shared service unless
+    a sharing module still has tests to run in this session."""
+    items = request.session.items
+    mine = [i for i, item in enumerate(items) if getattr(item, "module", None) is request.module]
+    later = items[max(mine) + 1 :] if mine else []
+    if not any(Path(str(item.fspath)).name in SHARING_MODULES for item in later):
+        for name in reversed(list(_SHARED)):
+            _stop_shared(name)
 
 
 # The configuration most tests share: PostgreSQL + Redis, with small limits so that the limit checks are cheap.

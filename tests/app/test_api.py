@@ -2,7 +2,7 @@
 routes, against PostgreSQL + Redis (the main configuration) and, for a smoke subset, SQLite + in-process sessions.
 
 Every error is checked as an `application/problem+json` document naming the field and the reason; known bugs are
-`xfail(strict=True)` tests whose reason starts with "BUG:".
+regression tests for bugs found on the way say so.
 """
 
 from __future__ import annotations
@@ -23,14 +23,23 @@ from tests.app.service import (
     Service,
     activate,
     declared_length_request,
+    http_client,
     lite_service,
     main_service,
     problem,
     reason,
     register_in_db,
+    release_shared_services,
     running_service,
     second_version,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_shared_services(request: pytest.FixtureRequest):
+    yield
+    release_shared_services(request)
+
 
 IMPUTE = f"/v1/models/{MODEL}/impute"
 PREDICT = f"/v1/models/{MODEL}/predict"
@@ -60,7 +69,7 @@ def c(svc: Service) -> httpx.Client:
 
 def fresh(svc: Service) -> httpx.Client:
     """A client on a new connection (the server closes the connection after a 500)."""
-    return httpx.Client(base_url=svc.url, timeout=60)
+    return http_client(svc.url)
 
 
 def rows_body(row: dict, **extra) -> dict:
@@ -119,9 +128,7 @@ def test_metrics_after_some_calls(svc: Service, c: httpx.Client) -> None:
     assert 'hhvaem_http_requests_total{method="POST",route="/v1/models/{name}/predict",status="200"}' in text
     assert 'hhvaem_http_requests_total{method="POST",route="/v1/models/{name}/impute",status="422"}' in text
     assert "hhvaem_http_request_seconds_bucket" in text
-    samples = {
-        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and line[0] != "#"
-    }
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and line[0] != "#"}
     assert samples["hhvaem_sampler_batch_requests_count"] >= 1
     assert samples['hhvaem_sampler_batch_requests_bucket{le="+Inf"}'] >= 1
     assert samples["hhvaem_sampler_call_seconds_count"] >= 1
@@ -221,7 +228,6 @@ def test_service_loads_what_the_registry_says(lite: Service) -> None:
     assert c.post(PREDICT, json=rows_body(ROW)).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a registry version whose files fail their checksum answers a bare 500")
 def test_a_tampered_registered_version_is_refused_with_a_clear_message(lite: Service, tmp_path) -> None:
     # The registry (written by another process) lists a version whose artifact was changed after registration.
     tampered = tmp_path / "tampered"
@@ -237,13 +243,11 @@ def test_a_tampered_registered_version_is_refused_with_a_clear_message(lite: Ser
     assert "checksum" in r.json()["detail"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a NUL byte in the registered path raises ValueError -> 500")
 def test_register_path_with_nul_byte_is_422(svc: Service) -> None:
     with fresh(svc) as c:
         problem(c.post("/v1/models", json={"path": "/tmp/a\u0000b"}), 422, "path")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: model versions beyond PostgreSQL's int4 are not bounded -> DataError 500")
 @pytest.mark.parametrize(
     "method,path,params,body",
     [
@@ -251,12 +255,14 @@ def test_register_path_with_nul_byte_is_422(svc: Service) -> None:
         ("POST", PREDICT, {"version": 2**31}, rows_body(ROW)),
         ("POST", f"/v1/models/{MODEL}/versions/{2**31}/activate", None, None),
         ("POST", "/v1/sessions", None, {"model": MODEL, "version": 2**31}),
+        ("SQLITE", f"/v1/models/{MODEL}", {"version": 2**63}, None),
     ],
-    ids=["describe", "predict", "activate", "session"],
+    ids=["describe", "predict", "activate", "session", "sqlite-describe"],
 )
-def test_huge_model_version_is_a_4xx(svc: Service, method: str, path: str, params, body) -> None:
-    with fresh(svc) as c:
-        r = c.request(method, path, params=params, json=body)
+def test_huge_model_version_is_a_4xx(request: pytest.FixtureRequest, method: str, path: str, params, body) -> None:
+    service = lite_service(request) if method == "SQLITE" else main_service(request)
+    with fresh(service) as c:
+        r = c.request("GET" if method == "SQLITE" else method, path, params=params, json=body)
     assert r.status_code in (404, 422), (r.status_code, r.text)
 
 
@@ -369,6 +375,7 @@ BAD_CELLS = [
     ({"foo": 1.0}, "foo", "unknown feature"),
     ({"age": "old"}, "age", "expected a number"),
     ({"bmi": True}, "bmi", "got bool"),
+    ({"bmi": "NA"}, "bmi", "expected a number"),  # in JSON only null means missing
     ({"sex": 7}, "sex", "unknown category 7"),
     ({"bmi": -3}, "bmi", "negative"),
 ]
@@ -396,8 +403,8 @@ def test_every_bad_cell_is_reported_at_once(c: httpx.Client) -> None:
 @pytest.mark.parametrize("path", [IMPUTE, PREDICT, NEXT], ids=["impute", "predict", "next"])
 def test_nan_and_infinity_in_raw_json_are_422(c: httpx.Client, path: str, token: str) -> None:
     key, field = ("row", "row.bmi") if path == NEXT else ("rows", "rows.0.bmi")
-    cell = '{"bmi": %s}' % token
-    raw = '{"%s": %s, "samples": %d}' % (key, cell if path == NEXT else f"[{cell}]", SAMPLES)
+    cell = '{"bmi": ' + token + "}"
+    raw = f'{{"{key}": {cell if path == NEXT else "[" + cell + "]"}, "samples": {SAMPLES}}}'
     r = c.post(path, content=raw.encode(), headers={"content-type": "application/json"})
     assert "not allowed" in reason(problem(r, 422, field), field)
 
@@ -428,7 +435,7 @@ def test_malformed_bodies(c: httpx.Client) -> None:
     assert "required" in reason(problem(c.post(IMPUTE, content=b"", headers=headers), 422, "body"), "body")
     problem(c.post(IMPUTE, content=b"[1, 2]", headers=headers), 422)
     problem(c.post(IMPUTE, content=b"rows=1", headers={"content-type": "text/plain"}), 422)
-    not_utf8 = '{"rows": [{"bmi": "x"}]}'.encode().replace(b"x", bytes([0xFF]))
+    not_utf8 = b'{"rows": [{"bmi": "x"}]}'.replace(b"x", bytes([0xFF]))
     problem(c.post(IMPUTE, content=not_utf8, headers=headers), 400)
     problem(c.post(NEXT, json=next_body(ROW, costs={"ldl": -1})), 422, "costs.ldl")
     problem(c.post(NEXT, json=next_body(ROW, costs={"nope": 1})), 422, "costs.nope")
@@ -465,13 +472,11 @@ def test_docs_and_openapi(c: httpx.Client) -> None:
     assert c.get("/docs").status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: re-mapped error fields (row.*, observations.*) keep rows.0.* in detail")
 def test_problem_detail_names_the_same_field_as_errors(c: httpx.Client) -> None:
     body = problem(c.post(NEXT, json=next_body({"bmi": -3})), 422, "row.bmi")
     assert body["detail"].startswith("row.bmi:"), body["detail"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: finite but absurd inputs give null / out-of-support summaries (200)")
 @pytest.mark.parametrize("row", [{"log_triglycerides": 1e308}, {"age": 1e300}], ids=["null-summaries", "negative"])
 def test_absurd_magnitudes_are_refused_or_stay_in_support(c: httpx.Client, row: dict) -> None:
     r = c.post(PREDICT, json=rows_body(row))

@@ -43,7 +43,7 @@ def test_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.cors_origins == []
     assert s.audit_values is False
     assert s.log_level == "INFO"
-    assert s.threads == 0
+    assert s.threads == 1 and s.inference_workers == 0
 
 
 def test_home_default_without_xdg(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

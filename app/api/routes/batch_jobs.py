@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import Inferrer, State, check_samples, resolve_model
 from app.api.problems import Problem, not_found, problem_responses, unprocessable
-from app.api.schemas import BatchJobOut
+from app.api.schemas import MAX_VERSION, BatchJobOut
 from app.db import repository as repo
 from app.services.scoring import OPERATIONS, score_frame
 from hhvaem.tables import TableError, read_table
@@ -51,7 +51,7 @@ async def create_job(
     model: Annotated[str, Form(description="Registered model name.")],
     operation: Annotated[str, Form(description="impute | predict | both")] = "both",
     samples: Annotated[int | None, Form(ge=2)] = None,
-    version: Annotated[int | None, Form(ge=1)] = None,
+    version: Annotated[int | None, Form(ge=1, le=MAX_VERSION)] = None,
 ):
     """Accepts a table and scores it in the background; poll the job, then fetch `result_url` (CSV)."""
     if operation not in OPERATIONS:
@@ -76,9 +76,10 @@ async def create_job(
             df = read_table(path)
         except TableError as e:
             shutil.rmtree(folder, ignore_errors=True)
+            reason = str(e).replace(str(path), name).replace(path.name, name)  # the user's file, not our copy
             with state.sessions.begin() as s:
-                repo.update_batch_job(s, job_id, status="failed", message=str(e))
-            return None, str(e)
+                repo.update_batch_job(s, job_id, status="failed", message=reason)
+            return None, reason
         with state.sessions.begin() as s:
             job = repo.update_batch_job(s, job_id, input_path=str(path), total_rows=len(df))
             return job, df
@@ -118,18 +119,29 @@ async def _run(state, job_id: str, engine, df, operation: str, samples: int | No
         result = folder / "result.csv"
         out.to_csv(result, index=False)
         failed = len({e["row"] for e in errors if e["row"] is not None})
-        update(
-            status="succeeded",
-            result_path=str(result),
-            failed_rows=failed,
-            message=f"{len(df) - failed} rows scored, {failed} rows rejected",
-        )
+        table_notes = [e for e in errors if e["row"] is None]  # e.g. ignored extra columns, reported once
+        with state.sessions.begin() as s:
+            if table_notes:
+                repo.add_batch_job_errors(s, job_id, table_notes)
+            repo.update_batch_job(
+                s,
+                job_id,
+                status="succeeded",
+                result_path=str(result),
+                failed_rows=failed,
+                message=f"{len(df) - failed} rows scored, {failed} rows rejected",
+            )
 
     try:
         await run_in_threadpool(work)
+    except asyncio.CancelledError:
+        raise
     except Exception as e:  # the job fails with a reason; the service goes on
-        log.error("batch job %s failed: %s", job_id, type(e).__name__)
-        await run_in_threadpool(update, status="failed", message=f"scoring failed ({type(e).__name__})")
+        log.error("batch job %s failed: %s: %s", job_id, type(e).__name__, e)
+        try:
+            await run_in_threadpool(update, status="failed", message=f"scoring failed ({type(e).__name__})")
+        except Exception as again:  # the database is down too: the log is all we can leave
+            log.error("batch job %s: could not record the failure: %s", job_id, type(again).__name__)
 
 
 async def shutdown(state) -> None:

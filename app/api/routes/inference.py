@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import Inferrer, State, check_samples, input_problem, resolve_model
 from app.api.problems import problem_responses, unprocessable
 from app.api.schemas import (
+    MAX_VERSION,
     ImputeResponse,
     NextFeaturesRequest,
     NextFeaturesResponse,
@@ -18,7 +19,7 @@ from app.api.schemas import (
 from app.engine import InputError
 
 router = APIRouter(prefix="/v1/models", tags=["inference"])
-Version = Annotated[int | None, Query(ge=1, description="Model version (default: the active one).")]
+Version = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Model version (default: the active one).")]
 ERRORS = problem_responses(401, 403, 404, 413, 422, 503)
 
 
@@ -88,7 +89,8 @@ async def next_features(name: str, body: NextFeaturesRequest, state: State, call
 
 def _rowless(problem):
     """next-features takes one `row`: report its cells as row.<feature>, not rows.0.<feature>."""
-    for err in problem.errors or []:
-        if err["field"].startswith("rows.0."):
-            err["field"] = "row." + err["field"][len("rows.0.") :]
-    return problem
+    errors = [
+        {**err, "field": "row." + err["field"][len("rows.0.") :]} if err["field"].startswith("rows.0.") else err
+        for err in problem.errors or []
+    ]
+    return unprocessable(errors)

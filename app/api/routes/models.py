@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import Admin, Inferrer, State, resolve_model
 from app.api.problems import not_found, problem_responses, unprocessable
-from app.api.schemas import ModelDetail, ModelInfo, RegisterModelRequest
+from app.api.schemas import MAX_VERSION, ModelDetail, ModelInfo, RegisterModelRequest
 from app.db import repository as repo
 from hhvaem.artifact import ArtifactError
 
@@ -32,7 +34,9 @@ async def list_models(state: State, caller: Inferrer):
 
 
 @router.get("/{name}", response_model=ModelDetail, responses=problem_responses(401, 403, 404), summary="One model")
-async def get_model(name: str, state: State, caller: Inferrer, version: int | None = None):
+async def get_model(
+    name: str, state: State, caller: Inferrer, version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None
+):
     """Schema (features, types, categories, units), targets, sampler settings, metrics and versions."""
     m = await run_in_threadpool(resolve_model, state.registry, name, version)
     records = [r for r in await run_in_threadpool(state.registry.records) if r.name == name]
@@ -58,6 +62,8 @@ async def register_model(body: RegisterModelRequest, state: State, caller: Admin
         raise unprocessable([{"field": "path", "reason": str(e)}]) from None
     except OSError as e:
         raise unprocessable([{"field": "path", "reason": f"cannot read the directory ({e.strerror})"}]) from None
+    except ValueError as e:  # e.g. a NUL byte in the path
+        raise unprocessable([{"field": "path", "reason": f"not a usable path ({e})"}]) from None
     await state.audit("model.registered", caller, (record.name, record.version), detail={"path": record.path})
     return _info(record)
 
@@ -68,7 +74,7 @@ async def register_model(body: RegisterModelRequest, state: State, caller: Admin
     responses=problem_responses(401, 403, 404),
     summary="Make a version the active one",
 )
-async def activate(name: str, version: int, state: State, caller: Admin):
+async def activate(name: str, version: Annotated[int, Path(ge=1, le=MAX_VERSION)], state: State, caller: Admin):
     def run():
         with state.sessions.begin() as s:
             if repo.get_model(s, name, version) is None:
