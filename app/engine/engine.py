@@ -19,7 +19,7 @@ import numpy as np
 from app.engine.backends import Backend, OnnxBackend, TorchBackend
 from app.engine.summaries import ColumnPredictive, point_value, summarise, uncertainty
 from hhvaem.artifact import PREDICTIVE_GRAPH, ArtifactError, manifest_checksum, read_manifest
-from model.acquisition import batch_information, histogram_information, rank_features, stopping_advice
+from model.acquisition import histogram_information, mixture_information, rank_features, stopping_advice
 from model.preprocessing import EncodingError, Preprocessor, is_missing
 from model.schema import Column, Schema
 
@@ -185,7 +185,7 @@ class Engine:
         quantiles = _check_quantiles(quantiles)
 
         def finish(prep: Prepared, outputs):
-            _, features, target, acceptance = outputs
+            _, features, target, acceptance = outputs[:4]
             out = []
             mask = np.concatenate([prep.feeds["mask"], prep.feeds["y_mask"]], axis=1)
             w = max(features.shape[-1], target.shape[-1])
@@ -228,7 +228,7 @@ class Engine:
         quantiles = _check_quantiles(quantiles)
 
         def finish(prep: Prepared, outputs):
-            _, _, target, acceptance = outputs
+            _, _, target, acceptance = outputs[:4]
             per_target = {
                 c.name: summarise(
                     ColumnPredictive(c, target[:, :, j]),
@@ -280,9 +280,9 @@ class Engine:
         ti = self._target_index[tcol.name]
 
         def finish(prep: Prepared, outputs):
-            _, features, tgt, acceptance = outputs
+            _, features, tgt, acceptance, given = outputs
             y_pred = ColumnPredictive(tcol, tgt[:, :, ti])
-            gains = self._gains(features, y_pred, pool, method, prep.rng)
+            gains = self._gains(features, given[:, :, :, ti], tcol, pool, method, prep.rng)
             ranking = rank_features(gains, {k: float(v) for k, v in (costs or {}).items()} or None, top_k)
             unc = uncertainty(y_pred, self.preprocessor, 0)
             advice = stopping_advice(ranking[0].gain if ranking else None, unc, min_gain, max_uncertainty)
@@ -335,17 +335,20 @@ class Engine:
                 pool.append(name)
         return pool
 
-    def _gains(self, features: np.ndarray, y_pred: ColumnPredictive, pool, method, rng) -> dict[str, float]:
-        if not pool:
-            return {}
-        y_mix = y_pred.mixture(0)
-        x_mixes = [ColumnPredictive(self._columns[n], features[:, :, self._feature_index[n]]).mixture(0) for n in pool]
-        if method == "mixture":
-            gains = batch_information(x_mixes, y_mix, rng)
-        else:  # the paper's estimator: a 2-d histogram of one joint draw per posterior sample
-            y_draws = y_mix.sample(rng)
-            gains = [histogram_information(m.sample(rng), y_draws, m.discrete, y_mix.discrete) for m in x_mixes]
-        return {n: float(g) for n, g in zip(pool, gains)}
+    def _gains(self, features: np.ndarray, given: np.ndarray, tcol: Column, pool, method, rng) -> dict[str, float]:
+        """I(y; x_i | x_O) for each candidate, on the joint the model implies: component k pairs p_k(x_i)
+        with the target's p(y | eps_k, x_i = its sampled value) (`given` [1, K, D, W], see PredictiveGraph)."""
+        gains = {}
+        for name in pool:
+            j = self._feature_index[name]
+            x_mix = ColumnPredictive(self._columns[name], features[:, :, j]).mixture(0)
+            y_mix = ColumnPredictive(tcol, given[:, :, j]).mixture(0)
+            if method == "mixture":
+                gains[name] = float(mixture_information(x_mix, y_mix, rng))
+            else:  # the paper's estimator: a 2-d histogram of one joint draw per posterior sample
+                x, y = x_mix.sample(rng), y_mix.sample(rng)  # draw k of each from component k: joint draws
+                gains[name] = float(histogram_information(x, y, x_mix.discrete, y_mix.discrete))
+        return gains
 
     def describe(self) -> dict[str, Any]:
         """What a client needs to know about the model: schema, sampler, metrics."""

@@ -67,6 +67,7 @@ def cmd_run(args) -> None:
     splits = [int(s) for s in args.splits.split(",") if s]
     settings = SaiaSettings(methods, args.samples, args.kl_draws, 5, args.max_rows, args.seed, 1)
     command = "python -m training.benchmarks.saia_report " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    started_at = commit()  # HEAD when the code was loaded (the checkout may move on during a long run)
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="saia-tables-") as tmp:
         for name in args.tables.split(","):
@@ -81,7 +82,8 @@ def cmd_run(args) -> None:
             summary["shape"] = {"rows": len(df), "features": len(schema.features)}
             summary["run"] = {
                 "command": command,
-                "commit": commit(),
+                "commit": started_at,
+                "commit_at_end": commit(),
                 "machine": f"{platform.machine()}, {_cores()} cores, torch and ONNX Runtime 1 thread",
                 "torch": torch.__version__,
                 "wall_seconds": time.perf_counter() - t0,
@@ -97,6 +99,22 @@ def _cores() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _commits(runs: dict) -> str:
+    """The recorded commits (HEAD when each table's run started; older JSONs: when it ended), table by table."""
+    seen: dict[str, list[str]] = {}
+    for name, r in runs.items():
+        seen.setdefault(r["run"]["commit"], []).append(name)
+    if len(seen) == 1:
+        return next(iter(seen))
+    return ", ".join(f"{c} ({', '.join(names)})" for c, names in seen.items())
+
+
+def _commit_kind(runs: dict) -> str:
+    if all("commit_at_end" in r["run"] for r in runs.values()):
+        return "HEAD when the run started"
+    return "HEAD when the table finished; see the notes on provenance"
 
 
 def _pm(stats: dict) -> str:
@@ -131,7 +149,8 @@ def render(results: Path, notes: Path | None) -> str:
         "## How the figures were produced",
         "",
         f"- Command: `{run['command']}`",
-        f"- Commit {run['commit']}, {run['machine']}, torch {run['torch']}.",
+        f"- Commit recorded per table ({_commit_kind(runs)}): {_commits(runs)}; {run['machine']}, "
+        f"torch {run['torch']}.",
         f"- Splits {', '.join(map(str, first['splits']))} of the 10 PROTOCOL.md splits (a quick run, as the "
         f"protocol allows); per split an HH-VAEM is trained on the training rows with `--steps {s['steps']}` "
         f"(seed {s['seed']}), written as an artifact and served by the inference engine (ONNX Runtime, 1 thread): "
@@ -139,8 +158,8 @@ def render(results: Path, notes: Path | None) -> str:
         f"- Test rows: a seeded subset of {s['max_rows'] or 'all'} test rows per split; every row starts with "
         "nothing observed and acquires all D features one at a time.",
         f"- K = {s['samples']} posterior samples per sampler call for every method; the sampler call for (split, "
-        "row, step) has one seed shared by all methods, so equal observations give identical predictions (step 0 "
-        "and step D agree exactly across methods).",
+        "row, step) has one seed shared by all methods, so equal observations give the same predictions (step 0 "
+        "and step D agree across methods up to float rounding in differently composed ONNX Runtime batches).",
         f"- Methods: random order (mean of {s['random_orders']} orders); EDDI's KL reward with the model's own "
         f"Gaussian encoder, {s['kl_draws']} joint draws (x_i, y) per candidate, target-conditioned form "
         "(training/saia.py explains why); the paper's 2-d histogram MI; our mixture MI. Same trained model for all.",
@@ -209,9 +228,51 @@ def render(results: Path, notes: Path | None) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ties) + " |")
     total = sum(r["run"]["wall_seconds"] for r in runs.values())
     lines += ["", f"Total run time: {total / 60:.1f} min (trainings + SAIA, all tables, one process)."]
+    lines += _prototype_section(results, runs)
     if notes is not None and notes.exists():
         lines += ["", notes.read_text().rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def _prototype_section(results: Path, runs: dict) -> list[str]:
+    """The `mixture-xy` prototype (results/mixture_xy/, a second run on the same splits, seeds and settings)."""
+    proto_dir = results / "mixture_xy"
+    proto = {n: json.loads((proto_dir / f"{n}.json").read_text()) for n in runs if (proto_dir / f"{n}.json").exists()}
+    if not proto:
+        return []
+    first = next(iter(proto.values()))
+    lines = [
+        "",
+        "## Prototype: the mixture estimator with the predictor's direct path (`mixture-xy`, not served)",
+        "",
+        f"Second run: `{first['run']['command']}` (commit {_commits(proto)}). Training is deterministic, so "
+        "it trains the same models; its `mixture` column reproduces the main run (last column: the largest "
+        "absolute difference of the served mixture's AUCs between the two runs). `mixture-xy` pairs each "
+        "posterior sample's p(x_i | z_ik) with p(y | eps_k, z_ik plugged into the predictor) "
+        "(training/saia.py, `direct_target_params`).",
+        "",
+        "| table | metric | random | histogram | mixture (served) | mixture-xy | mixture-xy − histogram | "
+        "mixture-xy − random | mixture run-to-run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in proto.items():
+        main = runs[name]["methods"]
+        for key, metric in (("auc_error", f"target {p['target_error']}"), ("auc_nll_y", "NLL_y")):
+            xy = p["methods"]["mixture-xy"][key]
+            cells = [_pm(main[m][key]) if m in main else "-" for m in ("random", "histogram", "mixture")]
+            cells.append(_pm(xy))
+            for b in ("histogram", "random"):
+                if b in main:
+                    mean, std, w, lose = _paired(xy, main[b][key])
+                    cells.append(f"{mean:+.3g} ± {std:.2g} ({w}/{lose})")
+                else:
+                    cells.append("-")
+            drift = np.abs(np.array(p["methods"]["mixture"][key]["per_split"]) - main["mixture"][key]["per_split"])
+            cells.append(f"{drift.max():.1g}")
+            lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
+    links = ", ".join(f"[{n}]({results.name}/mixture_xy/{n}.png)" for n in proto)
+    lines += ["", f"Curves of the prototype run: {links}."]
+    return lines
 
 
 def cmd_render(args) -> None:
