@@ -347,7 +347,7 @@ def saia_artifact(
         for i in range(0, len(requests), settings.batch_rows):
             results += engine.run([p for _, _, p in requests[i : i + settings.batch_rows]])
         for (tr, r, prep), (outputs, result) in zip(requests, results):
-            _, features, tgt, _ = outputs
+            _, features, tgt, _ = outputs[:4]
             pred = ColumnPredictive(tcol, tgt[:, :, ti])
             if tcol.is_discrete:
                 tr.prediction[r].append(float(np.argmax(category_probabilities(pred)[0])))
