@@ -33,7 +33,7 @@ def test_onnx_and_torch_give_the_same_samples_for_the_same_noise(onnx_engine, to
     prep = onnx_engine.prepare_impute(rows, samples=40, seed=7)
     a = onnx_engine.backend.run(prep.feeds)
     b = torch_engine.backend.run(prep.feeds)
-    for name, x, y in zip(("eps", "features", "target", "acceptance"), a, b):
+    for name, x, y in zip(("eps", "features", "target", "acceptance", "target_given"), a, b, strict=True):
         assert x.shape == y.shape, name
         np.testing.assert_allclose(x, y, atol=1e-4, rtol=1e-4, err_msg=name)
     # and the numpy summaries on top agree too

@@ -52,6 +52,10 @@ def test_quick_run_writes_every_figure(tmp_path):
     for fig in ("impute_p50", "graph_p50", "next_features_p50", "throughput_graph", "throughput_engine"):
         assert res["ratios"][fig]["ort_speedup"] > 0 and res["ratios"][fig]["ort_over_torch_time"] > 0
     assert res["flops"]["per_row_total"] > 0 and res["flops"]["per_row_by_network"]
+    # The analytic count agrees with torch's FlopCounterMode on the actual graph (which misses only the
+    # marginal decoders' one-input first layer, a broadcast multiply in torch).
+    counted = res["flops"]["torch_flop_counter"]["per_row_total"]
+    assert 0.9 * res["flops"]["per_row_total"] < counted <= res["flops"]["per_row_total"]
     assert res["matmul_rates"]["peak"]["ort"] > 0
     assert {t["name"] for t in res["targets"]} >= {"single-row impute p50 (ORT)", "next-features p50 (ORT)"}
     assert all(isinstance(t["pass"], bool) for t in res["targets"])

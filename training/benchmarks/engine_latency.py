@@ -169,9 +169,12 @@ def flop_count(model, samples: int) -> dict[str, Any]:
     top-down prior MLPs, the code decoder and the predictor plus their vjp (one matmul per layer,
     the same multiply-adds as the forward); then the final decode as the graph is written
     (code_params and forward_pass each recompute top-down + decoder): priors + decoder (code), the
-    marginal GroupedMLP decoders, priors + decoder + predictor (target). Elementwise ops (SiLU and
+    marginal GroupedMLP decoders, priors + decoder + predictor (target), and, where the graph has the
+    `target_given` output, the predictor once more per feature (each set to its sampled code). Elementwise ops (SiLU and
     its slope, likelihood scores, leapfrog updates, Metropolis masks) are ignored.
     """
+    from model.export import OUTPUTS
+
     dep, cfg = model.dependency, model.config
     n_eval = 1 + cfg.hmc_steps * cfg.leapfrog_steps if cfg.uses_hmc else 0
     prior_layers = [s for p in dep.priors for s in _mlp_layers(p)]
@@ -193,6 +196,8 @@ def flop_count(model, samples: int) -> dict[str, Any]:
         "final: marginal GroupedMLP decoders": 2 * _grouped_macs(model.marginal.decoder),
         "final: priors + decoder + predictor (target)": 2 * (macs(prior_layers) + macs(dec_layers) + macs(pred_layers)),
     }
+    if "target_given" in OUTPUTS:  # acquisition's joint: the predictor once per feature set to its sampled code
+        per_chain["final: predictor x D feature variants (target_given)"] = 2 * dep.n_codes * macs(pred_layers)
     # The matmul shapes [M, K] x [K, N] of the sampler's evaluations (M = rows * samples): forward (in, out)
     # and vjp (out, in) of every layer, n_eval times each; they carry nearly all the FLOPs.
     shapes: dict[str, int] = defaultdict(int)
@@ -213,6 +218,26 @@ def flop_count(model, samples: int) -> dict[str, Any]:
         "sampler_share": samples * sampler_flops / per_row_total,
         "sampler_matmul_shapes_KxN_count_per_chain": dict(shapes),
         "elementwise_ops": "ignored (SiLU + slope, scores, leapfrog and Metropolis updates are not counted)",
+    }
+
+
+def counted_flops(model, samples: int) -> dict[str, Any]:
+    """Cross-check: matmul FLOPs per row of the actual PredictiveGraph, by torch's FlopCounterMode (1 row).
+
+    It counts mm / addmm / bmm; GroupedMLP layers with one input (the marginal decoders' first layer) run as
+    broadcast multiplies in torch and are not counted, so it reads slightly below the analytic count.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.export import PredictiveGraph, example_inputs
+
+    graph = PredictiveGraph(model).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        graph(*example_inputs(model, 1, samples).values())
+    return {
+        "per_row_total": int(counter.get_total_flops()),
+        "by_op": {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()},
     }
 
 
@@ -706,6 +731,9 @@ def markdown(res: dict[str, Any]) -> str:
     for k, v in fl["per_row_by_network"].items():
         lines.append(f"| {k} | {v / 1e6:.3f} | {v / fl['per_row_total']:.1%} |")
     lines.append(f"| **total** | **{fl['per_row_total'] / 1e6:.2f}** | 100% |")
+    counted = fl.get("torch_flop_counter", {}).get("per_row_total")
+    if counted:
+        lines.append(f"| (cross-check: torch FlopCounterMode on the graph) | {counted / 1e6:.2f} | |")
     m1 = str(SAMPLES)
     mb = str(ot["best_chunk"] * SAMPLES)
     rep = rates["representative"]
@@ -827,6 +855,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         big_set = impute_rows(rows, features, targets, args.rows, seed=2)
 
         res["flops"] = flop_count(model, SAMPLES)
+        res["flops"]["torch_flop_counter"] = counted_flops(model, SAMPLES)
         log(f"matmul FLOPs per row: {res['flops']['per_row_total'] / 1e6:.1f} M")
         res["backends"] = {}
         for name in BACKENDS:
