@@ -241,7 +241,7 @@ def demo(
             from training.demo import build_demo
         except ImportError:
             fail("training the demo model needs torch: pip install torch==2.13.0 && pip install -e '.[train]'")
-        typer.echo(f"training the demo model into {target} (first run only, about two minutes)...", err=True)
+        typer.echo(f"training the demo model into {target} (first run only, a few minutes)...", err=True)
         _setup(0, 0)
         with StageProgress() as bar:
             build_demo(target, steps=steps, progress=bar)

@@ -1,7 +1,7 @@
 """The demo model: scikit-learn's diabetes table in raw units, with readable names and units.
 
 442 patients, 10 baseline measurements and the disease progression one year later (the
-target). `hhvaem demo` trains it on first run (about two minutes on 2 cores) and serves it;
+target). `hhvaem demo` trains it on first run (a few minutes on 2 cores) and serves it;
 the service and browser tests train a smaller one the same way.
 """
 
