@@ -12,16 +12,16 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from hhvaem.app.api.problems import BodySizeLimit, install_problem_handlers
+from hhvaem.app.api.routes import batch_jobs, health, inference, models, sessions
+from hhvaem.app.core.config import Settings, get_settings
+from hhvaem.app.db.session import make_engine, make_sessionmaker, migrate
+from hhvaem.app.services.batcher import DynamicBatcher
+from hhvaem.app.services.metrics import Metrics
+from hhvaem.app.services.registry import ModelRegistry
+from hhvaem.app.services.state import AppState
+from hhvaem.app.sessions.store import make_store
 
-from app.api.problems import BodySizeLimit, install_problem_handlers
-from app.api.routes import batch_jobs, health, inference, models, sessions
-from app.core.config import Settings, get_settings
-from app.db.session import make_engine, make_sessionmaker, migrate
-from app.services.batcher import DynamicBatcher
-from app.services.metrics import Metrics
-from app.services.registry import ModelRegistry
-from app.services.state import AppState
-from app.sessions.store import make_store
 from hhvaem import __version__
 
 log = logging.getLogger("hhvaem")

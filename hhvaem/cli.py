@@ -40,10 +40,10 @@ def fail(message: str) -> None:
 @contextmanager
 def user_errors():
     """Turns the library's input errors into a one-line message and exit status 2 (no traceback)."""
-    from hhvaem.artifact import ArtifactError
-    from hhvaem.tables import TableError
-    from model.preprocessing import EncodingError
-    from model.schema import SchemaError
+    from hhvaem.model.io.artifact import ArtifactError
+    from hhvaem.model.io.tables import TableError
+    from hhvaem.model.preprocessing import EncodingError
+    from hhvaem.model.schema import SchemaError
 
     try:
         yield
@@ -97,13 +97,13 @@ def _setup(threads: int, seed: int | None = None) -> None:
 
 
 def _load(data: Path, schema: Path | None, targets: list[str] | None):
-    from training.tabular import load_dataset
+    from hhvaem.training.tabular import load_dataset
 
     return load_dataset(data, targets or [], schema)
 
 
 def _check_variant(variant: str) -> None:
-    from model.hhvaem import VARIANTS
+    from hhvaem.model.hhvaem import VARIANTS
 
     if variant not in VARIANTS:
         fail(f"--variant: unknown variant {variant!r} (expected one of {', '.join(VARIANTS)})")
@@ -125,8 +125,8 @@ def train(
     _check_variant(variant)
     _setup(threads, seed)
     with user_errors():
-        from training.artifact import data_fingerprint, write_artifact
-        from training.fit import fit
+        from hhvaem.training.artifact import data_fingerprint, write_artifact
+        from hhvaem.training.fit import fit
 
         df, sch = _load(data, schema, target)
         with StageProgress() as bar:
@@ -145,7 +145,7 @@ def export(
 ) -> None:
     """(Re-)export the ONNX sampler graph of an artifact from its torch state (upgrades older artifacts)."""
     with user_errors():
-        from training.artifact import export_artifact
+        from hhvaem.training.artifact import export_artifact
 
         manifest = export_artifact(model_dir)
     g = manifest["onnx"]
@@ -176,7 +176,7 @@ def evaluate(
         fail(f"--splits: {splits!r} must name splits between 0 and 9")
     _setup(threads, seed)
     with user_errors():
-        from training.evaluate import evaluate_split, summarise
+        from hhvaem.training.evaluate import evaluate_split, summarise
 
         df, sch = _load(data, schema, target)
         results = []
@@ -202,8 +202,8 @@ def _serve(host: str, port: int, models_dir: Path | None) -> None:
 
     import uvicorn
 
-    from app.core.config import Settings
-    from app.main import create_app
+    from hhvaem.app.core.config import Settings
+    from hhvaem.app.main import create_app
 
     settings = Settings(**({"models_dir": models_dir} if models_dir else {}))
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -232,13 +232,13 @@ def demo(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Train the demo model again.")] = False,
 ) -> None:
     """Serve the demo model (scikit-learn's diabetes table in raw units), training it on first run."""
-    from app.core.config import Settings
+    from hhvaem.app.core.config import Settings
 
     models_dir = Settings().data_dir / "demo"
     target = models_dir / "diabetes"
     if rebuild or not (target / "manifest.json").is_file():
         try:
-            from training.demo import build_demo
+            from hhvaem.training.demo import build_demo
         except ImportError:
             fail("training the demo model needs torch: pip install torch==2.13.0 && pip install -e '.[train]'")
         typer.echo(f"training the demo model into {target} (first run only, a few minutes)...", err=True)
@@ -261,7 +261,7 @@ def score(
     threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime threads (0: default).")] = 0,
 ) -> None:
     """Batch scoring offline, with a progress bar; bad rows are reported by row number and skipped."""
-    from app.services.scoring import OPERATIONS
+    from hhvaem.app.engine.scoring import OPERATIONS
 
     if operation not in OPERATIONS:
         fail(f"--operation: unknown operation {operation!r} (expected one of {', '.join(OPERATIONS)})")
@@ -270,9 +270,9 @@ def score(
     with user_errors():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from app.engine import Engine
-        from app.services.scoring import score_frame
-        from hhvaem.tables import read_table
+        from hhvaem.app.engine import Engine
+        from hhvaem.app.engine.scoring import score_frame
+        from hhvaem.model.io.tables import read_table
 
         engine = Engine(model_dir, threads=threads)
         df = read_table(input)
@@ -312,8 +312,8 @@ app.add_typer(keys_app, name="keys")
 
 
 def _db():
-    from app.core.config import Settings
-    from app.db.session import make_engine, make_sessionmaker, migrate
+    from hhvaem.app.core.config import Settings
+    from hhvaem.app.db.session import make_engine, make_sessionmaker, migrate
 
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -327,7 +327,7 @@ def keys_create(
     scope: Annotated[list[str] | None, typer.Option("--scope", help="infer | admin (repeat; default infer).")] = None,
 ) -> None:
     """Create an API key and print it (only now: only its hash is stored)."""
-    from app.db import repository as repo
+    from hhvaem.app.db import repository as repo
 
     with user_errors():
         with _db().begin() as s:
@@ -338,7 +338,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """List API keys (prefix, scopes, revoked or not); never the keys themselves."""
-    from app.db import repository as repo
+    from hhvaem.app.db import repository as repo
 
     with _db()() as s:
         for k in repo.list_api_keys(s):
@@ -349,7 +349,7 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id from `hhvaem keys list`.")]) -> None:
     """Revoke an API key (requests with it get 401 from then on)."""
-    from app.db import repository as repo
+    from hhvaem.app.db import repository as repo
 
     with user_errors():
         try:
@@ -397,7 +397,7 @@ def saia(
     Prints the area under the target-error and NLL_y curves (mean ± std over splits) per method. The target is
     the first --target (or the schema's first target).
     """
-    from training.saia import METHODS
+    from hhvaem.training.saia import METHODS
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in method_list if m not in METHODS]
@@ -412,7 +412,7 @@ def saia(
     split_list = _split_list(splits)
     _setup(threads, seed)
     with user_errors():
-        from training.saia import SaiaSettings, format_table, plot_curves, run_saia, write_json
+        from hhvaem.training.saia import SaiaSettings, format_table, plot_curves, run_saia, write_json
 
         df, sch = _load(data, schema, target)
         settings = SaiaSettings(tuple(method_list), samples, kl_draws, 5, max_rows, seed, max(threads, 1))

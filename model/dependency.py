@@ -18,11 +18,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from hhvaem.model.likelihoods import LOG_2PI, MIN_SCALE, ColumnLikelihoods, Gaussian, one_hot
+from hhvaem.model.nets import MLP
+from hhvaem.model.schema import Column
 from torch import Tensor, nn
-
-from model.likelihoods import LOG_2PI, MIN_SCALE, ColumnLikelihoods, Gaussian, one_hot
-from model.nets import MLP
-from model.schema import Column
 
 
 class Observed(NamedTuple):

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hhvaem.model.hhvaem import HHVAEM
+from hhvaem.model.hmc import hmc_chain, init_state
 from torch import Tensor, nn
-
-from model.hhvaem import HHVAEM
-from model.hmc import hmc_chain, init_state
 
 OPSET = 17
 # Dynamic axes: B rows, C posterior samples (chains) per row.

@@ -12,14 +12,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
+from hhvaem.model.dependency import DependencyVAE, Observed
+from hhvaem.model.hmc import HMCInfo, HMCState, hmc_chain, hmc_step, init_state
+from hhvaem.model.likelihoods import Gaussian
+from hhvaem.model.marginal import MarginalVAEs
+from hhvaem.model.schema import Schema
+from hhvaem.model.sksd import sksd
 from torch import Tensor, nn
-
-from model.dependency import DependencyVAE, Observed
-from model.hmc import HMCInfo, HMCState, hmc_chain, hmc_step, init_state
-from model.likelihoods import Gaussian
-from model.marginal import MarginalVAEs
-from model.schema import Schema
-from model.sksd import sksd
 
 VARIANTS = {
     # name: (hierarchical, hmc, importance samples)

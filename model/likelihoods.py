@@ -12,9 +12,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+from hhvaem.model.schema import Column
 from torch import Tensor
-
-from model.schema import Column
 
 # Robust likelihoods. Columns with point masses (boston's ZN: 73 % zeros) and rare classes (CHAS:
 # 7 % ones) let a free Gaussian scale or logit grow without bound: the density on the spike soars,

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from hhvaem.model.likelihoods import MIN_SCALE, ColumnLikelihoods, one_hot
+from hhvaem.model.nets import GroupedMLP
+from hhvaem.model.schema import Column
 from torch import Tensor, nn
-
-from model.likelihoods import MIN_SCALE, ColumnLikelihoods, one_hot
-from model.nets import GroupedMLP
-from model.schema import Column
 
 
 class MarginalVAEs(nn.Module):

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from model.schema import Column, Schema
+from hhvaem.model.schema import Column, Schema
 
 
 class EncodingError(ValueError):

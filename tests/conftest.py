@@ -19,7 +19,7 @@ def demo_artifact(tmp_path_factory) -> str:
     if os.environ.get("HHVAEM_TEST_ARTIFACT"):
         return os.environ["HHVAEM_TEST_ARTIFACT"]
 
-    from training.demo import build_demo
+    from hhvaem.training.demo import build_demo
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

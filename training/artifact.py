@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
-from hhvaem.artifact import (
+from hhvaem.model.export import export_predictive
+from hhvaem.model.hhvaem import HHVAEM
+from hhvaem.model.io.artifact import (
     CHECKPOINT,
     FORMAT_VERSION,
     MANIFEST,
@@ -29,10 +30,8 @@ from hhvaem.artifact import (
     read_manifest,
     sha256_file,
 )
-from model.export import export_predictive
-from model.hhvaem import HHVAEM
-from model.preprocessing import Preprocessor
-from model.schema import Schema
+from hhvaem.model.preprocessing import Preprocessor
+from hhvaem.model.schema import Schema
 
 __all__ = ["ArtifactError", "read_manifest", "write_artifact", "export_artifact", "load_model", "data_fingerprint"]
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-
-from model.schema import Column, Schema
-from training.artifact import data_fingerprint, write_artifact
-from training.fit import fit
-from training.trainer import Progress
+from hhvaem.model.schema import Column, Schema
+from hhvaem.training.artifact import data_fingerprint, write_artifact
+from hhvaem.training.fit import fit
+from hhvaem.training.trainer import Progress
 
 DEMO_NAME = "diabetes"
 DEMO_STEPS = 2000

@@ -12,14 +12,13 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+from hhvaem.model.hhvaem import HHVAEM
+from hhvaem.model.likelihoods import Gaussian, LogNormal, Poisson
+from hhvaem.model.preprocessing import Preprocessor
+from hhvaem.model.schema import Schema
+from hhvaem.training.fit import encode_rows, fit
+from hhvaem.training.trainer import Progress, StageSteps, TrainData
 from sklearn.model_selection import KFold
-
-from model.hhvaem import HHVAEM
-from model.likelihoods import Gaussian, LogNormal, Poisson
-from model.preprocessing import Preprocessor
-from model.schema import Schema
-from training.fit import encode_rows, fit
-from training.trainer import Progress, StageSteps, TrainData
 
 N_SPLITS = 10
 TEST_SAMPLES = 1000

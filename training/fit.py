@@ -7,12 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-
-from model.hhvaem import HHVAEM, ModelConfig
-from model.preprocessing import Preprocessor
-from model.schema import Schema
-from training.tabular import table_columns
-from training.trainer import Progress, StageSteps, TrainConfig, TrainData, train
+from hhvaem.model.hhvaem import HHVAEM, ModelConfig
+from hhvaem.model.preprocessing import Preprocessor
+from hhvaem.model.schema import Schema
+from hhvaem.training.tabular import table_columns
+from hhvaem.training.trainer import Progress, StageSteps, TrainConfig, TrainData, train
 
 DEFAULT_STEPS = 20_000
 

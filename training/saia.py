@@ -51,17 +51,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
-from app.engine.engine import Engine, Prepared
-from app.engine.summaries import ColumnPredictive, category_probabilities, moments
-from model.hhvaem import HHVAEM
-from model.preprocessing import is_missing
-from model.schema import Column, Schema
-from training.artifact import data_fingerprint, load_model, write_artifact
-from training.evaluate import split_indices
-from training.fit import fit
-from training.tabular import table_columns
-from training.trainer import Progress, StageSteps
+from hhvaem.app.engine.engine import Engine, Prepared
+from hhvaem.app.engine.summaries import ColumnPredictive, category_probabilities, moments
+from hhvaem.model.hhvaem import HHVAEM
+from hhvaem.model.preprocessing import is_missing
+from hhvaem.model.schema import Column, Schema
+from hhvaem.training.artifact import data_fingerprint, load_model, write_artifact
+from hhvaem.training.evaluate import split_indices
+from hhvaem.training.fit import fit
+from hhvaem.training.tabular import table_columns
+from hhvaem.training.trainer import Progress, StageSteps
 
 METHODS = ("random", "kl", "kl-latent", "histogram", "mixture", "mixture-xy")
 DEFAULT_METHODS = ("random", "kl", "histogram", "mixture")
@@ -199,7 +198,7 @@ def direct_target_params(model: HHVAEM, feeds: dict[str, np.ndarray], eps: np.nd
     e = torch.as_tensor(eps[:1])  # [1, K, E]
     obs = model.observed(x, m, y, my)
     code = dep.code_params(e)  # [1, K, D, 2]
-    from model.likelihoods import Gaussian
+    from hhvaem.model.likelihoods import Gaussian
 
     g = Gaussian.from_raw(code)
     z = g.loc + g.scale * torch.as_tensor(feeds["code_noise"][:1])  # [1, K, D]
@@ -224,7 +223,7 @@ def mixture_xy_gains(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """I(x_i; y | x_O) by the mixture estimator on the joint of `direct_target_params` (one row)."""
-    from model.acquisition import mixture_information
+    from hhvaem.model.acquisition import mixture_information
 
     schema = model.schema
     tcol = schema.targets[target_index]

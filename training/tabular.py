@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from hhvaem.tables import TableError, _one_line, read_table
-from model.preprocessing import category_key, is_missing
-from model.schema import DISCRETE_TYPES, FEATURE_TYPES, Column, Schema, SchemaError
+from hhvaem.model.io.tables import TableError, _one_line, read_table
+from hhvaem.model.preprocessing import category_key, is_missing
+from hhvaem.model.schema import DISCRETE_TYPES, FEATURE_TYPES, Column, Schema, SchemaError
 
 log = logging.getLogger(__name__)
 

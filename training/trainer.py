@@ -19,10 +19,9 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
+from hhvaem.model.dependency import Observed
+from hhvaem.model.hhvaem import HHVAEM
 from torch import Tensor
-
-from model.dependency import Observed
-from model.hhvaem import HHVAEM
 
 
 class TrainData(NamedTuple):

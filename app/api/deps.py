@@ -7,15 +7,14 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from hhvaem.app.api.problems import Problem, forbidden, not_found, unauthorized, unavailable, unprocessable
+from hhvaem.app.core.config import Settings
+from hhvaem.app.core.security import ADMIN, INFER, check_scopes
+from hhvaem.app.db import repository as repo
+from hhvaem.app.engine import InputError
+from hhvaem.app.services.registry import LoadedModel, ModelNotFound, ModelRegistry
+from hhvaem.model.io.artifact import ArtifactError
 from starlette.concurrency import run_in_threadpool
-
-from app.api.problems import Problem, forbidden, not_found, unauthorized, unavailable, unprocessable
-from app.core.config import Settings
-from app.core.security import ADMIN, INFER, check_scopes
-from app.db import repository as repo
-from app.engine import InputError
-from app.services.registry import LoadedModel, ModelNotFound, ModelRegistry
-from hhvaem.artifact import ArtifactError
 
 log = logging.getLogger(__name__)
 

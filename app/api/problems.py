@@ -346,7 +346,7 @@ async def _on_store_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Render every error of `app` as a problem document (see the module docstring)."""
-    from app.sessions.store import SessionNotFound, StoreUnavailable
+    from hhvaem.app.sessions.store import SessionNotFound, StoreUnavailable
 
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

@@ -1,5 +1,5 @@
 """Core service plumbing: configuration."""
 
-from app.core.config import Settings, get_settings, make_settings
+from hhvaem.app.core.config import Settings, get_settings, make_settings
 
 __all__ = ["Settings", "get_settings", "make_settings"]

@@ -20,11 +20,8 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.orm import Session
-
-from app.core import security
-from app.db.models import (
+from hhvaem.app.core import security
+from hhvaem.app.db.models import (
     BATCH_FINAL_STATUSES,
     BATCH_OPERATIONS,
     BATCH_STATUSES,
@@ -35,6 +32,8 @@ from app.db.models import (
     new_job_id,
     utcnow,
 )
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 
 MAX_STORED_ERRORS = 1000
 """At most this many ``{row, column, reason}`` entries are kept per batch job (``failed_rows`` still counts all)."""

@@ -21,10 +21,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-import app
-
-MIGRATIONS_DIR = Path(app.__file__).resolve().parent / "migrations"
-"""Alembic script directory; it ships inside the ``app`` package so ``migrate`` works from an installed wheel."""
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+"""Alembic script directory; it ships inside the ``hhvaem.app`` package so ``migrate`` works from an installed wheel."""
 
 SQLITE_FILENAME = "hhvaem.db"  # same name as app.core.config uses for its default
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-
-from hhvaem.artifact import CHECKPOINT, ArtifactError
+from hhvaem.model.io.artifact import CHECKPOINT, ArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +61,8 @@ class TorchBackend:
             import torch
         except ImportError:
             raise ArtifactError("the torch backend needs torch installed (pip install 'hhvaem[train]')") from None
-        from model.export import PredictiveGraph, noise_inputs
-        from model.hhvaem import HHVAEM
+        from hhvaem.model.export import PredictiveGraph, noise_inputs
+        from hhvaem.model.hhvaem import HHVAEM
 
         if device == "cuda" and not torch.cuda.is_available():
             raise ArtifactError("device 'cuda' asked for, but torch sees no CUDA device")

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from app.engine.backends import Backend, OnnxBackend, TorchBackend
-from app.engine.summaries import ColumnPredictive, point_value, summarise, uncertainty
-from hhvaem.artifact import PREDICTIVE_GRAPH, ArtifactError, manifest_checksum, read_manifest
-from model.acquisition import histogram_information, mixture_information, rank_features, stopping_advice
-from model.preprocessing import EncodingError, Preprocessor, is_missing
-from model.schema import Column, Schema
+from hhvaem.app.engine.backends import Backend, OnnxBackend, TorchBackend
+from hhvaem.app.engine.summaries import ColumnPredictive, point_value, summarise, uncertainty
+from hhvaem.model.acquisition import histogram_information, mixture_information, rank_features, stopping_advice
+from hhvaem.model.io.artifact import PREDICTIVE_GRAPH, ArtifactError, manifest_checksum, read_manifest
+from hhvaem.model.preprocessing import EncodingError, Preprocessor, is_missing
+from hhvaem.model.schema import Column, Schema
 
 DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
 # Draws per posterior sample for quantiles: about 1000 values in all, at least one per sample.

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from model.acquisition import Mixture
-from model.preprocessing import Preprocessor
-from model.schema import Column
+from hhvaem.model.acquisition import Mixture
+from hhvaem.model.preprocessing import Preprocessor
+from hhvaem.model.schema import Column
 
 # exp() arguments beyond this overflow float64; a log-normal that wide has no useful moments anyway.
 _MAX_EXP = 700.0

@@ -11,10 +11,9 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
+from hhvaem.app.db.models import Base
+from hhvaem.app.db.session import make_engine, normalize_url
 from sqlalchemy.engine import Connection
-
-from app.db.models import Base
-from app.db.session import make_engine, normalize_url
 
 config = context.config
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine import Engine, Prepared
+from hhvaem.app.engine import Engine, Prepared
 
 log = logging.getLogger(__name__)
 

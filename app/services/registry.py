@@ -8,12 +8,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from hhvaem.app.db import repository as repo
+from hhvaem.app.db.models import ModelRecord
+from hhvaem.app.engine import Engine
+from hhvaem.model.io.artifact import ArtifactError, manifest_checksum, read_manifest
 from sqlalchemy.orm import Session, sessionmaker
-
-from app.db import repository as repo
-from app.db.models import ModelRecord
-from app.engine import Engine
-from hhvaem.artifact import ArtifactError, manifest_checksum, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Questionnaire sessions: state pinned to a model version, with the order and time of every observation."""
 
-from app.sessions.store import (
+from hhvaem.app.sessions.store import (
     MemorySessionStore,
     Observation,
     RedisSessionStore,

@@ -28,10 +28,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from app.core.config import redact_url
+from hhvaem.app.core.config import redact_url
 
 if TYPE_CHECKING:
-    from app.core.config import Settings
+    from hhvaem.app.core.config import Settings
 
 __all__ = [
     "MemorySessionStore",

@@ -96,7 +96,7 @@ def free_port() -> int:
 
 
 def _pg_url(database: str):
-    from app.db.session import normalize_url
+    from hhvaem.app.db.session import normalize_url
 
     return normalize_url(PG_SERVER_URL).set(database=database)
 
@@ -356,7 +356,7 @@ class Service:
     @contextlib.contextmanager
     def db(self) -> Iterator[Any]:
         """A SQLAlchemy session on the service's database (a separate engine, as another process would have)."""
-        from app.db.session import make_engine, make_sessionmaker
+        from hhvaem.app.db.session import make_engine, make_sessionmaker
 
         engine = make_engine(self.settings.database_url)
         try:
@@ -366,14 +366,14 @@ class Service:
             engine.dispose()
 
     def create_api_key(self, name: str, scopes: list[str]) -> tuple[int, str]:
-        from app.db import repository as repo
+        from hhvaem.app.db import repository as repo
 
         with self.db() as s, s.begin():
             record, plaintext = repo.create_api_key(s, name, scopes)
             return record.id, plaintext
 
     def events(self, kind: str | None = None, session_id: str | None = None) -> list[Any]:
-        from app.db import repository as repo
+        from hhvaem.app.db import repository as repo
 
         with self.db() as s:
             return repo.list_events(s, kind, session_id, limit=1000)
@@ -447,8 +447,8 @@ def running_service(
     how the service learns of it: "models_dir" (registered at start-up from `models_dir`), "registry" (a row
     written into the migrated database beforehand, as another process would; the service loads what the registry
     says) or "none". Other keyword arguments are `Settings` fields (`make_settings`)."""
-    from app.core.config import make_settings
-    from app.main import create_app
+    from hhvaem.app.core.config import make_settings
+    from hhvaem.app.main import create_app
 
     folder.mkdir(parents=True, exist_ok=True)
     models = folder / "models"
@@ -501,10 +501,10 @@ def register_in_db(
     process or an operator would; returns its version. `checksum` defaults to the manifest's."""
     import json
 
-    from app.db import repository as repo
-    from app.db.session import make_engine, make_sessionmaker, migrate
-    from app.services.registry import artifact_summary
-    from hhvaem.artifact import manifest_checksum
+    from hhvaem.app.db import repository as repo
+    from hhvaem.app.db.session import make_engine, make_sessionmaker, migrate
+    from hhvaem.app.services.registry import artifact_summary
+    from hhvaem.model.io.artifact import manifest_checksum
 
     manifest = json.loads((path / "manifest.json").read_text())
     migrate(db_url)

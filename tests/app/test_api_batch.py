@@ -227,7 +227,7 @@ def test_progress_and_result_before_done_is_409(c: httpx.Client) -> None:
 
 
 def test_unreadable_upload_is_422_and_its_failed_job_is_409(svc: Service, c: httpx.Client) -> None:
-    from app.db import repository as repo
+    from hhvaem.app.db import repository as repo
 
     body = problem(upload(c, "broken.parquet", b"PAR1 this is not parquet"), 422, "file")
     assert "cannot read parquet file" in reason(body, "file")

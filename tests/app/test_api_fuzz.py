@@ -42,8 +42,8 @@ INT32_MAX = 2**31 - 1
 
 
 def _openapi() -> dict[str, Any]:
-    from app.core.config import make_settings
-    from app.main import create_app
+    from hhvaem.app.core.config import make_settings
+    from hhvaem.app.main import create_app
 
     # Building the app starts nothing (no lifespan): it only describes itself.
     unused = Path(tempfile.gettempdir()) / "hhvaem-fuzz-schema"

@@ -48,7 +48,7 @@ def svc(request: pytest.FixtureRequest, tmp_path_factory):
 @pytest.fixture(scope="module")
 def keys(svc: Service) -> dict[str, tuple[int, str]]:
     """name -> (id, plaintext): two infer keys (A, B), an admin key, and a revoked one."""
-    from app.db import repository as repo
+    from hhvaem.app.db import repository as repo
 
     out = {
         name: svc.create_api_key(f"test {name}", scopes)

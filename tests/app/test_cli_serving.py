@@ -7,9 +7,9 @@ import shutil
 
 import pandas as pd
 import pytest
+from hhvaem.model.io.artifact import read_manifest
 from typer.testing import CliRunner
 
-from hhvaem.artifact import read_manifest
 from hhvaem.cli import app
 
 runner = CliRunner()

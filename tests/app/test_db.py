@@ -16,14 +16,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Integer, MetaData, inspect, select, text, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from app.core.security import ADMIN, INFER
-from app.db import repository as repo
-from app.db.models import ApiKeyRecord, Base, ModelRecord
-from app.db.session import (
+from hhvaem.app.core.security import ADMIN, INFER
+from hhvaem.app.db import repository as repo
+from hhvaem.app.db.models import ApiKeyRecord, Base, ModelRecord
+from hhvaem.app.db.session import (
     MIGRATIONS_DIR,
     alembic_config,
     default_database_url,
@@ -32,6 +28,9 @@ from app.db.session import (
     migrate,
     normalize_url,
 )
+from sqlalchemy import Column, Integer, MetaData, inspect, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 TABLES = {"models", "audit_events", "batch_jobs", "api_keys"}
 REPO_ROOT = Path(__file__).resolve().parents[2]

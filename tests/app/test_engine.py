@@ -8,12 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from hhvaem.app.engine import Engine, InputError
+from hhvaem.model.export import LogDensityGraph, example_inputs, export_log_density
+from hhvaem.model.io.artifact import ArtifactError
+from hhvaem.training.artifact import load_model
 from scipy import stats
-
-from app.engine import Engine, InputError
-from hhvaem.artifact import ArtifactError
-from model.export import LogDensityGraph, example_inputs, export_log_density
-from training.artifact import load_model
 
 ROW = {"age": 59, "sex": 2, "bmi": 32.1, "blood_pressure": 101}
 

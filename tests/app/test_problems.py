@@ -9,9 +9,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi import FastAPI, Query, Request
 from fastapi.testclient import TestClient
-from pydantic import BaseModel, ConfigDict, Field
-
-from app.api.problems import (
+from hhvaem.app.api.problems import (
     PROBLEM_MEDIA_TYPE,
     BodySizeLimit,
     Problem,
@@ -26,7 +24,8 @@ from app.api.problems import (
     unavailable,
     unprocessable,
 )
-from app.sessions.store import SessionNotFound, StoreUnavailable
+from hhvaem.app.sessions.store import SessionNotFound, StoreUnavailable
+from pydantic import BaseModel, ConfigDict, Field
 
 LIMIT = 1000
 UPLOAD_LIMIT = 5000
@@ -170,7 +169,7 @@ def test_unknown_route_and_wrong_method(client: TestClient) -> None:
 
 
 def test_unhandled_exception_is_a_bare_500(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="app.api.problems"):
+    with caplog.at_level(logging.ERROR, logger="hhvaem.app.api.problems"):
         r = client.get("/boom", headers={"X-Request-ID": "req-42"})
     body = assert_problem(r, 500, "internal-error")
     assert body["request_id"] == "req-42"

@@ -1,9 +1,8 @@
 import hashlib
 
 import pytest
-
-from app.core import security
-from app.core.security import ADMIN, INFER, check_scopes
+from hhvaem.app.core import security
+from hhvaem.app.core.security import ADMIN, INFER, check_scopes
 
 
 def test_generated_keys_are_marked_random_and_long():

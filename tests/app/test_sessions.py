@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from app.core.config import make_settings
-from app.sessions.store import (
+from hhvaem.app.core.config import make_settings
+from hhvaem.app.sessions.store import (
     MemorySessionStore,
     Observation,
     RedisSessionStore,

@@ -6,9 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
-
-from model.acquisition import (
+from hhvaem.model.acquisition import (
     Mixture,
     RankedFeature,
     batch_information,
@@ -17,6 +15,7 @@ from model.acquisition import (
     rank_features,
     stopping_advice,
 )
+from scipy import stats
 
 
 def gaussian(loc, scale) -> Mixture:

@@ -7,11 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from model.dependency import DependencyVAE, Observed
-from model.hhvaem import HHVAEM, VARIANTS, ModelConfig
-from model.likelihoods import MIN_SCALE, bounded_logits
-from model.schema import Column, Schema
+from hhvaem.model.dependency import DependencyVAE, Observed
+from hhvaem.model.hhvaem import HHVAEM, VARIANTS, ModelConfig
+from hhvaem.model.likelihoods import MIN_SCALE, bounded_logits
+from hhvaem.model.schema import Column, Schema
 
 DT = torch.float64
 N_FEATURES = 5

@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-
-from model import hmc
-from model.hmc import HMCState, hmc_chain, hmc_step, init_state, kinetic_energy, leapfrog, metropolis
+from hhvaem.model import hmc
+from hhvaem.model.hmc import HMCState, hmc_chain, hmc_step, init_state, kinetic_energy, leapfrog, metropolis
 
 DT = torch.float64
 

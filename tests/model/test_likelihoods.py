@@ -7,9 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-
-from model.likelihoods import (
+from hhvaem.model.likelihoods import (
     LOGIT_BOUND,
     MIN_SCALE,
     Bernoulli,
@@ -20,7 +18,8 @@ from model.likelihoods import (
     Poisson,
     bounded_logits,
 )
-from model.schema import Column
+from hhvaem.model.schema import Column
+from scipy import stats
 
 DT = torch.float64
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hhvaem.model.nets import MLP, GroupedMLP, silu_and_slope
 from torch import nn
-
-from model.nets import MLP, GroupedMLP, silu_and_slope
 
 DT = torch.float64
 

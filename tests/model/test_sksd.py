@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from model.sksd import sksd
+from hhvaem.model.sksd import sksd
 
 DT = torch.float64
 B, C, E = 20, 200, 3

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hhvaem.training.artifact import ArtifactError, load_model, read_manifest
+from hhvaem.training.evaluate import protocol_test_mask, split_indices
 from typer.testing import CliRunner
 
 from hhvaem.cli import app
-from training.artifact import ArtifactError, load_model, read_manifest
-from training.evaluate import protocol_test_mask, split_indices
 
 runner = CliRunner()
 
@@ -171,7 +171,7 @@ def test_train_on_parquet_with_a_regression_and_a_classification_target(tmp_path
     assert targets["label"]["type"] == "binary" and targets["label"]["categories"] == ["no", "yes"]
     assert [c.name for c in model.schema.features] == ["a", "b", "size"]
     # The model predicts both targets: raw parameters for 2 target columns per posterior sample.
-    from training.fit import encode_rows
+    from hhvaem.training.fit import encode_rows
 
     data = encode_rows(pp, df.head(4))
     obs = model.observed(data.x, data.mx, data.y, torch.zeros_like(data.my))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from training.benchmarks.engine_latency import flop_count, main
+from benchmarks.engine_latency import flop_count, main
 
 
 def _table(path):
@@ -64,8 +64,8 @@ def test_quick_run_writes_every_figure(tmp_path):
 
 def test_flop_count_matches_the_architecture():
     """Boston's default architecture: 51 evaluations of (prior 5-64-20, decoder 10-64-64-26, predictor 36-64-64-2)."""
-    from model.hhvaem import HHVAEM, ModelConfig
-    from model.schema import Column, Schema
+    from hhvaem.model.hhvaem import HHVAEM, ModelConfig
+    from hhvaem.model.schema import Column, Schema
 
     feats = tuple(Column(f"x{i}", "real") for i in range(13))
     model = HHVAEM(Schema(features=feats, targets=(Column("y", "real"),)), ModelConfig.for_table("hhvaem", 13, 506))

@@ -9,14 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from app.engine.engine import Engine
-from hhvaem.cli import app
-from model.schema import Column, Schema
-from training.artifact import data_fingerprint, load_model, write_artifact
-from training.fit import fit
-from training.saia import (
+from hhvaem.app.engine.engine import Engine
+from hhvaem.model.schema import Column, Schema
+from hhvaem.training.artifact import data_fingerprint, load_model, write_artifact
+from hhvaem.training.fit import fit
+from hhvaem.training.saia import (
     METHODS,
     SaiaSettings,
     auc,
@@ -26,6 +23,9 @@ from training.saia import (
     saia_artifact,
     step_seed,
 )
+from typer.testing import CliRunner
+
+from hhvaem.cli import app
 
 runner = CliRunner()
 D = 4

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from model.preprocessing import EncodingError, Preprocessor
-from model.schema import Column, Schema
-from training.tabular import (
+from hhvaem.model.preprocessing import EncodingError, Preprocessor
+from hhvaem.model.schema import Column, Schema
+from hhvaem.training.tabular import (
     TableError,
     infer_schema,
     load_dataset,

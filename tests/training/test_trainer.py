@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-
-from model.hhvaem import HHVAEM, ModelConfig
-from model.schema import Column, Schema
-from training.trainer import COMPILE_MIN_HMC_STEPS, StageSteps, TrainConfig, TrainData, Trainer, random_mask
+from hhvaem.model.hhvaem import HHVAEM, ModelConfig
+from hhvaem.model.schema import Column, Schema
+from hhvaem.training.trainer import COMPILE_MIN_HMC_STEPS, StageSteps, TrainConfig, TrainData, Trainer, random_mask
 
 
 def test_random_mask_keeps_only_observed_and_spans_rates():

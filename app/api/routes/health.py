@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from hhvaem.app.api.deps import State
+from hhvaem.app.api.problems import Problem
+from hhvaem.app.sessions.store import StoreUnavailable
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
-
-from app.api.deps import State
-from app.api.problems import Problem
-from app.sessions.store import StoreUnavailable
 
 router = APIRouter(tags=["health"])
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-
-from app.api.deps import Inferrer, State, check_samples, input_problem, resolve_model
-from app.api.problems import problem_responses, unprocessable
-from app.api.schemas import (
+from hhvaem.app.api.deps import Inferrer, State, check_samples, input_problem, resolve_model
+from hhvaem.app.api.problems import problem_responses, unprocessable
+from hhvaem.app.api.schemas import (
     MAX_VERSION,
     ImputeResponse,
     NextFeaturesRequest,
@@ -16,7 +15,7 @@ from app.api.schemas import (
     PredictResponse,
     RowsRequest,
 )
-from app.engine import InputError
+from hhvaem.app.engine import InputError
 
 router = APIRouter(prefix="/v1/models", tags=["inference"])
 Version = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Model version (default: the active one).")]

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from hhvaem.app.api.deps import Admin, Inferrer, State, resolve_model
+from hhvaem.app.api.problems import not_found, problem_responses, unprocessable
+from hhvaem.app.api.schemas import MAX_VERSION, ModelDetail, ModelInfo, RegisterModelRequest
+from hhvaem.app.db import repository as repo
+from hhvaem.model.io.artifact import ArtifactError
 from starlette.concurrency import run_in_threadpool
-
-from app.api.deps import Admin, Inferrer, State, resolve_model
-from app.api.problems import not_found, problem_responses, unprocessable
-from app.api.schemas import MAX_VERSION, ModelDetail, ModelInfo, RegisterModelRequest
-from app.db import repository as repo
-from hhvaem.artifact import ArtifactError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-
-from app.api.deps import Inferrer, Principal, State, check_samples, input_problem, resolve_model
-from app.api.problems import Problem, not_found, problem_responses, unprocessable
-from app.api.schemas import (
+from hhvaem.app.api.deps import Inferrer, Principal, State, check_samples, input_problem, resolve_model
+from hhvaem.app.api.problems import Problem, not_found, problem_responses, unprocessable
+from hhvaem.app.api.schemas import (
     CreateSessionRequest,
     NextFeaturesResponse,
     ObservationsRequest,
     SessionOut,
     SessionPrediction,
 )
-from app.engine import InputError
-from app.sessions.store import SessionNotFound, SessionState
+from hhvaem.app.engine import InputError
+from hhvaem.app.sessions.store import SessionNotFound, SessionState
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 ERRORS = problem_responses(401, 403, 404, 422, 503)

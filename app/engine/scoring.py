@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from app.engine import Engine, InputError
+from hhvaem.app.engine import Engine, InputError
 
 OPERATIONS = ("impute", "predict", "both")
 

@@ -1,6 +1,6 @@
 """Training speed on one table: milliseconds per step in each stage, and the full recipe's wall time.
 
-    python -m training.benchmarks.train_speed ../shared/data/uci/boston [--full] [--compile] [--threads 2]
+    python -m benchmarks.train_speed ../shared/data/uci/boston [--full] [--compile] [--threads 2]
 
 Settings are the paper's (ANCHORS.md): latent [10, 5], T=10, L=5, batch 100, 30 SKSD chains
 (SKSD every 10 steps, as the paper's code backpropagates it). The paper's code on this
@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from model.hhvaem import HHVAEM, ModelConfig
-from model.preprocessing import Preprocessor
-from training.fit import encode_rows
-from training.tabular import load_dataset, table_columns
-from training.trainer import StageSteps, TrainConfig, Trainer
+from hhvaem.model.hhvaem import HHVAEM, ModelConfig
+from hhvaem.model.preprocessing import Preprocessor
+from hhvaem.training.fit import encode_rows
+from hhvaem.training.tabular import load_dataset, table_columns
+from hhvaem.training.trainer import StageSteps, TrainConfig, Trainer
 
 PAPER_MS = {"marginal": 3.8, "vi": 20.7, "hmc": 2840.0}
 # The paper's stage-1 step trains one feature's VAE (1k steps per feature); ours trains all D at once.

@@ -122,7 +122,7 @@ async def http_figures(base, name, workloads, levels, max_requests, max_seconds)
 
 
 def engine_figures(artifact: Path, workloads: dict, repeats: int) -> dict:
-    from app.engine import Engine
+    from hhvaem.app.engine import Engine
 
     engine = Engine(artifact, threads=1)  # as the service runs it (HHVAEM_THREADS default)
     out = {}

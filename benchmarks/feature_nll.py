@@ -1,7 +1,7 @@
 """Per-feature predictive NLL of the unobserved entries: where NLL_xu comes from.
 
-    python -m training.benchmarks.feature_nll ../shared/data/uci/boston --variant vaem --steps 2000 --split 0
-    python -m training.benchmarks.feature_nll ../shared/data/uci/boston --min-scale 0.001 --logit-bound 1e6
+    python -m benchmarks.feature_nll ../shared/data/uci/boston --variant vaem --steps 2000 --split 0
+    python -m benchmarks.feature_nll ../shared/data/uci/boston --min-scale 0.001 --logit-bound 1e6
 
 Trains on split k (PROTOCOL.md), then prints, per feature, the mean over hidden test entries of
 -log p(x_d | x_O) (a single-feature mixture over K posterior samples) and the five worst entries.
@@ -15,12 +15,11 @@ import argparse
 import math
 from pathlib import Path
 
+import hhvaem.model.likelihoods as lik
 import torch
-
-import model.likelihoods as lik
-from training.evaluate import posterior_predictions, protocol_test_mask, split_indices
-from training.fit import encode_rows, fit
-from training.tabular import load_dataset
+from hhvaem.training.evaluate import posterior_predictions, protocol_test_mask, split_indices
+from hhvaem.training.fit import encode_rows, fit
+from hhvaem.training.tabular import load_dataset
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Serving latency and throughput of the engine, ONNX Runtime against torch eager, and the arithmetic floor.
 
-    python -m training.benchmarks.engine_latency ../shared/data/uci/boston [--steps 500] [--threads 2]
+    python -m benchmarks.engine_latency ../shared/data/uci/boston [--steps 500] [--threads 2]
         [--json docs/engine_latency.json] [--quick] [--artifact DIR]
 
 Trains a model with the table's default architecture (ModelConfig.for_table; boston: latent [10, 5],
@@ -173,7 +173,7 @@ def flop_count(model, samples: int) -> dict[str, Any]:
     `target_given` output, the predictor once more per feature (each set to its sampled code). Elementwise ops (SiLU and
     its slope, likelihood scores, leapfrog updates, Metropolis masks) are ignored.
     """
-    from model.export import OUTPUTS
+    from hhvaem.model.export import OUTPUTS
 
     dep, cfg = model.dependency, model.config
     n_eval = 1 + cfg.hmc_steps * cfg.leapfrog_steps if cfg.uses_hmc else 0
@@ -228,9 +228,8 @@ def counted_flops(model, samples: int) -> dict[str, Any]:
     broadcast multiplies in torch and are not counted, so it reads slightly below the analytic count.
     """
     import torch
+    from hhvaem.model.export import PredictiveGraph, example_inputs
     from torch.utils.flop_counter import FlopCounterMode
-
-    from model.export import PredictiveGraph, example_inputs
 
     graph = PredictiveGraph(model).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -532,9 +531,9 @@ def measure_backend(engine, args, impute_set, acq_set, big_set, log) -> dict[str
 
 def train_artifact(df, schema, steps: int, seed: int, out: Path, quick: bool, log) -> dict[str, Any]:
     """Trains the table's default architecture (quick: T = L = 2, so that the export takes seconds)."""
-    from model.hhvaem import ModelConfig
-    from training.artifact import data_fingerprint, write_artifact
-    from training.fit import fit
+    from hhvaem.model.hhvaem import ModelConfig
+    from hhvaem.training.artifact import data_fingerprint, write_artifact
+    from hhvaem.training.fit import fit
 
     config = ModelConfig.for_table("hhvaem", len(schema.features), len(df))
     if quick:
@@ -781,11 +780,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.steps = args.steps or (20 if args.quick else 500)
 
     import torch
-
-    from app.engine.engine import Engine
-    from hhvaem.artifact import PREDICTIVE_GRAPH
-    from training.artifact import load_model
-    from training.tabular import load_dataset
+    from hhvaem.app.engine.engine import Engine
+    from hhvaem.model.io.artifact import PREDICTIVE_GRAPH
+    from hhvaem.training.artifact import load_model
+    from hhvaem.training.tabular import load_dataset
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -794,8 +792,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {
         "commit": commit(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python -m training.benchmarks.engine_latency "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.engine_latency " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {
             "cpu_model": cpu_model(),
             "cpu_flags": cpu_flags(),

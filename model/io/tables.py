@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from model.preprocessing import is_missing
+from hhvaem.model.preprocessing import is_missing
 
 # Cell texts read as missing; `is_missing` additionally ignores case and surrounding blanks.
 MISSING_TOKENS = ("", "NA", "NaN", "nan", "null", "None")

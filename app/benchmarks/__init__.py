@@ -1,1 +1,0 @@
-"""Service benchmarks (load test)."""
