@@ -12,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+
+from hhvaem import __version__
 from hhvaem.app.api.problems import BodySizeLimit, install_problem_handlers
 from hhvaem.app.api.routes import batch_jobs, health, inference, models, sessions
 from hhvaem.app.core.config import Settings, get_settings
@@ -21,8 +23,6 @@ from hhvaem.app.services.metrics import Metrics
 from hhvaem.app.services.registry import ModelRegistry
 from hhvaem.app.services.state import AppState
 from hhvaem.app.sessions.store import make_store
-
-from hhvaem import __version__
 
 log = logging.getLogger("hhvaem")
 STATIC = Path(__file__).parent / "static"

@@ -228,8 +228,9 @@ def counted_flops(model, samples: int) -> dict[str, Any]:
     broadcast multiplies in torch and are not counted, so it reads slightly below the analytic count.
     """
     import torch
-    from hhvaem.model.export import PredictiveGraph, example_inputs
     from torch.utils.flop_counter import FlopCounterMode
+
+    from hhvaem.model.export import PredictiveGraph, example_inputs
 
     graph = PredictiveGraph(model).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -780,6 +781,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.steps = args.steps or (20 if args.quick else 500)
 
     import torch
+
     from hhvaem.app.engine.engine import Engine
     from hhvaem.model.io.artifact import PREDICTIVE_GRAPH
     from hhvaem.training.artifact import load_model

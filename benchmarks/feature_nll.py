@@ -15,8 +15,9 @@ import argparse
 import math
 from pathlib import Path
 
-import hhvaem.model.likelihoods as lik
 import torch
+
+import hhvaem.model.likelihoods as lik
 from hhvaem.training.evaluate import posterior_predictions, protocol_test_mask, split_indices
 from hhvaem.training.fit import encode_rows, fit
 from hhvaem.training.tabular import load_dataset

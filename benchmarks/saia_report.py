@@ -56,6 +56,7 @@ def load_table(name: str, uci: Path, scratch: Path):
 
 def cmd_run(args) -> None:
     import torch
+
     from hhvaem.training.saia import METHODS, SaiaSettings, plot_curves, run_saia, write_json
 
     torch.set_num_threads(1)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from hhvaem.model.hhvaem import HHVAEM, ModelConfig
 from hhvaem.model.preprocessing import Preprocessor
 from hhvaem.training.fit import encode_rows

@@ -5,15 +5,17 @@ numpy only (no torch, no scipy): the inference service runs on numpy + onnxrunti
 Setting
 -------
 For one row with missing values the model produces K posterior samples. For sample ``k`` it gives, for every
-unobserved feature ``x_i`` and for the target ``y``, a distribution ``p_k(x_i)`` / ``q_k(y)`` (the "component").
-Given ``k`` the two are conditionally independent, so the joint predictive is the equal-weight mixture
+unobserved feature ``x_i``, a distribution ``p_k(x_i)``, and for the target the distribution ``q_k(y)`` it would have
+were ``x_i`` observed at the value sample ``k`` drew for it (the sampler graph's ``target_given`` output: the
+model's predictor reads an observed feature directly, so ``y`` follows the sampled ``x_i``). The joint predictive is
+the equal-weight mixture of these components,
 
     p(x_i, y | x_O) = 1/K sum_k p_k(x_i) q_k(y),
 
 and acquisition ranks the candidates by the mutual information ``I(y; x_i | x_O)`` of that mixture. Variables are on
-the model's normalised scale, where each component is ``"gaussian"`` (loc, scale), ``"poisson"`` (rate) or
-``"categorical"`` (probabilities). MI is invariant to invertible transforms of either variable, so computing it on
-this scale is exact.
+the model's normalised scale, where each component belongs to a likelihood family (``model.families``): gaussian
+(loc, scale), poisson (rate) or categorical / bernoulli (probabilities). MI is invariant to invertible transforms of
+either variable, so computing it on this scale is exact.
 
 Estimators (:func:`mixture_information`)
 ----------------------------------------
@@ -59,8 +61,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hhvaem.model.families import Family, family, logsumexp
+
 __all__ = [
-    "KINDS",
     "Mixture",
     "RankedFeature",
     "StoppingAdvice",
@@ -71,14 +74,6 @@ __all__ = [
     "stopping_advice",
 ]
 
-KINDS = ("gaussian", "poisson", "categorical")
-DISCRETE_KINDS = ("poisson", "categorical")
-
-_LOG_2PI = math.log(2.0 * math.pi)
-# Categorical rows may come from float32 softmax outputs: accept small normalisation errors, then renormalise.
-_PROB_SUM_TOL = 1e-5
-# Poisson truncation: the mixture's mass beyond the support cutoff must stay below this.
-_POISSON_TAIL = 1e-6
 # Upper bound on the number of float64 elements of the [rows, K] blocks built at once (~32 MB per block).
 _CHUNK_ELEMENTS = 1 << 22
 # In the scaled matrix-product log-sum-exp, results this far below the row maxima are recomputed exactly.
@@ -86,15 +81,6 @@ _UNDERFLOW_GUARD = -600.0
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-def _logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Stable ``log(sum(exp(a), axis))``; all ``-inf`` slices give ``-inf`` (no NaN, no warning)."""
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
-    return np.squeeze(out, axis=axis)
 
 
 def _row_max(a: np.ndarray) -> np.ndarray:
@@ -120,7 +106,7 @@ def _log_matmul_exp(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         step = max(1, _CHUNK_ELEMENTS // a.shape[1])
         for s in range(0, redo_i.size, step):
             ii, jj = redo_i[s : s + step], redo_j[s : s + step]
-            out[ii, jj] = _logsumexp(a[ii] + b[jj], axis=1)
+            out[ii, jj] = logsumexp(a[ii] + b[jj], axis=1)
     return out
 
 
@@ -136,64 +122,36 @@ def _default_rng(rng: np.random.Generator | None) -> np.random.Generator:
     return rng if rng is not None else np.random.default_rng(0)
 
 
-def _log_factorial(x: np.ndarray) -> np.ndarray:
-    """``log(x!)`` for non-negative integer-valued floats (loop over distinct values only)."""
-    uniq, inverse = np.unique(x, return_inverse=True)
-    vals = np.array([math.lgamma(v + 1.0) for v in uniq.tolist()], dtype=np.float64)
-    return vals[inverse].reshape(x.shape)
-
-
 # --------------------------------------------------------------------------------------------------- Mixture
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: identity equality/hash (an ndarray field has neither)
 class Mixture:
-    """Equal-weight mixture of K components of one kind, on the model's normalised scale.
+    """Equal-weight mixture of K components of one likelihood family, on the model's normalised scale.
 
-    ``params`` is ``[K, P]`` float64: ``"gaussian"`` ``(loc, scale > 0)``, ``"poisson"`` ``(rate > 0,)``,
-    ``"categorical"`` ``(p_0 .. p_{C-1})`` with rows summing to 1 (binary variables are C = 2). The stored array is a
-    read-only float64 copy (categorical rows renormalised exactly).
+    ``params`` is ``[K, w]`` float64 in the family's component form (``Family.component_params``): gaussian
+    ``(loc, scale > 0)``, poisson ``(rate > 0,)``, categorical ``(p_0 .. p_{C-1})`` with rows summing to 1 (binary
+    variables are C = 2). ``family`` is a :class:`Family` or its name. The stored array is a read-only float64 copy.
     """
 
-    kind: str
+    family: Family
     params: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"Mixture kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        fam = family(self.family)
         try:
             params = np.array(self.params, dtype=np.float64, copy=True)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{self.kind} mixture params must be a numeric [K, P] array: {exc}") from exc
+            raise ValueError(f"{fam.name} mixture params must be a numeric [K, P] array: {exc}") from exc
         if params.ndim != 2 or params.shape[0] < 1:
-            raise ValueError(f"{self.kind} mixture params must have shape [K, P] with K >= 1; got {params.shape}")
-        k, p = params.shape
+            raise ValueError(f"{fam.name} mixture params must have shape [K, P] with K >= 1; got {params.shape}")
         if not np.all(np.isfinite(params)):
-            raise ValueError(f"{self.kind} mixture params contain non-finite values")
-        if self.kind == "gaussian":
-            if p != 2:
-                raise ValueError(f"gaussian mixture params must have shape [K, 2] (loc, scale); got {params.shape}")
-            if np.any(params[:, 1] <= 0):
-                raise ValueError("gaussian mixture scales must be > 0")
-        elif self.kind == "poisson":
-            if p != 1:
-                raise ValueError(f"poisson mixture params must have shape [K, 1] (rate); got {params.shape}")
-            if np.any(params[:, 0] <= 0):
-                raise ValueError("poisson mixture rates must be > 0")
-        else:
-            if p < 1:
-                raise ValueError(f"categorical mixture params must have shape [K, C] with C >= 1; got {params.shape}")
-            if np.any(params < 0):
-                raise ValueError("categorical mixture probabilities must be >= 0")
-            sums = params.sum(axis=1)
-            if np.any(np.abs(sums - 1.0) > _PROB_SUM_TOL):
-                worst = int(np.argmax(np.abs(sums - 1.0)))
-                raise ValueError(
-                    f"categorical mixture probabilities must sum to 1 per component; component {worst} sums to "
-                    f"{sums[worst]:.8g}"
-                )
-            params = params / sums[:, None]
+            raise ValueError(f"{fam.name} mixture params contain non-finite values")
+        fam.check_params(params)
+        if fam.discrete:
+            params = params / params.sum(axis=1)[:, None]
         params.setflags(write=False)
+        object.__setattr__(self, "family", fam)
         object.__setattr__(self, "params", params)
 
     # ---------------------------------------------------------------- basic properties
@@ -205,26 +163,16 @@ class Mixture:
 
     @property
     def discrete(self) -> bool:
-        return self.kind in DISCRETE_KINDS
-
-    def _points(self) -> np.ndarray:
-        """Per-component first and second moments of the variable, ``[K]`` each (categorical: of the class index)."""
-        if self.kind == "gaussian":
-            loc, scale = self.params[:, 0], self.params[:, 1]
-            return np.stack([loc, scale**2 + loc**2])
-        if self.kind == "poisson":
-            rate = self.params[:, 0]
-            return np.stack([rate, rate + rate**2])
-        idx = np.arange(self.params.shape[1], dtype=np.float64)
-        return np.stack([self.params @ idx, self.params @ idx**2])
+        """Whether the support is countable (categories, counts): enumerated exactly instead of sampled."""
+        return self.family.countable
 
     def mean(self) -> float:
         """Mean of the mixture (categorical: of the class index 0..C-1)."""
-        return float(np.mean(self._points()[0]))
+        return float(np.mean(self.family.moments(self.params)[0]))
 
     def variance(self) -> float:
         """Variance of the mixture by the law of total variance: ``E_k[E[v^2 | k]] - mean^2``."""
-        m1, m2 = self._points()
+        m1, m2 = self.family.moments(self.params)
         mean = float(np.mean(m1))
         # E[Var | k] + Var(E | k), computed as the mean of the per-component second moment minus the squared mean,
         # but centred first to avoid cancellation when |mean| >> std.
@@ -234,68 +182,26 @@ class Mixture:
     # ---------------------------------------------------------------- densities and draws
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
-        """``[N] -> [N, K]``: ``log p_k(x_n)``. Discrete kinds give ``-inf`` off their support (non-integers too)."""
+        """``[N] -> [N, K]``: ``log p_k(x_n)``. Discrete families give ``-inf`` off their support (non-integers too)."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim > 1:
             raise ValueError(f"log_prob expects a 1-d array of points; got shape {x.shape}")
-        x = np.atleast_1d(x)
-        if self.kind == "gaussian":
-            loc, scale = self.params[:, 0], self.params[:, 1]
-            out = np.subtract(x[:, None], loc[None, :])  # in-place from here on: these tables are [K, K]
-            out *= 1.0 / scale[None, :]
-            np.square(out, out=out)
-            out *= -0.5
-            out -= (np.log(scale) + 0.5 * _LOG_2PI)[None, :]
-            return out
-        valid = np.isfinite(x) & (x >= 0) & (x == np.floor(x))
-        if self.kind == "poisson":
-            valid_x = np.where(valid, x, 0.0)
-            rate = self.params[:, 0]
-            out = valid_x[:, None] * np.log(rate)[None, :] - rate[None, :] - _log_factorial(valid_x)[:, None]
-            return np.where(valid[:, None], out, -np.inf)
-        c = self.params.shape[1]
-        valid &= x < c
-        idx = np.where(valid, x, 0.0).astype(np.int64)
-        with np.errstate(divide="ignore"):
-            out = np.log(self.params[:, idx].T)
-        return np.where(valid[:, None], out, -np.inf)
+        return self.family.log_prob(self.params, np.atleast_1d(x))
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """``[K]``: one draw from each component (float64; integer-valued for discrete kinds)."""
-        if self.kind == "gaussian":
-            return rng.normal(self.params[:, 0], self.params[:, 1])
-        if self.kind == "poisson":
-            return rng.poisson(self.params[:, 0]).astype(np.float64)
-        cdf = np.cumsum(self.params, axis=1)
-        u = rng.random(self.k) * cdf[:, -1]
-        idx = np.sum(cdf < u[:, None], axis=1)
-        return np.minimum(idx, self.params.shape[1] - 1).astype(np.float64)
+        """``[K]``: one draw from each component (float64; integer-valued for discrete families)."""
+        return self.family.sample(self.params, rng)
 
     def support(self) -> np.ndarray | None:
-        """Points to enumerate for discrete kinds; ``None`` for gaussian.
-
-        categorical: ``0..C-1``. poisson: ``0..cutoff`` with ``cutoff = ceil(r + 10 sqrt(r) + 10)`` for the largest
-        rate ``r``; the mixture's tail mass beyond it is < 1e-6 (checked, and the cutoff extended if ever needed).
-        """
-        if self.kind == "gaussian":
-            return None
-        if self.kind == "categorical":
-            return np.arange(self.params.shape[1], dtype=np.float64)
-        r = float(np.max(self.params[:, 0]))
-        cutoff = int(math.ceil(r + 10.0 * math.sqrt(r) + 10.0))
-        while True:
-            pts = np.arange(cutoff + 1, dtype=np.float64)
-            mass = float(np.mean(np.exp(_logsumexp(self.log_prob(pts), axis=0))))
-            if 1.0 - mass < _POISSON_TAIL:
-                return pts
-            cutoff *= 2  # pragma: no cover - the Chernoff bound makes the first cutoff sufficient
+        """Points to enumerate for discrete families (poisson: ``0..cutoff``, tail mass < 1e-6); ``None`` else."""
+        return self.family.support(self.params)
 
     def log_marginal(self, x: np.ndarray) -> np.ndarray:
         """``[N]``: log density (or mass) of the mixture at ``x``."""
-        return _logsumexp(self.log_prob(x), axis=1) - math.log(self.k)
+        return logsumexp(self.log_prob(x), axis=1) - math.log(self.k)
 
     def entropy(self, rng: np.random.Generator | None = None) -> float:
-        """Entropy of the mixture in nats: exact over the support for discrete kinds, Monte Carlo for gaussian
+        """Entropy of the mixture in nats: exact over the support for discrete families, Monte Carlo for gaussian
         (one draw per component; ``rng=None`` uses a fixed seed)."""
         if self.discrete:
             return float(_entropy_of_log_probs(self.log_marginal(self.support())))
@@ -318,7 +224,7 @@ class _Prepared:
 def _prepare(m: Mixture, rng: np.random.Generator) -> _Prepared:
     if m.discrete:
         logp = m.log_prob(m.support())
-        log_marginal = _logsumexp(logp, axis=1) - math.log(m.k)
+        log_marginal = logsumexp(logp, axis=1) - math.log(m.k)
         return _Prepared(m, logp, float(_entropy_of_log_probs(log_marginal)))
     return _Prepared(m, m.log_prob(m.sample(rng)), None)
 
@@ -326,8 +232,8 @@ def _prepare(m: Mixture, rng: np.random.Generator) -> _Prepared:
 def _discrete_discrete(a: _Prepared, b: _Prepared) -> float:
     k = a.mixture.k
     log_joint = _log_matmul_exp(a.logp, b.logp) - math.log(k)  # [Sa, Sb]
-    log_pa = _logsumexp(a.logp, axis=1) - math.log(k)
-    log_pb = _logsumexp(b.logp, axis=1) - math.log(k)
+    log_pa = logsumexp(a.logp, axis=1) - math.log(k)
+    log_pb = logsumexp(b.logp, axis=1) - math.log(k)
     finite = np.isfinite(log_joint)
     safe = np.where(finite, log_joint, 0.0)
     terms = np.exp(safe) * (safe - log_pa[:, None] - log_pb[None, :])
@@ -336,7 +242,7 @@ def _discrete_discrete(a: _Prepared, b: _Prepared) -> float:
 
 def _discrete_gaussian(d: _Prepared, g: _Prepared) -> float:
     log_joint = _log_matmul_exp(d.logp, g.logp)  # [S, J]: log sum_k p_k(a) q_k(g_j) (up to 1/K)
-    log_cond = log_joint - _logsumexp(log_joint, axis=0)[None, :]  # log P(D = a | g_j)
+    log_cond = log_joint - logsumexp(log_joint, axis=0)[None, :]  # log P(D = a | g_j)
     cond_entropy = float(np.mean(_entropy_of_log_probs(log_cond, axis=0)))
     return d.entropy - cond_entropy
 
@@ -354,7 +260,7 @@ def _gaussian_gaussian(a: _Prepared, b: _Prepared) -> float:
             log_joint = np.log(np.einsum("jk,jk->j", ea, eb))
         redo = np.nonzero(log_joint < _UNDERFLOW_GUARD)[0]  # products underflowed: recompute those rows exactly
         if redo.size:
-            log_joint[redo] = _logsumexp(la[redo] + lb[redo], axis=1) - ma[redo] - mb[redo]
+            log_joint[redo] = logsumexp(la[redo] + lb[redo], axis=1) - ma[redo] - mb[redo]
         total += float(np.sum(log_joint - np.log(ea.sum(axis=1)) - np.log(eb.sum(axis=1))))
     return total / k + math.log(k)
 

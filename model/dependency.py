@@ -18,10 +18,11 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from hhvaem.model.likelihoods import LOG_2PI, MIN_SCALE, ColumnLikelihoods, Gaussian, one_hot
+from torch import Tensor, nn
+
+from hhvaem.model.likelihoods import LOG_2PI, MIN_SCALE, ColumnLikelihoods, Gaussian, likelihood_class
 from hhvaem.model.nets import MLP
 from hhvaem.model.schema import Column
-from torch import Tensor, nn
 
 
 class Observed(NamedTuple):
@@ -50,9 +51,9 @@ class DependencyVAE(nn.Module):
         self.latent_size = sum(self.latent_dims)
         self.targets = targets
         self.target_likelihood = ColumnLikelihoods(targets)
-        self.target_onehot = [c.n_categories if c.type == "categorical" else 0 for c in targets]
-        y_width = sum(k if k else 1 for k in self.target_onehot)
         d1 = self.latent_dims[0]
+        self.target_inputs = [(likelihood_class(c), c.n_categories) for c in targets]
+        y_width = sum(fam.input_width or k for fam, k in self.target_inputs)
         enc_in = 2 * n_codes + y_width + len(targets)
         self.trunks = nn.ModuleList(
             MLP([enc_in if i == 0 else hidden, hidden, hidden]) for i in range(len(self.latent_dims))
@@ -66,12 +67,8 @@ class DependencyVAE(nn.Module):
 
     # ---- encoder ------------------------------------------------------------------------
     def target_input(self, y: Tensor, my: Tensor) -> Tensor:
-        parts = []
-        for j, k in enumerate(self.target_onehot):
-            if k:
-                parts.append(one_hot(y[..., j].long().clamp(0, k - 1), k, y.dtype) * my[..., j : j + 1])
-            else:
-                parts.append((y[..., j] * my[..., j]).unsqueeze(-1))
+        """The observed targets as the encoder reads them (each as its family enters an encoder), 0 if unseen."""
+        parts = [fam.as_input(y[..., j], k) * my[..., j : j + 1] for j, (fam, k) in enumerate(self.target_inputs)]
         return torch.cat(parts, -1)
 
     def encode(self, obs: Observed) -> tuple[Tensor, Tensor]:

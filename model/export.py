@@ -21,10 +21,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor, nn
+
 from hhvaem.model.hhvaem import HHVAEM
 from hhvaem.model.hmc import hmc_chain, init_state
-from torch import Tensor, nn
 
 OPSET = 17
 # Dynamic axes: B rows, C posterior samples (chains) per row.
@@ -162,13 +164,9 @@ def example_inputs(model: HHVAEM, rows: int = 2, samples: int = 3, seed: int = 0
             out[name] = -torch.log(-torch.log(torch.rand(shape, generator=g)))
         elif name in ("x", "y"):
             cols = model.schema.features if name == "x" else model.schema.targets
-            vals = torch.randn(shape, generator=g)
-            for j, c in enumerate(cols):
-                if c.is_discrete:
-                    vals[:, j] = torch.randint(0, c.n_categories, (shape[0],), generator=g).float()
-                elif c.type == "count":
-                    vals[:, j] = torch.randint(0, 5, (shape[0],), generator=g).float()
-            out[name] = vals
+            rng = np.random.default_rng(seed)
+            vals = np.stack([c.family.example(rng, shape[0], c.n_categories) for c in cols], -1)
+            out[name] = torch.as_tensor(vals, dtype=torch.float32)
         else:
             out[name] = torch.randn(shape, generator=g)
     return out

@@ -12,13 +12,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import Tensor, nn
+
 from hhvaem.model.dependency import DependencyVAE, Observed
 from hhvaem.model.hmc import HMCInfo, HMCState, hmc_chain, hmc_step, init_state
 from hhvaem.model.likelihoods import Gaussian
 from hhvaem.model.marginal import MarginalVAEs
 from hhvaem.model.schema import Schema
 from hhvaem.model.sksd import sksd
-from torch import Tensor, nn
 
 VARIANTS = {
     # name: (hierarchical, hmc, importance samples)

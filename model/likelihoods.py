@@ -1,9 +1,11 @@
-"""Likelihoods, one class each, in the style of torch.distributions.
+"""The torch side of the likelihood families (`model.families`), one class each, in the style of torch.distributions.
 
-Each class is built from the raw network output (`from_raw`) and can report the
-gradient of `log_prob` with respect to that raw output (`raw_score`). The HMC
-target needs that gradient as a plain forward computation (no autograd inside),
-so that it can be differentiated once more during training and exported to ONNX.
+Each class is built from the raw network output (`from_raw`) and can report the gradient of `log_prob`
+with respect to that raw output (`raw_score`). The HMC target needs that gradient as a plain forward
+computation (no autograd inside), so that it can be differentiated once more during training and
+exported to ONNX. `natural` writes the natural parameters the numpy family reads on the serving side;
+`point` is the point imputation; `as_input` is how a value enters an encoder. `LIKELIHOODS` maps a
+family's `likelihood` name to its class.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from hhvaem.model.schema import Column
 from torch import Tensor
+
+from hhvaem.model.schema import Column
 
 # Robust likelihoods. Columns with point masses (boston's ZN: 73 % zeros) and rare classes (CHAS:
 # 7 % ones) let a free Gaussian scale or logit grow without bound: the density on the spike soars,
@@ -28,6 +31,11 @@ NO_CATEGORY = -1e4
 
 
 class Gaussian:
+    gathers = False
+    pads_categories = False
+    family = "gaussian"
+    input_width = 1
+
     def __init__(self, loc: Tensor, scale: Tensor, raw_scale: Tensor | None = None):
         self.loc, self.scale, self._raw_scale = loc, scale, raw_scale
 
@@ -57,39 +65,27 @@ class Gaussian:
     def variance(self) -> Tensor:
         return self.scale**2
 
+    def point(self) -> Tensor:
+        return self.loc
+
+    def natural(self) -> Tensor:
+        return torch.stack([self.loc, self.scale], -1)
+
+    @staticmethod
+    def as_input(x: Tensor, width: int) -> Tensor:
+        return x.unsqueeze(-1)
+
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         noise = torch.randn(self.loc.shape, generator=generator, dtype=self.loc.dtype, device=self.loc.device)
         return self.loc + self.scale * noise
 
 
-class LogNormal:
-    """x = exp(v) - shift with v ~ N(loc, scale): positive columns in the user's units."""
-
-    def __init__(self, loc: Tensor, scale: Tensor, shift: float = 1.0):
-        self.loc, self.scale, self.shift = loc, scale, shift
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        v = torch.log(x + self.shift)
-        return Gaussian(self.loc, self.scale).log_prob(v) - v
-
-    @property
-    def mean(self) -> Tensor:
-        return torch.exp(self.loc + 0.5 * self.scale**2) - self.shift
-
-    @property
-    def variance(self) -> Tensor:
-        s2 = self.scale**2
-        return torch.expm1(s2) * torch.exp(2 * self.loc + s2)
-
-    def quantile(self, q: float) -> Tensor:
-        z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2 * q - 1, dtype=self.loc.dtype))
-        return torch.exp(self.loc + self.scale * z) - self.shift
-
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        return torch.exp(Gaussian(self.loc, self.scale).sample(generator)) - self.shift
-
-
 class Poisson:
+    gathers = False
+    pads_categories = False
+    family = "poisson"
+    input_width = 1
+
     def __init__(self, log_rate: Tensor):
         self.raw = log_rate
         self.log_rate = log_rate.clamp(-15.0, 15.0)
@@ -117,6 +113,16 @@ class Poisson:
     def mode(self) -> Tensor:
         return torch.floor(self.rate)
 
+    def point(self) -> Tensor:
+        return self.rate
+
+    def natural(self) -> Tensor:
+        return self.rate.unsqueeze(-1)
+
+    @staticmethod
+    def as_input(x: Tensor, width: int) -> Tensor:
+        return torch.log1p(x.clamp_min(0)).unsqueeze(-1)
+
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return torch.poisson(self.rate, generator=generator)
 
@@ -133,6 +139,11 @@ def bounded_logits(raw: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Bernoulli:
+    gathers = False
+    pads_categories = False
+    family = "bernoulli"
+    input_width = 1
+
     def __init__(self, logits: Tensor, slope: Tensor | None = None):
         self.logits, self._slope = logits, slope
 
@@ -158,11 +169,27 @@ class Bernoulli:
     def mode(self) -> Tensor:
         return (self.logits > 0).to(self.logits.dtype)
 
+    def point(self) -> Tensor:
+        return self.mode
+
+    def natural(self) -> Tensor:
+        q = self.probs.unsqueeze(-1)
+        return torch.cat([1 - q, q], -1)
+
+    @staticmethod
+    def as_input(x: Tensor, width: int) -> Tensor:
+        return x.unsqueeze(-1)
+
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return torch.bernoulli(self.probs, generator=generator)
 
 
 class Categorical:
+    gathers = True  # log_prob gathers the observed class
+    pads_categories = True  # a narrower column's missing categories get NO_CATEGORY raw logits
+    family = "categorical"
+    input_width = None  # one-hot: as wide as the column has categories
+
     def __init__(self, logits: Tensor, slope: Tensor | None = None):
         self.logits, self._slope = logits, slope
 
@@ -191,12 +218,27 @@ class Categorical:
     def mode(self) -> Tensor:
         return self.logits.argmax(-1).to(self.logits.dtype)
 
+    def point(self) -> Tensor:
+        return self.mode
+
+    def natural(self) -> Tensor:
+        return self.probs
+
+    @staticmethod
+    def as_input(x: Tensor, width: int) -> Tensor:
+        return one_hot(x.long().clamp(0, width - 1), width, x.dtype)
+
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         flat = self.probs.reshape(-1, self.logits.shape[-1])
         return torch.multinomial(flat, 1, generator=generator).reshape(self.logits.shape[:-1]).to(self.logits.dtype)
 
 
-_FAMILY = {"real": Gaussian, "positive": Gaussian, "count": Poisson, "binary": Bernoulli, "categorical": Categorical}
+LIKELIHOODS = {cls.family: cls for cls in (Gaussian, Poisson, Bernoulli, Categorical)}
+
+
+def likelihood_class(column: Column):
+    """The torch likelihood class of a column (through its family)."""
+    return LIKELIHOODS[column.family.likelihood]
 
 
 class ColumnLikelihoods:
@@ -211,36 +253,38 @@ class ColumnLikelihoods:
         self.width = max([2] + [c.n_params for c in columns])
         groups: dict[type, list[int]] = {}
         for j, c in enumerate(columns):
-            groups.setdefault(_FAMILY[c.type], []).append(j)
+            groups.setdefault(likelihood_class(c), []).append(j)
         self.groups = [(fam, torch.tensor(idx)) for fam, idx in groups.items()]
         order = torch.cat([idx for _, idx in self.groups]) if self.groups else torch.zeros(0, dtype=torch.long)
         self.inverse = torch.argsort(order)
-        k = max([2] + [c.n_categories for c in columns])
+        # Additive raw offsets that switch off the padding categories of narrower categorical columns.
         pad = torch.zeros(len(columns), self.width)
         for j, c in enumerate(columns):
-            if c.type == "categorical":
-                pad[j, c.n_categories :] = NO_CATEGORY
-        self.category_pad = pad
-        self.max_categories = k
+            if likelihood_class(c).pads_categories:
+                pad[j, c.n_params :] = NO_CATEGORY
+        self.pads = [pad.index_select(0, idx) if pad.index_select(0, idx).any() else None for _, idx in self.groups]
+        self.input_width = max([1] + [likelihood_class(c).input_width or c.n_categories for c in columns])
+        # The width of the natural parameters the exported graph reports (families.Family.natural_width).
+        self.natural_width = max([2] + [c.natural_width for c in columns])
+        self.discrete = torch.tensor([c.is_discrete for c in columns])
         # One family in column order (the usual single target): no gathers and no reassembly, which keeps
         # the exported sampler free of the shape nodes those cost on every gradient evaluation.
         self.single = len(self.groups) == 1
-        self._score_width = {Gaussian: 2, Poisson: 1, Bernoulli: 1, Categorical: self.width}
 
     def dists(self, raw: Tensor):
         """(family instance, column index) pairs for `raw` [..., C, width]."""
         out = []
-        for fam, idx in self.groups:
+        for (fam, idx), pad in zip(self.groups, self.pads):
             r = raw if self.single else raw.index_select(-2, idx)
-            if fam is Categorical:
-                r = r + self.category_pad.index_select(0, idx).to(r)
+            if pad is not None:
+                r = r + pad.to(r)
             out.append((fam.from_raw(r), idx))
         return out
 
-    def _assemble(self, parts: list[Tensor]) -> Tensor:
+    def _assemble(self, parts: list[Tensor], axis: int = -1) -> Tensor:
         if self.single:
             return parts[0]
-        return torch.cat(parts, dim=-1).index_select(-1, self.inverse.to(parts[0].device))
+        return torch.cat(parts, dim=axis).index_select(axis, self.inverse.to(parts[0].device))
 
     def log_prob(self, raw: Tensor, x: Tensor) -> Tensor:
         """Per-column log-likelihood [..., C] of normalised values x [..., C]."""
@@ -249,52 +293,45 @@ class ColumnLikelihoods:
 
     def log_prob_and_score(self, raw: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """Log-likelihood [..., C] and its gradient with respect to raw [..., C, width]."""
-        if not self.single or self.groups[0][0] is Categorical:  # gather needs x at full size
+        if not self.single or self.groups[0][0].gathers:  # gather needs x at full size
             x = x.expand_as(raw[..., 0])  # expand_as stays symbolic when traced for export
         lps, scores = [], []
         for d, idx in self.dists(raw):
             xi = x if self.single else x.index_select(-1, idx)
             lps.append(d.log_prob(xi))
             s = d.raw_score(xi)
-            pad = self.width - self._score_width[type(d)]  # a Python int: constant pads in the graph
+            pad = self.width - s.shape[-1]  # a Python int: constant pads in the graph
             scores.append(F.pad(s, (0, pad)) if pad else s)
-        lp = self._assemble(lps)
-        if self.single:
-            return lp, scores[0]
-        score = torch.cat(scores, dim=-2).index_select(-2, self.inverse.to(raw.device))
-        return lp, score
+        return self._assemble(lps), self._assemble(scores, axis=-2)
 
     def point(self, raw: Tensor) -> Tensor:
-        """Point imputation [..., C]: mean for numeric columns, mode for discrete ones."""
-        return self._assemble(
-            [d.mode if isinstance(d, (Bernoulli, Categorical)) else d.mean for d, _ in self.dists(raw)]
-        )
+        """Point imputation [..., C]: the family's point value (mean for numbers, mode for categories)."""
+        return self._assemble([d.point() for d, _ in self.dists(raw)])
 
     def natural(self, raw: Tensor) -> Tensor:
-        """Natural parameters [..., C, max_categories], what serving reads from the exported graph.
+        """Natural parameters [..., C, natural_width], what serving reads from the exported graph.
 
-        Gaussian: (loc, scale); Poisson: (rate, 0); Bernoulli: (1 - p, p); categorical: the
-        probabilities (padding categories get 0). Zero-padded to a common width.
+        Gaussian: (loc, scale); Poisson: (rate,); Bernoulli: (1 - p, p); categorical: the probabilities
+        (padding categories get 0). Zero-padded to a common width.
         """
         parts = []
-        k = self.max_categories
         for d, _ in self.dists(raw):
-            if isinstance(d, Gaussian):
-                p = torch.stack([d.loc, d.scale], -1)
-            elif isinstance(d, Poisson):
-                p = d.rate.unsqueeze(-1)
-            elif isinstance(d, Bernoulli):
-                q = d.probs.unsqueeze(-1)
-                p = torch.cat([1 - q, q], -1)
-            else:
-                p = d.probs[..., :k]
-            parts.append(F.pad(p, (0, k - p.shape[-1])))
+            p = d.natural()[..., : self.natural_width]
+            parts.append(F.pad(p, (0, self.natural_width - p.shape[-1])))
         return torch.cat(parts, dim=-2).index_select(-2, self.inverse.to(raw.device))
 
     def probs(self, raw: Tensor) -> Tensor:
-        """Category probabilities [..., C, max_categories] (zeros for numeric columns)."""
-        discrete = torch.tensor([c.is_discrete for c in self.columns], dtype=raw.dtype, device=raw.device)
-        return self.natural(raw) * discrete.unsqueeze(-1)
+        """Category probabilities [..., C, natural_width] (zeros for numeric columns)."""
+        return self.natural(raw) * self.discrete.to(raw).unsqueeze(-1)
+
+    def as_input(self, x: Tensor) -> Tensor:
+        """Encoder input [..., C, input_width]: each column as its family enters an encoder, zero-padded."""
+        width = self.input_width
+        parts = []
+        for fam, idx in self.groups:
+            v = fam.as_input(x.index_select(-1, idx), width)
+            parts.append(F.pad(v, (0, width - v.shape[-1])))
+        return self._assemble(parts, axis=-2)
 
     def sample(self, raw: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self._assemble([d.sample(generator) for d, _ in self.dists(raw)])

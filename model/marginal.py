@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from hhvaem.model.likelihoods import MIN_SCALE, ColumnLikelihoods, one_hot
+from torch import Tensor, nn
+
+from hhvaem.model.likelihoods import MIN_SCALE, ColumnLikelihoods
 from hhvaem.model.nets import GroupedMLP
 from hhvaem.model.schema import Column
-from torch import Tensor, nn
 
 
 class MarginalVAEs(nn.Module):
@@ -20,21 +21,12 @@ class MarginalVAEs(nn.Module):
         self.features = features
         self.likelihood = ColumnLikelihoods(features)
         d = len(features)
-        self.in_width = max([1] + [c.n_categories for c in features if c.type == "categorical"])
-        self.register_buffer("is_categorical", torch.tensor([c.type == "categorical" for c in features]))
-        self.register_buffer("is_count", torch.tensor([c.type == "count" for c in features]))
-        self.encoder = GroupedMLP(d, [self.in_width, hidden, hidden, 2])
+        self.encoder = GroupedMLP(d, [self.likelihood.input_width, hidden, hidden, 2])
         self.decoder = GroupedMLP(d, [1, hidden, hidden, self.likelihood.width])
 
-    def encoder_input(self, x: Tensor) -> Tensor:
-        """[..., D] normalised values -> [..., D, in_width]: one-hot for categorical, scalar otherwise."""
-        scalar = torch.where(self.is_count, torch.log1p(x.clamp_min(0)), x)
-        onehot = one_hot(x.long().clamp(0, self.in_width - 1), self.in_width, x.dtype)
-        plain = F.pad(scalar.unsqueeze(-1), (0, self.in_width - 1))
-        return torch.where(self.is_categorical.unsqueeze(-1), onehot, plain)
-
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.encoder(self.encoder_input(x))
+        """q(z_d | x_d) for every feature: means and scales [..., D] from normalised values [..., D]."""
+        out = self.encoder(self.likelihood.as_input(x))
         return out[..., 0], F.softplus(out[..., 1]) + MIN_SCALE
 
     def decode(self, z: Tensor) -> Tensor:

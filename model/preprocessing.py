@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from hhvaem.model.families import Stats
 from hhvaem.model.schema import Column, Schema
 
 
@@ -48,21 +49,10 @@ def is_missing(value: Any) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class ColumnStats:
-    """Shift and scale of a numeric column on its transformed scale (log1p for positive)."""
-
-    mean: float = 0.0
-    std: float = 1.0
-
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "std": self.std}
-
-
 class Preprocessor:
     """Encodes columns of a schema to (values, mask) arrays and decodes them back."""
 
-    def __init__(self, schema: Schema, stats: Mapping[str, ColumnStats]):
+    def __init__(self, schema: Schema, stats: Mapping[str, Stats]):
         self.schema = schema
         self.stats = dict(stats)
         self._cat_index = {
@@ -72,38 +62,36 @@ class Preprocessor:
     # ---- fitting -------------------------------------------------------------------------
     @classmethod
     def fit(cls, schema: Schema, columns: Mapping[str, np.ndarray]) -> Preprocessor:
-        stats: dict[str, ColumnStats] = {}
+        stats: dict[str, Stats] = {}
         bare = cls(schema, {})
         for col in schema.columns:
-            if col.is_discrete:
+            if not col.family.uses_stats:
                 continue
             values, mask = bare.encode_column(col, columns[col.name], transform_only=True)
             v = values[mask]
             if v.size == 0:
                 raise EncodingError(col.name, "no observed values to fit on")
             std = float(v.std())
-            stats[col.name] = ColumnStats(mean=float(v.mean()), std=std if std > 1e-8 else 1.0)
+            stats[col.name] = Stats(mean=float(v.mean()), std=std if std > 1e-8 else 1.0)
         return cls(schema, stats)
 
     # ---- encoding ------------------------------------------------------------------------
     def encode_column(
         self, col: Column, raw: Iterable[Any], transform_only: bool = False, row_offset: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Values on the normalised scale and the observed mask (`transform_only`: before standardisation)."""
         raw = list(raw)
         values = np.zeros(len(raw), dtype=np.float64)
         mask = np.zeros(len(raw), dtype=bool)
-        index = self._cat_index.get(col.name)
         for i, v in enumerate(raw):
             if is_missing(v):
                 continue
             values[i] = self.encode_value(col, v, row_offset + i, transform=False)
             mask[i] = True
-        if index is None:
-            if col.type == "positive":
-                values[mask] = np.log1p(values[mask])
-            if not transform_only and col.type in ("real", "positive"):
-                s = self.stats[col.name]
-                values[mask] = (values[mask] - s.mean) / s.std
+        if transform_only:
+            values[mask] = col.family.transform(values[mask])
+        else:
+            values[mask] = col.family.normalise(values[mask], self.stats.get(col.name))
         return values, mask
 
     def encode_value(self, col: Column, v: Any, row: int | None = None, strict: bool = False, transform: bool = True):
@@ -124,12 +112,8 @@ class Preprocessor:
         x = self._numeric(col, v, row)
         if not transform:
             return x
-        if col.type == "positive":
-            x = math.log1p(x)
-        if col.type in ("real", "positive"):
-            s = self.stats[col.name]
-            x = (x - s.mean) / s.std
-        return x
+        with np.errstate(over="ignore"):  # a value far out becomes inf here and is refused as implausible
+            return float(col.family.normalise(np.float64(x), self.stats.get(col.name)))
 
     @staticmethod
     def _numeric(col: Column, v: Any, row: int | None) -> float:
@@ -139,10 +123,9 @@ class Preprocessor:
             raise EncodingError(col.name, f"non-numeric value {v!r} in a {col.type} column", row) from None
         if not math.isfinite(x):
             raise EncodingError(col.name, f"value {v!r} is not finite", row)
-        if col.type == "positive" and x < 0:
-            raise EncodingError(col.name, f"value {x:g} is negative in a positive column", row)
-        if col.type == "count" and (x < 0 or x != round(x)):
-            raise EncodingError(col.name, f"value {x:g} is not a non-negative integer count", row)
+        reason = col.family.check(x)
+        if reason:
+            raise EncodingError(col.name, reason, row)
         return x
 
     def encode(
@@ -159,11 +142,7 @@ class Preprocessor:
     # ---- decoding ------------------------------------------------------------------------
     def to_original(self, col: Column, normalised: np.ndarray) -> np.ndarray:
         """Normalised numeric values back to the user's units (elementwise)."""
-        if col.type in ("real", "positive"):
-            s = self.stats[col.name]
-            x = np.asarray(normalised) * s.std + s.mean
-            return np.maximum(np.expm1(x), 0.0) if col.type == "positive" else x  # rounding can dip below 0
-        return np.asarray(normalised)
+        return col.family.to_user(normalised, self.stats.get(col.name))
 
     def category(self, col: Column, index: int) -> Any:
         return col.categories[int(index)]
@@ -173,4 +152,4 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, schema: Schema, d: Mapping[str, Mapping[str, float]]) -> Preprocessor:
-        return cls(schema, {k: ColumnStats(float(v["mean"]), float(v["std"])) for k, v in d.items()})
+        return cls(schema, {k: Stats(float(v["mean"]), float(v["std"])) for k, v in d.items()})

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-FEATURE_TYPES = ("real", "positive", "count", "binary", "categorical")
-DISCRETE_TYPES = ("binary", "categorical")
+from hhvaem.model.families import FAMILIES, Family
+
+FEATURE_TYPES = tuple(FAMILIES)
+DISCRETE_TYPES = tuple(t for t, f in FAMILIES.items() if f.discrete)
 
 
 class SchemaError(ValueError):
@@ -25,21 +27,23 @@ class Column:
             raise SchemaError(
                 f"column {self.name!r}: unknown type {self.type!r} (expected one of {', '.join(FEATURE_TYPES)})"
             )
-        if self.type in DISCRETE_TYPES:
-            cats = tuple(self.categories or ())
-            if self.type == "binary" and len(cats) != 2:
-                raise SchemaError(f"column {self.name!r}: binary needs exactly 2 categories, got {len(cats)}")
-            if self.type == "categorical" and len(cats) < 2:
-                raise SchemaError(f"column {self.name!r}: categorical needs at least 2 categories")
+        cats = tuple(self.categories or ())
+        reason = self.family.check_categories(len(cats))
+        if reason:
+            what = reason if self.is_discrete else f"type {self.type} {reason}"
+            raise SchemaError(f"column {self.name!r}: {what}")
+        if self.is_discrete:
             if len(set(cats)) != len(cats):
                 raise SchemaError(f"column {self.name!r}: duplicate categories")
             object.__setattr__(self, "categories", cats)
-        elif self.categories:
-            raise SchemaError(f"column {self.name!r}: type {self.type} takes no categories")
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.type]
 
     @property
     def is_discrete(self) -> bool:
-        return self.type in DISCRETE_TYPES
+        return self.family.discrete
 
     @property
     def n_categories(self) -> int:
@@ -48,11 +52,12 @@ class Column:
     @property
     def n_params(self) -> int:
         """Width of the raw network output that parametrises this column's likelihood."""
-        if self.type in ("real", "positive"):
-            return 2
-        if self.type in ("count", "binary"):
-            return 1
-        return self.n_categories
+        return self.family.raw_width(self.n_categories)
+
+    @property
+    def natural_width(self) -> int:
+        """Width of the natural parameters the sampler graph reports for this column."""
+        return self.family.natural_width(self.n_categories)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "type": self.type}

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+
 from hhvaem.model.export import export_predictive
 from hhvaem.model.hhvaem import HHVAEM
 from hhvaem.model.io.artifact import (

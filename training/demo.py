@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+
 from hhvaem.model.schema import Column, Schema
 from hhvaem.training.artifact import data_fingerprint, write_artifact
 from hhvaem.training.fit import fit

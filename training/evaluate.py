@@ -12,13 +12,14 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.model_selection import KFold
+
+from hhvaem.app.engine.summaries import ColumnPredictive, category_probabilities, moments
 from hhvaem.model.hhvaem import HHVAEM
-from hhvaem.model.likelihoods import Gaussian, LogNormal, Poisson
 from hhvaem.model.preprocessing import Preprocessor
 from hhvaem.model.schema import Schema
 from hhvaem.training.fit import encode_rows, fit
 from hhvaem.training.trainer import Progress, StageSteps, TrainData
-from sklearn.model_selection import KFold
 
 N_SPLITS = 10
 TEST_SAMPLES = 1000
@@ -65,24 +66,12 @@ def posterior_predictions(
 
 
 def target_point(model: HHVAEM, pp: Preprocessor, y_raw: torch.Tensor) -> list[np.ndarray]:
-    """Per target: the posterior predictive mean in original units, or the class index of the mode."""
+    """Per target: the posterior predictive mean in original units, or the class index of the mode (as served)."""
+    natural = model.dependency.target_likelihood.natural(y_raw).numpy()  # [N, K, P, W]
     points = []
-    lik = model.dependency.target_likelihood
-    probs = lik.probs(y_raw).mean(1)  # [N, P, K]
     for j, col in enumerate(model.schema.targets):
-        raw = y_raw[..., j, :]
-        if col.is_discrete:
-            points.append(probs[:, j, : col.n_categories].argmax(-1).numpy())
-        elif col.type == "count":
-            points.append(Poisson.from_raw(raw).mean.mean(1).numpy())
-        else:
-            g = Gaussian.from_raw(raw)
-            s = pp.stats[col.name]
-            if col.type == "positive":
-                mean = LogNormal(g.loc * s.std + s.mean, g.scale * s.std).mean
-            else:
-                mean = g.loc * s.std + s.mean
-            points.append(mean.mean(1).numpy())
+        pred = ColumnPredictive(col, natural[:, :, j])
+        points.append(category_probabilities(pred).argmax(-1) if col.is_discrete else moments(pred, pp)[0])
     return points
 
 
@@ -114,9 +103,7 @@ def protocol_metrics(
             hits += int((guess == data.x[h, d].long()).sum())
             n_hits += int(h.sum())
         else:
-            err = pred["x_mean"][h, d] - data.x[h, d]
-            if col.type == "count":
-                err = err / pp.stats[col.name].std
+            err = (pred["x_mean"][h, d] - data.x[h, d]) / col.family.metric_scale(pp.stats.get(col.name))
             sq += float((err**2).sum())
             n_sq += int(h.sum())
     if n_sq:

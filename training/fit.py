@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+
 from hhvaem.model.hhvaem import HHVAEM, ModelConfig
 from hhvaem.model.preprocessing import Preprocessor
 from hhvaem.model.schema import Schema

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+
 from hhvaem.app.engine.engine import Engine, Prepared
 from hhvaem.app.engine.summaries import ColumnPredictive, category_probabilities, moments
 from hhvaem.model.hhvaem import HHVAEM

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from hhvaem.model.io.tables import TableError, _one_line, read_table
 from hhvaem.model.preprocessing import category_key, is_missing
 from hhvaem.model.schema import DISCRETE_TYPES, FEATURE_TYPES, Column, Schema, SchemaError
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 
 # Numeric columns with fewer distinct observed values than this are discrete (the paper's rule).
 DISCRETE_MAX_DISTINCT = 10
-NUMERIC_TYPES = ("real", "positive", "count")
 
 
 # ---- schema files and overrides ----------------------------------------------------------------
@@ -214,7 +214,7 @@ def validate_table(
     keep = [c for c in df.columns if c in known]
     out = df.loc[~empty_rows, keep].reset_index(drop=True)
     for col in schema.columns:
-        if col.type in NUMERIC_TYPES:
+        if not col.is_discrete:
             out[col.name] = pd.to_numeric(out[col.name]).astype("float64")
     return out, n_dropped
 
@@ -225,7 +225,7 @@ def _check_column(col: Column, s: pd.Series, missing: np.ndarray, is_feature: bo
         raise TableError(f"column {name!r}: all values are missing")
     positions = np.flatnonzero(~missing)
     values = s.to_numpy(dtype=object)
-    if col.type in NUMERIC_TYPES:
+    if not col.is_discrete:
         x = np.empty(len(positions), dtype=np.float64)
         for k, i in enumerate(positions):
             try:
@@ -238,20 +238,10 @@ def _check_column(col: Column, s: pd.Series, missing: np.ndarray, is_feature: bo
         if bad.any():
             i = positions[np.argmax(bad)]
             raise TableError(f"column {name!r}, row {i + 1}: value {_show(values[i])} is not finite")
-        if col.type in ("positive", "count"):
-            bad = x < 0
-            if bad.any():
-                i = positions[np.argmax(bad)]
-                raise TableError(
-                    f"column {name!r}, row {i + 1}: negative value {_show(values[i])} in a {col.type} column"
-                )
-        if col.type == "count":
-            bad = x != np.round(x)
-            if bad.any():
-                i = positions[np.argmax(bad)]
-                raise TableError(
-                    f"column {name!r}, row {i + 1}: non-integer value {_show(values[i])} in a count column"
-                )
+        bad = col.family.invalid(x)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise TableError(f"column {name!r}, row {positions[k] + 1}: {col.family.check(x[k])}")
         distinct = np.unique(x)
     else:
         index = {category_key(c) for c in col.categories or ()}

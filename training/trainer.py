@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
+
 from hhvaem.model.dependency import Observed
 from hhvaem.model.hhvaem import HHVAEM
-from torch import Tensor
 
 
 class TrainData(NamedTuple):

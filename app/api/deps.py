@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
 from hhvaem.app.api.problems import Problem, forbidden, not_found, unauthorized, unavailable, unprocessable
 from hhvaem.app.core.config import Settings
 from hhvaem.app.core.security import ADMIN, INFER, check_scopes
@@ -14,7 +16,6 @@ from hhvaem.app.db import repository as repo
 from hhvaem.app.engine import InputError
 from hhvaem.app.services.registry import LoadedModel, ModelNotFound, ModelRegistry
 from hhvaem.model.io.artifact import ArtifactError
-from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,9 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
 from hhvaem.app.core import security
 from hhvaem.app.db.models import (
     BATCH_FINAL_STATUSES,
@@ -32,8 +35,6 @@ from hhvaem.app.db.models import (
     new_job_id,
     utcnow,
 )
-from sqlalchemy import func, select, text, update
-from sqlalchemy.orm import Session
 
 MAX_STORED_ERRORS = 1000
 """At most this many ``{row, column, reason}`` entries are kept per batch job (``failed_rows`` still counts all)."""

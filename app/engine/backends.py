@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
 from hhvaem.model.io.artifact import CHECKPOINT, ArtifactError
 
 log = logging.getLogger(__name__)

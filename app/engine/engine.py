@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from hhvaem.app.engine.backends import Backend, OnnxBackend, TorchBackend
 from hhvaem.app.engine.summaries import ColumnPredictive, point_value, summarise, uncertainty
 from hhvaem.model.acquisition import histogram_information, mixture_information, rank_features, stopping_advice
@@ -113,7 +114,7 @@ class Engine:
                 except EncodingError as e:
                     errors.append(FieldError(name, e.reason, i))
                     continue
-                far = _implausible(col, v)
+                far = col.family.implausible(v)
                 if far:
                     errors.append(FieldError(name, f"{value!r} is {far}; the model cannot extrapolate that far", i))
                     continue
@@ -363,20 +364,6 @@ class Engine:
             "backend": self.backend.name,
             "created_at": m.get("created_at"),
         }
-
-
-# Beyond this many training standard deviations (on the model's scale) a value is refused: the networks
-# never saw anything like it, and exp() in the decoders would overflow long before.
-MAX_STANDARD_DEVIATIONS = 100.0
-MAX_COUNT = 1e6
-
-
-def _implausible(col: Column, v: float) -> str | None:
-    if col.type in ("real", "positive") and not abs(v) <= MAX_STANDARD_DEVIATIONS:
-        return f"{abs(v):.3g} standard deviations from the training data's mean"
-    if col.type == "count" and not v <= MAX_COUNT:
-        return f"above {MAX_COUNT:g}"
-    return None
 
 
 def _check_quantiles(quantiles) -> tuple[float, ...]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from hhvaem.app.engine import Engine, InputError
 
 OPERATIONS = ("impute", "predict", "both")

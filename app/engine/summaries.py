@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from hhvaem.model.acquisition import Mixture
 from hhvaem.model.preprocessing import Preprocessor
 from hhvaem.model.schema import Column
-
-# exp() arguments beyond this overflow float64; a log-normal that wide has no useful moments anyway.
-_MAX_EXP = 700.0
 
 
 @dataclass(frozen=True)
@@ -30,62 +28,33 @@ class ColumnPredictive:
     params: np.ndarray
 
     def mixture(self, row: int) -> Mixture:
-        """The row's mixture on the normalised scale, in the kind the acquisition estimators take."""
-        p = self.params[row].astype(np.float64)
-        t = self.column.type
-        if t in ("real", "positive"):
-            return Mixture("gaussian", p[:, :2])
-        if t == "count":
-            return Mixture("poisson", np.maximum(p[:, :1], 1e-12))
-        k = self.column.n_categories
-        probs = np.clip(p[:, :k], 0.0, None)
-        return Mixture("categorical", probs / probs.sum(-1, keepdims=True))
+        """The row's mixture on the normalised scale, in the form the acquisition estimators take."""
+        col = self.column
+        return Mixture(col.family, col.family.component_params(self.params[row], col.n_categories))
 
 
 def moments(pred: ColumnPredictive, prep: Preprocessor) -> tuple[np.ndarray, np.ndarray]:
     """Mixture mean and standard deviation [B] in original units (numeric columns)."""
-    col, p = pred.column, pred.params.astype(np.float64)
-    if col.type == "count":
-        rate = p[..., 0]
-        mean = rate.mean(-1)
-        var = (rate + rate**2).mean(-1) - mean**2
-        return mean, np.sqrt(np.maximum(var, 0.0))
-    s = prep.stats[col.name]
-    loc, scale = p[..., 0] * s.std + s.mean, p[..., 1] * s.std
-    if col.type == "real":
-        mean = loc.mean(-1)
-        second = (scale**2 + loc**2).mean(-1)
-    else:  # positive: x = exp(v) - 1 with v ~ N(loc, scale) on the log1p scale
-        m1 = np.exp(np.minimum(loc + 0.5 * scale**2, _MAX_EXP))
-        m2 = np.exp(np.minimum(2 * loc + 2 * scale**2, _MAX_EXP))
-        mean = np.maximum(m1.mean(-1) - 1.0, 0.0)
-        second = m2.mean(-1) - 2 * m1.mean(-1) + 1.0
-    var = np.maximum(second - mean**2, 0.0)
-    return mean, np.sqrt(var)
+    col = pred.column
+    p = col.family.component_params(pred.params, col.n_categories)
+    return col.family.user_moments(p, prep.stats.get(col.name))
 
 
 def draw(pred: ColumnPredictive, prep: Preprocessor, rng: np.random.Generator, draws: int) -> np.ndarray:
     """`draws` values per posterior sample, in original units: [B, K * draws] (numeric columns)."""
-    col, p = pred.column, pred.params.astype(np.float64)
-    if col.type == "count":
-        rate = np.repeat(p[..., 0], draws, axis=-1)
-        return rng.poisson(rate).astype(np.float64)
-    loc = np.repeat(p[..., 0], draws, axis=-1)
-    scale = np.repeat(p[..., 1], draws, axis=-1)
-    v = loc + scale * rng.standard_normal(loc.shape)
-    return prep.to_original(col, v)
+    col = pred.column
+    p = col.family.component_params(pred.params, col.n_categories)
+    return col.family.user_draws(p, prep.stats.get(col.name), rng, draws)
 
 
 def category_probabilities(pred: ColumnPredictive) -> np.ndarray:
     """Mixture class probabilities [B, n_categories] (discrete columns)."""
-    k = pred.column.n_categories
-    probs = np.clip(pred.params[..., :k].astype(np.float64), 0.0, None).mean(1)
-    return probs / probs.sum(-1, keepdims=True)
+    return pred.column.family.probabilities(pred.params, pred.column.n_categories)
 
 
 def json_value(col: Column, x: float) -> Any:
     """A number as the column's users write it: counts as integers."""
-    return int(round(x)) if col.type == "count" else float(x)
+    return col.family.to_json(x)
 
 
 def summarise(

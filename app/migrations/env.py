@@ -11,9 +11,10 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy.engine import Connection
+
 from hhvaem.app.db.models import Base
 from hhvaem.app.db.session import make_engine, normalize_url
-from sqlalchemy.engine import Connection
 
 config = context.config
 

@@ -8,11 +8,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from hhvaem.app.db import repository as repo
 from hhvaem.app.db.models import ModelRecord
 from hhvaem.app.engine import Engine
 from hhvaem.model.io.artifact import ArtifactError, manifest_checksum, read_manifest
-from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 

@@ -6,15 +6,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Engine as SQLEngine
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
 from hhvaem.app.core.config import Settings
 from hhvaem.app.db import repository as repo
 from hhvaem.app.services.batcher import DynamicBatcher
 from hhvaem.app.services.metrics import Metrics
 from hhvaem.app.services.registry import ModelRegistry
 from hhvaem.app.sessions.store import SessionStore
-from sqlalchemy import Engine as SQLEngine
-from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger(__name__)
 

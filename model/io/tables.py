@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from hhvaem.model.preprocessing import is_missing
 
 # Cell texts read as missing; `is_missing` additionally ignores case and surrounding blanks.

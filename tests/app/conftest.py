@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hhvaem.app.db.session import alembic_config, make_engine, make_sessionmaker, migrate, normalize_url
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
+
+from hhvaem.app.db.session import alembic_config, make_engine, make_sessionmaker, migrate, normalize_url
 
 POSTGRES_URL = os.environ.get("HHVAEM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/hhvaem_test")
 REQUIRE_POSTGRES = os.environ.get("HHVAEM_REQUIRE_POSTGRES", "") not in ("", "0", "false", "no")

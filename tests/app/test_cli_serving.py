@@ -7,10 +7,10 @@ import shutil
 
 import pandas as pd
 import pytest
-from hhvaem.model.io.artifact import read_manifest
 from typer.testing import CliRunner
 
 from hhvaem.cli import app
+from hhvaem.model.io.artifact import read_manifest
 
 runner = CliRunner()
 

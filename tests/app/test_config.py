@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hhvaem.app.core.config import Settings, configuration_table, get_settings, make_settings, redact_url
 from pydantic import ValidationError
+
+from hhvaem.app.core.config import Settings, configuration_table, get_settings, make_settings, redact_url
 
 ENV_NAMES = [
     "REDIS_URL",

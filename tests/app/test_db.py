@@ -16,6 +16,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Column, Integer, MetaData, inspect, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from hhvaem.app.core.security import ADMIN, INFER
 from hhvaem.app.db import repository as repo
 from hhvaem.app.db.models import ApiKeyRecord, Base, ModelRecord
@@ -28,9 +32,6 @@ from hhvaem.app.db.session import (
     migrate,
     normalize_url,
 )
-from sqlalchemy import Column, Integer, MetaData, inspect, select, text, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 TABLES = {"models", "audit_events", "batch_jobs", "api_keys"}
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -8,11 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from scipy import stats
+
 from hhvaem.app.engine import Engine, InputError
 from hhvaem.model.export import LogDensityGraph, example_inputs, export_log_density
 from hhvaem.model.io.artifact import ArtifactError
 from hhvaem.training.artifact import load_model
-from scipy import stats
 
 ROW = {"age": 59, "sex": 2, "bmi": 32.1, "blood_pressure": 101}
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi import FastAPI, Query, Request
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, ConfigDict, Field
+
 from hhvaem.app.api.problems import (
     PROBLEM_MEDIA_TYPE,
     BodySizeLimit,
@@ -25,7 +27,6 @@ from hhvaem.app.api.problems import (
     unprocessable,
 )
 from hhvaem.app.sessions.store import SessionNotFound, StoreUnavailable
-from pydantic import BaseModel, ConfigDict, Field
 
 LIMIT = 1000
 UPLOAD_LIMIT = 5000

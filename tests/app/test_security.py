@@ -1,6 +1,7 @@
 import hashlib
 
 import pytest
+
 from hhvaem.app.core import security
 from hhvaem.app.core.security import ADMIN, INFER, check_scopes
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from hhvaem.app.core.config import make_settings
 from hhvaem.app.sessions.store import (
     MemorySessionStore,

@@ -49,6 +49,7 @@ class LiveService:
 
     def __init__(self, folder: Path, artifact: str, redis_url: str, **settings: Any) -> None:
         import uvicorn
+
         from hhvaem.app.core.config import make_settings
         from hhvaem.app.main import create_app
 
@@ -138,6 +139,7 @@ def browser():
 def page(browser, e2e_redis: str):
     """A fresh page (1280x900). Fails the test on any uncaught script error; deletes the sessions it created."""
     import redis
+
     from hhvaem.app.sessions.store import DEFAULT_PREFIX
 
     context = browser.new_context(viewport={"width": 1280, "height": 900})

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from hhvaem.model.acquisition import (
     Mixture,
     RankedFeature,
@@ -15,7 +17,6 @@ from hhvaem.model.acquisition import (
     rank_features,
     stopping_advice,
 )
-from scipy import stats
 
 
 def gaussian(loc, scale) -> Mixture:
@@ -50,7 +51,7 @@ def enumerated_mi(weights, px_given_u, py_given_u) -> float:
 @pytest.mark.parametrize(
     ("kind", "params", "match"),
     [
-        ("beta", [[0.0, 1.0]], "kind must be one of"),
+        ("beta", [[0.0, 1.0]], "unknown family"),
         ("gaussian", [0.0, 1.0], r"shape \[K, P\]"),
         ("gaussian", np.zeros((0, 2)), "K >= 1"),
         ("gaussian", [[0.0, 1.0, 2.0]], r"\[K, 2\]"),

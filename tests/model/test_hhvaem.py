@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from hhvaem.model.dependency import DependencyVAE, Observed
 from hhvaem.model.hhvaem import HHVAEM, VARIANTS, ModelConfig
 from hhvaem.model.likelihoods import MIN_SCALE, bounded_logits

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from hhvaem.model import hmc
 from hhvaem.model.hmc import HMCState, hmc_chain, hmc_step, init_state, kinetic_energy, leapfrog, metropolis
 

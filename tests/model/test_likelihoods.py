@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
+
 from hhvaem.model.likelihoods import (
     LOGIT_BOUND,
     MIN_SCALE,
@@ -14,12 +16,12 @@ from hhvaem.model.likelihoods import (
     Categorical,
     ColumnLikelihoods,
     Gaussian,
-    LogNormal,
     Poisson,
     bounded_logits,
+    likelihood_class,
 )
+from hhvaem.model.families import FAMILIES, Stats
 from hhvaem.model.schema import Column
-from scipy import stats
 
 DT = torch.float64
 
@@ -48,25 +50,23 @@ def test_gaussian_log_prob_mean_variance_match_scipy():
     np.testing.assert_allclose(d.variance.numpy(), stats.norm(loc.numpy(), scale).var(), rtol=1e-12)
 
 
-def test_lognormal_matches_shifted_scipy_lognorm():
-    loc = t([0.0, 1.0, -0.5, 2.0])
-    scale = t([0.5, 0.2, 1.0, 0.8])
-    d = LogNormal(loc, scale, shift=1.0)
-    ref = stats.lognorm(s=scale.numpy(), scale=np.exp(loc.numpy()), loc=-1.0)
-    for x in ([0.0, 0.0, 0.0, 0.0], [0.5, 2.0, 0.1, 10.0], [3.0, 1.7, 4.0, 1.0], [-0.5, -0.2, -0.9, 100.0]):
-        np.testing.assert_allclose(d.log_prob(t(x)).numpy(), ref.logpdf(np.array(x)), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(d.mean.numpy(), ref.mean(), rtol=1e-10)
-    np.testing.assert_allclose(d.variance.numpy(), ref.var(), rtol=1e-10)
-    for q in (0.025, 0.1, 0.5, 0.9, 0.975):
-        np.testing.assert_allclose(d.quantile(q).numpy(), ref.ppf(q), rtol=1e-8)
+def test_lognormal_family_moments_match_shifted_scipy_lognorm():
+    """positive columns: Gaussian on log(1 + x), so the served mean and std are the shifted log-normal's."""
+    fam = FAMILIES["positive"]
+    loc, scale = np.array([0.0, 1.0, -0.5, 2.0]), np.array([0.5, 0.2, 1.0, 0.8])
+    mean, std = fam.user_moments(np.stack([loc, scale], -1)[:, None, :], Stats(0.0, 1.0))
+    ref = stats.lognorm(s=scale, scale=np.exp(loc), loc=-1.0)
+    np.testing.assert_allclose(mean, ref.mean(), rtol=1e-10)
+    np.testing.assert_allclose(std, ref.std(), rtol=1e-10)
 
 
-def test_lognormal_shift_other_than_one():
-    d = LogNormal(t([0.3]), t([0.7]), shift=2.5)
-    ref = stats.lognorm(s=0.7, scale=np.exp(0.3), loc=-2.5)
-    np.testing.assert_allclose(d.log_prob(t([1.0])).numpy(), ref.logpdf([1.0]), rtol=1e-10)
-    np.testing.assert_allclose(d.mean.numpy(), [ref.mean()], rtol=1e-10)
-    np.testing.assert_allclose(d.quantile(0.3).numpy(), [ref.ppf(0.3)], rtol=1e-8)
+def test_lognormal_family_standardises_log1p_and_back():
+    fam, st = FAMILIES["positive"], Stats(mean=1.2, std=0.4)
+    x = np.array([0.0, 0.5, 3.0, 40.0])
+    v = fam.normalise(x, st)
+    np.testing.assert_allclose(v, (np.log1p(x) - 1.2) / 0.4, rtol=1e-12)
+    np.testing.assert_allclose(fam.to_user(v, st), x, rtol=1e-12, atol=1e-12)
+    assert fam.check(-0.5) == "negative value -0.5 in a positive column" and fam.check(0.0) is None
 
 
 def test_poisson_log_prob_mean_mode_match_scipy():
@@ -123,16 +123,16 @@ def test_gaussian_sampling_moments():
     np.testing.assert_allclose(s.var(0), scale.numpy() ** 2, rtol=0.05)
 
 
-def test_lognormal_sampling_moments():
-    d = LogNormal(t([0.0, 0.5]), t([0.3, 0.5]), shift=1.0)
-    s = sample_many(d).numpy()
-    assert (s > -1.0).all()
-    assert np.all(np.abs(s.mean(0) - d.mean.numpy()) < 4 * np.sqrt(d.variance.numpy() / N_SAMPLES))
-    np.testing.assert_allclose(s.var(0), d.variance.numpy(), rtol=0.1)
-    # log(x + 1) is N(loc, scale): its sample median sits at loc (quantile(0.5) = exp(loc) - 1)
-    med = np.log(np.median(s, 0) + 1.0)
-    assert np.all(np.abs(med - np.log(d.quantile(0.5).numpy() + 1.0)) < 5 * d.scale.numpy() / np.sqrt(N_SAMPLES))
-    np.testing.assert_allclose(np.log(d.quantile(0.5).numpy() + 1.0), d.loc.numpy(), rtol=1e-12)
+def test_lognormal_family_draws_have_the_log_normal_median_and_moments():
+    fam = FAMILIES["positive"]
+    p = np.array([[[2.0, 0.3]], [[2.5, 0.5]]])  # [B=2, K=1, 2]; log(1 + x) below 0 (clipped) is > 5 sd away
+    s = fam.user_draws(p, Stats(0.0, 1.0), np.random.default_rng(0), N_SAMPLES)
+    assert s.shape == (2, N_SAMPLES) and (s >= 0).all()
+    mean, std = fam.user_moments(p, Stats(0.0, 1.0))
+    assert np.all(np.abs(s.mean(1) - mean) < 4 * std / np.sqrt(N_SAMPLES))
+    np.testing.assert_allclose(s.std(1), std, rtol=0.05)
+    # log(x + 1) is N(loc, scale): its sample median sits at loc
+    assert np.all(np.abs(np.log(np.median(s, 1) + 1.0) - [2.0, 2.5]) < 5 * np.array([0.3, 0.5]) / np.sqrt(N_SAMPLES))
 
 
 def test_poisson_sampling_moments():
@@ -202,7 +202,6 @@ COLUMNS = (
     Column("cat2", "categorical", categories=("x", "y")),
 )
 WIDTH = 5
-FAMILY = {"real": Gaussian, "positive": Gaussian, "count": Poisson, "binary": Bernoulli, "categorical": Categorical}
 
 
 def mixed_batch(seed=0, n=40):
@@ -227,7 +226,7 @@ def pad_with_large_values(raw):
 def test_column_likelihoods_width_and_grouping():
     cl = ColumnLikelihoods(COLUMNS)
     assert cl.width == WIDTH
-    assert cl.max_categories == 5
+    assert cl.natural_width == 5
 
 
 def test_column_log_prob_equals_per_family_on_each_column():
@@ -236,7 +235,7 @@ def test_column_log_prob_equals_per_family_on_each_column():
     lp = cl.log_prob(raw, x)
     assert lp.shape == x.shape
     for j, c in enumerate(COLUMNS):
-        ref = FAMILY[c.type].from_raw(raw[:, j, : c.n_params]).log_prob(x[:, j])
+        ref = likelihood_class(c).from_raw(raw[:, j, : c.n_params]).log_prob(x[:, j])
         torch.testing.assert_close(lp[:, j], ref, rtol=1e-12, atol=1e-12, msg=f"column {c.name}")
 
 
@@ -276,7 +275,7 @@ def test_column_probs_rows_sum_to_one_and_padding_gets_no_mass():
     raw, _ = mixed_batch(seed=4)
     pad_with_large_values(raw)
     p = cl.probs(raw)
-    assert p.shape == (raw.shape[0], len(COLUMNS), cl.max_categories)
+    assert p.shape == (raw.shape[0], len(COLUMNS), cl.natural_width)
     for j, c in enumerate(COLUMNS):
         if c.type == "categorical":
             k = c.n_categories

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hhvaem.model.nets import MLP, GroupedMLP, silu_and_slope
 from torch import nn
+
+from hhvaem.model.nets import MLP, GroupedMLP, silu_and_slope
 
 DT = torch.float64
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from hhvaem.model.sksd import sksd
 
 DT = torch.float64

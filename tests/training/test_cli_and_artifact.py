@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hhvaem.training.artifact import ArtifactError, load_model, read_manifest
-from hhvaem.training.evaluate import protocol_test_mask, split_indices
 from typer.testing import CliRunner
 
 from hhvaem.cli import app
+from hhvaem.training.artifact import ArtifactError, load_model, read_manifest
+from hhvaem.training.evaluate import protocol_test_mask, split_indices
 
 runner = CliRunner()
 

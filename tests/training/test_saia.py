@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from hhvaem.app.engine.engine import Engine
+from hhvaem.cli import app
 from hhvaem.model.schema import Column, Schema
 from hhvaem.training.artifact import data_fingerprint, load_model, write_artifact
 from hhvaem.training.fit import fit
@@ -23,9 +26,6 @@ from hhvaem.training.saia import (
     saia_artifact,
     step_seed,
 )
-from typer.testing import CliRunner
-
-from hhvaem.cli import app
 
 runner = CliRunner()
 D = 4

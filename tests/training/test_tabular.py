@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from hhvaem.model.preprocessing import EncodingError, Preprocessor
 from hhvaem.model.schema import Column, Schema
 from hhvaem.training.tabular import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from hhvaem.model.hhvaem import HHVAEM, ModelConfig
 from hhvaem.model.schema import Column, Schema
 from hhvaem.training.trainer import COMPILE_MIN_HMC_STEPS, StageSteps, TrainConfig, TrainData, Trainer, random_mask

@@ -10,13 +10,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
 from hhvaem.app.api.deps import Inferrer, State, check_samples, resolve_model
 from hhvaem.app.api.problems import Problem, not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import MAX_VERSION, BatchJobOut
 from hhvaem.app.db import repository as repo
 from hhvaem.app.engine.scoring import OPERATIONS, score_frame
 from hhvaem.model.io.tables import TableError, read_table
-from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/batch-jobs", tags=["batch"])

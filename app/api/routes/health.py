@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
 from hhvaem.app.api.deps import State
 from hhvaem.app.api.problems import Problem
 from hhvaem.app.sessions.store import StoreUnavailable
-from sqlalchemy import text
-from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(tags=["health"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+
 from hhvaem.app.api.deps import Inferrer, State, check_samples, input_problem, resolve_model
 from hhvaem.app.api.problems import problem_responses, unprocessable
 from hhvaem.app.api.schemas import (

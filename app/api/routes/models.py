@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from starlette.concurrency import run_in_threadpool
+
 from hhvaem.app.api.deps import Admin, Inferrer, State, resolve_model
 from hhvaem.app.api.problems import not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import MAX_VERSION, ModelDetail, ModelInfo, RegisterModelRequest
 from hhvaem.app.db import repository as repo
 from hhvaem.model.io.artifact import ArtifactError
-from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+
 from hhvaem.app.api.deps import Inferrer, Principal, State, check_samples, input_problem, resolve_model
 from hhvaem.app.api.problems import Problem, not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import (

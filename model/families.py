@@ -1,0 +1,423 @@
+"""Likelihood families, one class per family on a shared base (numpy only: serving imports this without torch).
+
+A column's type names its family (`FAMILIES`, the type table). The family owns everything that depends on it:
+
+* the widths: raw network outputs (`raw_width`) and natural parameters (`natural_width`);
+* the user's values: what fits the support (`check`), the map to the model's normalised scale and back
+  (`normalise`, `to_user`);
+* the model's predictive per posterior sample ("component"), given by natural parameters on the normalised
+  scale (`ColumnLikelihoods.natural` on the torch side writes them): densities, draws, supports and moments
+  (`log_prob`, `sample`, `support`, `moments`), which acquisition's mixtures use;
+* the predictive in the user's units: the mixture's mean and standard deviation, or class probabilities.
+
+The torch side (`model.likelihoods`) has one likelihood class per `Family.likelihood` name; nothing else switches
+on a column's type.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# exp() arguments beyond this overflow float64; a log-normal that wide has no useful moments anyway.
+_MAX_EXP = 700.0
+# Categorical rows may come from float32 softmax outputs: accept small normalisation errors, then renormalise.
+_PROB_SUM_TOL = 1e-5
+# Poisson truncation: the mixture's mass beyond the support cutoff must stay below this.
+_POISSON_TAIL = 1e-6
+# A rate this small stands for zero (log p stays finite).
+_MIN_RATE = 1e-12
+# Beyond this many training standard deviations (on the model's scale) a value is refused: the networks never
+# saw anything like it, and exp() in the decoders would overflow long before.
+MAX_STANDARD_DEVIATIONS = 100.0
+MAX_COUNT = 1e6
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Shift and scale of a numeric column on its transformed scale (log1p for positive columns)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std}
+
+
+def log_factorial(x: np.ndarray) -> np.ndarray:
+    """``log(x!)`` for non-negative integer-valued floats (loop over distinct values only)."""
+    uniq, inverse = np.unique(x, return_inverse=True)
+    vals = np.array([math.lgamma(v + 1.0) for v in uniq.tolist()], dtype=np.float64)
+    return vals[inverse].reshape(x.shape)
+
+
+def logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Stable ``log(sum(exp(a), axis))``; all ``-inf`` slices give ``-inf`` (no NaN, no warning)."""
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
+    return np.squeeze(out, axis=axis)
+
+
+class Family:
+    """The shared base. Component parameters `p` are natural parameters ``[..., K, W]`` on the normalised scale."""
+
+    name: ClassVar[str]
+    likelihood: ClassVar[str]  # the torch likelihood class that produces these natural parameters
+    discrete: ClassVar[bool] = False  # values are categories (summaries: mode and class probabilities)
+    countable: ClassVar[bool] = False  # the support can be enumerated (categories, counts)
+    uses_stats: ClassVar[bool] = True  # Preprocessor.fit computes Stats for the column
+
+    # ---- widths ------------------------------------------------------------------------------
+    def raw_width(self, n_categories: int) -> int:
+        """Width of the raw network output that parametrises the likelihood."""
+        raise NotImplementedError
+
+    def natural_width(self, n_categories: int) -> int:
+        raise NotImplementedError
+
+    def check_categories(self, n_categories: int) -> str | None:
+        """Why a column of this family cannot have `n_categories` categories (None: it can)."""
+        return "takes no categories" if n_categories else None
+
+    # ---- the user's values ---------------------------------------------------------------------
+    def invalid(self, x: np.ndarray) -> np.ndarray:
+        """Which finite numbers lie outside the support (vectorised `check`). Numeric families only."""
+        return np.zeros(np.shape(x), dtype=bool)
+
+    def check(self, x: float) -> str | None:
+        """Why a finite number does not fit the support (None: it fits). Numeric families only."""
+        return None
+
+    def implausible(self, v: float) -> str | None:
+        """Why a valid value on the normalised scale lies too far out for the model to say anything."""
+        return None
+
+    def to_json(self, x: float) -> float | int:
+        """A number in user units as the column's users write it."""
+        return float(x)
+
+    def example(self, rng: np.random.Generator, n: int, n_categories: int) -> np.ndarray:
+        """`n` valid values on the normalised scale (for tracing the exported graph and for tests)."""
+        return rng.standard_normal(n)
+
+    def metric_scale(self, stats: Stats | None) -> float:
+        """Divides an error on the normalised scale for RMSE_xu (counts are not standardised by `normalise`)."""
+        return 1.0
+
+    def normalise(self, x: np.ndarray, stats: Stats | None) -> np.ndarray:
+        """User units (validated numbers or category indices) -> the model's normalised scale."""
+        return np.asarray(x, dtype=np.float64)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """The part of `normalise` before standardisation (what Stats are computed on)."""
+        return np.asarray(x, dtype=np.float64)
+
+    def to_user(self, v: np.ndarray, stats: Stats | None) -> np.ndarray:
+        """Normalised values back to user units (elementwise)."""
+        return np.asarray(v, dtype=np.float64)
+
+    # ---- components ------------------------------------------------------------------------------
+    def component_params(self, natural: np.ndarray, n_categories: int) -> np.ndarray:
+        """The used part of natural parameters ``[..., K, W] -> [..., K, w]`` (float64, made valid)."""
+        raise NotImplementedError
+
+    def check_params(self, p: np.ndarray) -> None:
+        """Raises ValueError when ``p [K, w]`` are not valid component parameters."""
+
+    def log_prob(self, p: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """``[N] -> [N, K]``: ``log p_k(x_n)``; discrete families give ``-inf`` off their support."""
+        raise NotImplementedError
+
+    def sample(self, p: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``[..., K, w] -> [..., K]``: one draw from each component."""
+        raise NotImplementedError
+
+    def support(self, p: np.ndarray) -> np.ndarray | None:
+        """Points to enumerate (discrete families); None for continuous ones."""
+        return None
+
+    def moments(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-component first and second moments ``[..., K]`` on the normalised scale."""
+        raise NotImplementedError
+
+
+# ---- numeric families -------------------------------------------------------------------------------------
+class Gaussian(Family):
+    """real: standardised values, N(loc, scale) per component."""
+
+    name = "gaussian"
+    likelihood = "gaussian"
+
+    def raw_width(self, n_categories: int) -> int:
+        return 2
+
+    def natural_width(self, n_categories: int) -> int:
+        return 2
+
+    def normalise(self, x, stats):
+        return (self.transform(x) - stats.mean) / stats.std
+
+    def to_user(self, v, stats):
+        return np.asarray(v, dtype=np.float64) * stats.std + stats.mean
+
+    def implausible(self, v):
+        if abs(v) <= MAX_STANDARD_DEVIATIONS:
+            return None
+        return f"{abs(v):.3g} standard deviations from the training data's mean"
+
+    def component_params(self, natural, n_categories):
+        return np.asarray(natural[..., :2], dtype=np.float64)
+
+    def check_params(self, p):
+        if p.shape[-1] != 2:
+            raise ValueError(f"gaussian mixture params must have shape [K, 2] (loc, scale); got {p.shape}")
+        if np.any(p[:, 1] <= 0):
+            raise ValueError("gaussian mixture scales must be > 0")
+
+    def log_prob(self, p, x):
+        loc, scale = p[:, 0], p[:, 1]
+        out = np.subtract(x[:, None], loc[None, :])  # in place from here on: these tables are [K, K]
+        out *= 1.0 / scale[None, :]
+        np.square(out, out=out)
+        out *= -0.5
+        out -= (np.log(scale) + 0.5 * _LOG_2PI)[None, :]
+        return out
+
+    def sample(self, p, rng):
+        return rng.normal(p[..., 0], p[..., 1])
+
+    def moments(self, p):
+        loc, scale = p[..., 0], p[..., 1]
+        return loc, scale**2 + loc**2
+
+    def user_moments(self, p: np.ndarray, stats: Stats) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation ``[B]`` in user units of the equal-weight mixtures ``p [B, K, 2]``."""
+        loc, scale = p[..., 0] * stats.std + stats.mean, p[..., 1] * stats.std
+        mean = loc.mean(-1)
+        return mean, _std(mean, (scale**2 + loc**2).mean(-1))
+
+    def user_draws(self, p: np.ndarray, stats: Stats, rng: np.random.Generator, draws: int) -> np.ndarray:
+        """`draws` values per component in user units: ``[B, K * draws]``."""
+        loc = np.repeat(p[..., 0], draws, axis=-1)
+        scale = np.repeat(p[..., 1], draws, axis=-1)
+        return self.to_user(loc + scale * rng.standard_normal(loc.shape), stats)
+
+
+class LogNormal(Gaussian):
+    """positive: log(1 + x), standardised; Gaussian on that scale, so x = exp(v) - 1 is log-normal."""
+
+    name = "lognormal"
+
+    def invalid(self, x):
+        return np.asarray(x) < 0
+
+    def check(self, x):
+        return f"negative value {x:g} in a positive column" if x < 0 else None
+
+    def transform(self, x):
+        return np.log1p(np.asarray(x, dtype=np.float64))
+
+    def to_user(self, v, stats):
+        x = np.asarray(v, dtype=np.float64) * stats.std + stats.mean
+        return np.maximum(np.expm1(x), 0.0)  # rounding can dip below 0
+
+    def user_moments(self, p, stats):
+        loc, scale = p[..., 0] * stats.std + stats.mean, p[..., 1] * stats.std
+        m1 = np.exp(np.minimum(loc + 0.5 * scale**2, _MAX_EXP))
+        m2 = np.exp(np.minimum(2 * loc + 2 * scale**2, _MAX_EXP))
+        mean = np.maximum(m1.mean(-1) - 1.0, 0.0)
+        return mean, _std(mean, m2.mean(-1) - 2 * m1.mean(-1) + 1.0)
+
+
+class Poisson(Family):
+    """count: the raw count, Poisson(rate) per component."""
+
+    name = "poisson"
+    likelihood = "poisson"
+    countable = True
+
+    def raw_width(self, n_categories: int) -> int:
+        return 1
+
+    def natural_width(self, n_categories: int) -> int:
+        return 1
+
+    def invalid(self, x):
+        x = np.asarray(x)
+        return (x < 0) | (x != np.round(x))
+
+    def check(self, x):
+        if x < 0:
+            return f"negative value {x:g} in a count column"
+        return None if x == round(x) else f"non-integer value {x:g} in a count column"
+
+    def implausible(self, v):
+        return f"above {MAX_COUNT:g}" if v > MAX_COUNT else None
+
+    def to_json(self, x):
+        return int(round(x))
+
+    def example(self, rng, n, n_categories):
+        return rng.integers(0, 5, n).astype(np.float64)
+
+    def metric_scale(self, stats):
+        return stats.std
+
+    def component_params(self, natural, n_categories):
+        return np.maximum(np.asarray(natural[..., :1], dtype=np.float64), _MIN_RATE)
+
+    def check_params(self, p):
+        if p.shape[-1] != 1:
+            raise ValueError(f"poisson mixture params must have shape [K, 1] (rate); got {p.shape}")
+        if np.any(p[:, 0] <= 0):
+            raise ValueError("poisson mixture rates must be > 0")
+
+    def log_prob(self, p, x):
+        valid = _integers(x)
+        valid_x = np.where(valid, x, 0.0)
+        rate = p[:, 0]
+        out = valid_x[:, None] * np.log(rate)[None, :] - rate[None, :] - log_factorial(valid_x)[:, None]
+        return np.where(valid[:, None], out, -np.inf)
+
+    def sample(self, p, rng):
+        return rng.poisson(p[..., 0]).astype(np.float64)
+
+    def support(self, p):
+        """``0..cutoff`` with ``cutoff = ceil(r + 10 sqrt(r) + 10)`` for the largest rate; the mixture's tail mass
+        beyond it is < 1e-6 (checked, and the cutoff extended if ever needed)."""
+        r = float(np.max(p[:, 0]))
+        cutoff = int(math.ceil(r + 10.0 * math.sqrt(r) + 10.0))
+        while True:
+            pts = np.arange(cutoff + 1, dtype=np.float64)
+            mass = float(np.mean(np.exp(logsumexp(self.log_prob(p, pts), axis=0))))
+            if 1.0 - mass < _POISSON_TAIL:
+                return pts
+            cutoff *= 2  # pragma: no cover - the Chernoff bound makes the first cutoff sufficient
+
+    def moments(self, p):
+        rate = p[..., 0]
+        return rate, rate + rate**2
+
+    def user_moments(self, p, stats):
+        rate = p[..., 0]
+        mean = rate.mean(-1)
+        return mean, _std(mean, (rate + rate**2).mean(-1))
+
+    def user_draws(self, p, stats, rng, draws):
+        return rng.poisson(np.repeat(p[..., 0], draws, axis=-1)).astype(np.float64)
+
+
+# ---- discrete families ------------------------------------------------------------------------------------
+class Categorical(Family):
+    """categorical: the category's index, class probabilities per component."""
+
+    name = "categorical"
+    likelihood = "categorical"
+    discrete = True
+    countable = True
+    uses_stats = False
+
+    def raw_width(self, n_categories: int) -> int:
+        return n_categories
+
+    def natural_width(self, n_categories: int) -> int:
+        return n_categories
+
+    def check_categories(self, n_categories):
+        return None if n_categories >= 2 else "categorical needs at least 2 categories"
+
+    def example(self, rng, n, n_categories):
+        return rng.integers(0, n_categories, n).astype(np.float64)
+
+    def component_params(self, natural, n_categories):
+        probs = np.clip(np.asarray(natural[..., :n_categories], dtype=np.float64), 0.0, None)
+        return probs / probs.sum(-1, keepdims=True)
+
+    def check_params(self, p):
+        if p.shape[-1] < 1:
+            raise ValueError(f"categorical mixture params must have shape [K, C] with C >= 1; got {p.shape}")
+        if np.any(p < 0):
+            raise ValueError("categorical mixture probabilities must be >= 0")
+        sums = p.sum(axis=1)
+        if np.any(np.abs(sums - 1.0) > _PROB_SUM_TOL):
+            worst = int(np.argmax(np.abs(sums - 1.0)))
+            raise ValueError(
+                f"categorical mixture probabilities must sum to 1 per component; component {worst} sums to "
+                f"{sums[worst]:.8g}"
+            )
+
+    def log_prob(self, p, x):
+        valid = _integers(x) & (x < p.shape[1])
+        idx = np.where(valid, x, 0.0).astype(np.int64)
+        with np.errstate(divide="ignore"):
+            out = np.log(p[:, idx].T)
+        return np.where(valid[:, None], out, -np.inf)
+
+    def sample(self, p, rng):
+        cdf = np.cumsum(p, axis=-1)
+        u = rng.random(cdf.shape[:-1]) * cdf[..., -1]
+        idx = np.sum(cdf < u[..., None], axis=-1)
+        return np.minimum(idx, p.shape[-1] - 1).astype(np.float64)
+
+    def support(self, p):
+        return np.arange(p.shape[1], dtype=np.float64)
+
+    def moments(self, p):
+        idx = np.arange(p.shape[-1], dtype=np.float64)
+        return p @ idx, p @ idx**2
+
+    def probabilities(self, natural: np.ndarray, n_categories: int) -> np.ndarray:
+        """Class probabilities ``[B, n]`` of the equal-weight mixtures of natural parameters ``[B, K, W]``."""
+        probs = np.clip(np.asarray(natural[..., :n_categories], dtype=np.float64), 0.0, None).mean(1)
+        return probs / probs.sum(-1, keepdims=True)
+
+
+class Bernoulli(Categorical):
+    """binary: the index of one of two categories; natural parameters (1 - p, p)."""
+
+    name = "bernoulli"
+    likelihood = "bernoulli"
+
+    def raw_width(self, n_categories: int) -> int:
+        return 1
+
+    def natural_width(self, n_categories: int) -> int:
+        return 2
+
+    def check_categories(self, n_categories):
+        return None if n_categories == 2 else f"binary needs exactly 2 categories, got {n_categories}"
+
+
+def _std(mean: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.maximum(second - mean**2, 0.0))
+
+
+def _integers(x: np.ndarray) -> np.ndarray:
+    return np.isfinite(x) & (x >= 0) & (x == np.floor(x))
+
+
+# The type table: a column's type -> its family.
+FAMILIES: dict[str, Family] = {
+    "real": Gaussian(),
+    "positive": LogNormal(),
+    "count": Poisson(),
+    "binary": Bernoulli(),
+    "categorical": Categorical(),
+}
+# Families by name (acquisition's mixtures may be given a family name).
+BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES.values()}
+
+
+def family(name_or_family: str | Family) -> Family:
+    if isinstance(name_or_family, Family):
+        return name_or_family
+    try:
+        return BY_NAME[name_or_family]
+    except KeyError:
+        raise ValueError(f"unknown family {name_or_family!r} (expected one of {', '.join(BY_NAME)})") from None
