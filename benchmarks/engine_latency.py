@@ -173,7 +173,7 @@ def flop_count(model, samples: int) -> dict[str, Any]:
     `target_given` output, the predictor once more per feature (each set to its sampled code). Elementwise ops (SiLU and
     its slope, likelihood scores, leapfrog updates, Metropolis masks) are ignored.
     """
-    from hhvaem.model.export import OUTPUTS
+    from hhvaem.model.io.contract import OUTPUTS
 
     dep, cfg = model.dependency, model.config
     n_eval = 1 + cfg.hmc_steps * cfg.leapfrog_steps if cfg.uses_hmc else 0
@@ -196,7 +196,8 @@ def flop_count(model, samples: int) -> dict[str, Any]:
         "final: marginal GroupedMLP decoders": 2 * _grouped_macs(model.marginal.decoder),
         "final: priors + decoder + predictor (target)": 2 * (macs(prior_layers) + macs(dec_layers) + macs(pred_layers)),
     }
-    if "target_given" in OUTPUTS:  # acquisition's joint: the predictor once per feature set to its sampled code
+    # acquisition's joint: the predictor once per feature set to its sampled code
+    if "target_given" in {t.name for t in OUTPUTS}:
         per_chain["final: predictor x D feature variants (target_given)"] = 2 * dep.n_codes * macs(pred_layers)
     # The matmul shapes [M, K] x [K, N] of the sampler's evaluations (M = rows * samples): forward (in, out)
     # and vjp (out, in) of every layer, n_eval times each; they carry nearly all the FLOPs.
@@ -447,22 +448,24 @@ def acquisition_rows(rows, features: list[str], targets: list[str], n: int, obse
 
 # ---- measurements -------------------------------------------------------------------------------------
 def measure_backend(engine, args, impute_set, acq_set, big_set, log) -> dict[str, Any]:
+    from hhvaem.app.engine import ImputeQuery, NextFeaturesQuery
+
     out: dict[str, Any] = {"backend": engine.backend.name, "load_before": load()}
     share = CpuShare()
     reps, warm = args.reps, args.warmup
 
     # single-row impute, end to end and the parts
     out["impute_ms"] = stats_ms(timed(lambda i: engine.impute([impute_set[i]], samples=SAMPLES, seed=i), reps, warm))
-    preps = [engine.prepare_impute([impute_set[i]], samples=SAMPLES, seed=i) for i in range(min(reps, 50))]
+    preps = [ImputeQuery([impute_set[i]], samples=SAMPLES, seed=i).prepare(engine) for i in range(min(reps, 50))]
     out["graph_ms"] = stats_ms(timed(lambda i: engine.backend.run(preps[i % len(preps)].feeds), reps, warm))
     parts = {"prepare": [], "graph": [], "finish": []}
     for i in range(min(reps, 50)):
         t0 = time.perf_counter()
-        p = engine.prepare_impute([impute_set[i]], samples=SAMPLES, seed=i)
+        p = ImputeQuery([impute_set[i]], samples=SAMPLES, seed=i).prepare(engine)
         t1 = time.perf_counter()
         o = engine.backend.run(p.feeds)
         t2 = time.perf_counter()
-        p.finish(o)
+        p.finish(engine.graph.named(o))
         t3 = time.perf_counter()
         parts["prepare"].append(t1 - t0)
         parts["graph"].append(t2 - t1)
@@ -479,11 +482,11 @@ def measure_backend(engine, args, impute_set, acq_set, big_set, log) -> dict[str
     nf_parts = {"prepare": [], "graph": [], "finish": []}
     for i in range(min(nf_reps, 30)):
         t0 = time.perf_counter()
-        p = engine.prepare_next_features(acq_set[i % len(acq_set)], samples=SAMPLES, seed=i)
+        p = NextFeaturesQuery(acq_set[i % len(acq_set)], samples=SAMPLES, seed=i).prepare(engine)
         t1 = time.perf_counter()
         o = engine.backend.run(p.feeds)
         t2 = time.perf_counter()
-        p.finish(o)
+        p.finish(engine.graph.named(o))
         t3 = time.perf_counter()
         nf_parts["prepare"].append(t1 - t0)
         nf_parts["graph"].append(t2 - t1)
@@ -495,7 +498,7 @@ def measure_backend(engine, args, impute_set, acq_set, big_set, log) -> dict[str
     by_chunk = {}
     for chunk in args.chunks:
         feeds = [
-            engine.prepare_impute(big_set[s : s + chunk], samples=SAMPLES, seed=s).feeds
+            ImputeQuery(big_set[s : s + chunk], samples=SAMPLES, seed=s).prepare(engine).feeds
             for s in range(0, len(big_set), chunk)
         ]
         engine.backend.run(feeds[0])  # warm-up at this shape
@@ -543,8 +546,9 @@ def train_artifact(df, schema, steps: int, seed: int, out: Path, quick: bool, lo
     fitted = fit(df, schema, "hhvaem", steps, seed, config=config, compile=False)
     t1 = time.perf_counter()
     manifest = write_artifact(out, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(df))
-    log(f"trained {steps} steps in {t1 - t0:.1f} s, exported in {manifest['onnx']['export_seconds']:.1f} s")
-    return {"train_seconds": t1 - t0, "export_seconds": manifest["onnx"]["export_seconds"], "steps": steps}
+    export_seconds = manifest["graphs"]["sampler"]["export_seconds"]
+    log(f"trained {steps} steps in {t1 - t0:.1f} s, exported in {export_seconds:.1f} s")
+    return {"train_seconds": t1 - t0, "export_seconds": export_seconds, "steps": steps}
 
 
 # ---- report -------------------------------------------------------------------------------------------
@@ -782,8 +786,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from hhvaem.app.engine.engine import Engine
-    from hhvaem.model.io.artifact import PREDICTIVE_GRAPH
+    from hhvaem.app.engine import Engine, ImputeQuery
     from hhvaem.training.artifact import load_model
     from hhvaem.training.tabular import load_dataset
 
@@ -832,7 +835,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "leapfrog_steps": manifest["sampler"]["leapfrog_steps"],
             "n_features": len(features),
             "n_targets": len(targets),
-            "graph_bytes": (artifact / PREDICTIVE_GRAPH).stat().st_size,
+            "graph_bytes": (artifact / "sampler.onnx").stat().st_size,
         }
         observed = max(1, min(3, len(features) - 1))
         res["settings"] = {
@@ -862,9 +865,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             engine = Engine(artifact, backend=name, device="cpu", threads=args.threads)
             res["backends"][name] = measure_backend(engine, args, impute_set, acq_set, big_set, log)
             if name == "onnx" and args.profile:
-                feeds = engine.prepare_impute([impute_set[0]], samples=SAMPLES, seed=0).feeds
+                feeds = ImputeQuery([impute_set[0]], samples=SAMPLES, seed=0).prepare(engine).feeds
                 res["ort_profile_single_row"] = ort_profile(
-                    artifact / PREDICTIVE_GRAPH, feeds, args.threads, 5 if args.quick else 30, tmp
+                    artifact / engine.graph.file, feeds, args.threads, 5 if args.quick else 30, tmp
                 )
             del engine
         log(f"matmul rates: load {load()}")

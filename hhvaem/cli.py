@@ -148,8 +148,8 @@ def export(
         from hhvaem.training.artifact import export_artifact
 
         manifest = export_artifact(model_dir)
-    g = manifest["onnx"]
-    typer.echo(f"wrote {model_dir / g['file']} (opset {g['opset']}, exported in {g['export_seconds']} s)")
+    for g in manifest["graphs"].values():
+        typer.echo(f"wrote {model_dir / g['file']} (opset {g['opset']}, exported in {g['export_seconds']} s)")
 
 
 @app.command()

@@ -8,6 +8,7 @@ that one state dict holds everything training tuned.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -15,11 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from hhvaem.model.dependency import DependencyVAE, Observed
-from hhvaem.model.hmc import HMCInfo, HMCState, hmc_chain, hmc_step, init_state
+from hhvaem.model.hmc import ChainInfo, HMCInfo, HMCState, StepNoise, Transition, hmc_step
 from hhvaem.model.likelihoods import Gaussian
 from hhvaem.model.marginal import MarginalVAEs
+from hhvaem.model.posterior import PosteriorNoise, encoder_draw, importance_log_weights, sample_posterior
 from hhvaem.model.schema import Schema
 from hhvaem.model.sksd import sksd
+
+log = logging.getLogger(__name__)
 
 VARIANTS = {
     # name: (hierarchical, hmc, importance samples)
@@ -42,7 +46,7 @@ class ModelConfig:
     # Initial step sizes, uniform per step and dimension. The paper's [0.02, 0.05] is for an identity
     # mass on eps; with the encoder mass (steps relative to sigma_q) the same moves are ~5x larger.
     step_size_range: tuple[float, float] = (0.1, 0.25)
-    importance_samples: int = 0
+    importance_samples: int | None = None  # None: the variant's (VARIANTS)
     sksd_chains: int = 30
     # "encoder": diagonal mass matrix M = 1 / sigma_q^2 per row, so step sizes are relative to the
     # encoder's posterior scale (robust when the posterior is much narrower than the prior);
@@ -56,6 +60,8 @@ class ModelConfig:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r} (expected one of {', '.join(VARIANTS)})")
         self.latent_dims = tuple(int(d) for d in self.latent_dims)
+        if self.importance_samples is None:
+            self.importance_samples = VARIANTS[self.variant][2]
         if not VARIANTS[self.variant][0]:
             self.latent_dims = self.latent_dims[:1]  # one latent layer for the non-hierarchical variants
         self.step_size_range = tuple(float(s) for s in self.step_size_range)
@@ -67,16 +73,10 @@ class ModelConfig:
     @classmethod
     def for_table(cls, variant: str, n_features: int, n_rows: int) -> ModelConfig:
         """Paper defaults, scaled with the table: [10, 5] latents ([4, 2] below 10 features), T=10 (5 small)."""
-        hier, _, iw = VARIANTS.get(variant, (True, True, 0))
         small = n_features < 10
-        dims = (4, 2) if small else (10, 5)
         hidden = 64 if n_rows * n_features < 200_000 else 128
         return cls(
-            variant=variant,
-            latent_dims=dims if hier else dims[:1],
-            hidden=hidden,
-            hmc_steps=5 if small else 10,
-            importance_samples=iw,
+            variant=variant, latent_dims=(4, 2) if small else (10, 5), hidden=hidden, hmc_steps=5 if small else 10
         )
 
     def to_dict(self) -> dict:
@@ -84,19 +84,6 @@ class ModelConfig:
         d["latent_dims"] = list(self.latent_dims)
         d["step_size_range"] = list(self.step_size_range)
         return d
-
-
-@contextmanager
-def _frozen(params: list[nn.Parameter]):
-    """Temporarily exclude parameters from autograd (they still take part in the computation)."""
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
 
 
 class HHVAEM(nn.Module):
@@ -155,90 +142,50 @@ class HHVAEM(nn.Module):
     def compile_sampler(self, enabled: bool = True) -> None:
         """torch.compile one HMC transition (L leapfrog steps + accept/reject) for training speed.
 
-        The compiled function takes tensors only (state, noise, observations), so it is traced
-        once per input shape; it fuses the ~600 small ops of a transition.
+        The compiled function takes tensors and named tuples of tensors only (state, step size, noise,
+        inverse mass, observations), so it is traced once per input shape; it fuses the ~600 small ops of a
+        transition. Where compilation fails (no compiler, an unsupported op) the transition runs eagerly,
+        with the same results.
         """
-        import torch._dynamo
-
-        # Fall back to eager execution (same results) where compilation is unavailable.
-        torch._dynamo.config.suppress_errors = True
         self._compiled_transition = torch.compile(self._transition, dynamic=False) if enabled else None
 
-    def _transition(self, position, logp, grad, step_size, noise, log_u, inv_mass, z, m, y, my):
-        obs = Observed(z, m, y, my)
+    def _transition(
+        self, state: HMCState, step_size: Tensor, noise: StepNoise, inv_mass: Tensor, obs: Observed
+    ) -> tuple[HMCState, HMCInfo]:
         return hmc_step(
-            HMCState(position, logp, grad),
+            state,
             lambda e: self.dependency.log_joint_and_grad(e, obs),
             step_size,
             self.config.leapfrog_steps,
             noise,
-            log_u,
             inv_mass,
         )
 
-    def transition_for(self, obs: Observed):
-        """The HMC transition bound to observations broadcast against eps [..., C, E] (compiled if set up)."""
+    def transition_for(self, obs: Observed) -> Transition | None:
+        """The compiled HMC transition bound to observations broadcast against eps [..., C, E] (None: eager)."""
         fn = getattr(self, "_compiled_transition", None)
         if fn is None:
             return None
-        return lambda state, step, noise, log_u, inv_mass: fn(*state, step, noise, log_u, inv_mass, *obs)
+
+        def transition(state: HMCState, step_size: Tensor, noise: StepNoise, inv_mass: Tensor):
+            # Scoped, not global: a compilation failure falls back to eager execution for this call only.
+            with torch._dynamo.config.patch(suppress_errors=True):
+                return fn(state, step_size, noise, inv_mass, obs)
+
+        return transition
 
     def log_joint_and_grad(self, obs: Observed):
         return lambda eps: self.dependency.log_joint_and_grad(eps, obs)
 
     # ---- posterior over eps ---------------------------------------------------------------
-    def initial_samples(
-        self, obs: Observed, n: int, generator: torch.Generator | None = None, inflate: bool = True
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """n draws per row from the encoder (inflated by s for HMC): eps [B, n, E], its mean and scale."""
-        mu, sigma = self.dependency.encode(obs)
-        scale = sigma * self.inflation if inflate and self.config.uses_hmc else sigma
-        noise = torch.randn((*mu.shape[:-1], n, mu.shape[-1]), generator=generator, dtype=mu.dtype, device=mu.device)
-        return mu.unsqueeze(-2) + scale.unsqueeze(-2) * noise, mu, sigma
-
-    def inverse_mass(self, sigma: Tensor) -> Tensor:
-        """Diagonal inverse mass [B, 1, E] from the encoder scale sigma [B, E] (see ModelConfig.mass)."""
-        if self.config.mass == "encoder":
-            return (sigma.detach() ** 2).unsqueeze(-2)
-        return torch.ones_like(sigma).unsqueeze(-2)
-
-    def run_hmc(
-        self,
-        eps0: Tensor,
-        obs: Observed,
-        sigma: Tensor,
-        generator: torch.Generator | None = None,
-        step_sizes: Tensor | None = None,
-    ):
-        obs_c = obs.unsqueeze(-2)
-        target = self.log_joint_and_grad(obs_c)
-        state = init_state(eps0, target)
-        return hmc_chain(
-            state,
-            target,
-            self.step_sizes if step_sizes is None else step_sizes,
-            self.config.leapfrog_steps,
-            self.inverse_mass(sigma),
-            generator=generator,
-            transition=self.transition_for(obs_c),
-        )
-
     @torch.no_grad()
     def posterior(
         self, obs: Observed, n_samples: int, generator: torch.Generator | None = None, use_sampler: bool = True
-    ) -> tuple[Tensor, HMCInfo | None]:
-        """Samples eps [B, n, E] from the variant's approximate posterior (`use_sampler=False`: the encoder's)."""
-        if self.config.uses_hmc and use_sampler:
-            eps0, _, sigma = self.initial_samples(obs, n_samples, generator)
-            state, info = self.run_hmc(eps0, obs, sigma, generator)
-            return state.position, info
-        if self.config.importance_samples and use_sampler:
-            eps, mu, sigma = self.initial_samples(obs, n_samples, generator, inflate=False)
-            log_w = self._log_weights(eps, mu, sigma, obs)
-            idx = torch.multinomial(torch.softmax(log_w, -1), n_samples, replacement=True, generator=generator)
-            return eps.gather(-2, idx.unsqueeze(-1).expand_as(eps)), None
-        eps, _, _ = self.initial_samples(obs, n_samples, generator, inflate=False)
-        return eps, None
+    ) -> tuple[Tensor, ChainInfo | None]:
+        """eps [B, n, E] from the variant's approximate posterior (`use_sampler=False`: the encoder's), fresh noise."""
+        noise = PosteriorNoise.draw(self, obs.z.shape[0], n_samples, generator, like=obs.z)
+        post = sample_posterior(self, obs, noise, use_sampler=use_sampler)
+        return post.eps, post.info
 
     @torch.no_grad()
     def held_out_log_lik(
@@ -275,24 +222,23 @@ class HHVAEM(nn.Module):
         finally:
             self._compiled_transition = compiled
 
-    def _log_weights(self, eps: Tensor, mu: Tensor, sigma: Tensor, obs: Observed) -> Tensor:
-        log_lik = self.dependency.forward_pass(eps, obs.unsqueeze(-2)).log_lik
-        log_q = Gaussian(mu.unsqueeze(-2), sigma.unsqueeze(-2)).log_prob(eps).sum(-1)
-        return log_lik + self.dependency.log_prior(eps) - log_q
-
     # ---- losses ----------------------------------------------------------------------------
     def elbo(self, obs: Observed, generator: torch.Generator | None = None) -> Tensor:
         """Per-row ELBO (or the importance-weighted bound for MIWAEM), analytic KL for the Gaussian case."""
         k = max(self.config.importance_samples, 1)
-        eps, mu, sigma = self.initial_samples(obs, k, generator, inflate=False)
+        mu, sigma = self.dependency.encode(obs)
+        noise = torch.randn((*mu.shape[:-1], k, mu.shape[-1]), generator=generator, dtype=mu.dtype, device=mu.device)
+        eps = encoder_draw(mu, sigma, noise)
         if self.config.importance_samples:
-            log_w = self._log_weights(eps, mu, sigma, obs)
+            log_w = importance_log_weights(self, eps, mu, sigma, obs)
             return torch.logsumexp(log_w, -1) - torch.log(torch.tensor(float(k)))
         log_lik = self.dependency.forward_pass(eps, obs.unsqueeze(-2)).log_lik.squeeze(-1)
         kl = (0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)).sum(-1)
         return log_lik - kl
 
-    def hmc_objective(self, obs: Observed, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, HMCInfo]:
+    def hmc_objective(
+        self, obs: Observed, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, ChainInfo]:
         """The stage-3 objectives per row, from one chain started at the (inflated) encoder.
 
         Returns (sampler objective, model objective, info). The sampler objective is
@@ -302,23 +248,17 @@ class HHVAEM(nn.Module):
         derivative instead rewards sharpening the density wherever the sampler lands,
         which collapsed imputations in our runs.
         """
-        with torch.no_grad():
-            eps0, _, sigma = self.initial_samples(obs, 1, generator)
-        with _frozen(self.generative_parameters()):
-            state, info = self.run_hmc(eps0, obs, sigma, generator)
-        eps_t = state.position.detach()
+        noise = PosteriorNoise.draw(self, obs.z.shape[0], 1, generator, like=obs.z)
+        post = sample_posterior(self, obs, noise, learn="steps")
+        eps_t = post.eps.detach()
         model_logp = self.dependency.forward_pass(eps_t, obs.unsqueeze(-2)).log_lik + self.dependency.log_prior(eps_t)
-        return state.logp.squeeze(-1), model_logp.squeeze(-1), info
+        return post.state.logp.squeeze(-1), model_logp.squeeze(-1), post.info
 
     def sksd_objective(self, obs: Observed, generator: torch.Generator | None = None) -> Tensor:
         """SKSD between the sampler's output and the posterior, per row; differentiable in the inflation."""
-        mu, sigma = (t.detach() for t in self.dependency.encode(obs))
-        c = self.config.sksd_chains
-        noise = torch.randn((*mu.shape[:-1], c, mu.shape[-1]), generator=generator, dtype=mu.dtype)
-        eps0 = mu.unsqueeze(-2) + (sigma * self.inflation).unsqueeze(-2) * noise
-        with _frozen(self.generative_parameters()):
-            state, _ = self.run_hmc(eps0, obs, sigma, generator, step_sizes=self.step_sizes.detach())
-        return sksd(state.position, state.grad)
+        noise = PosteriorNoise.draw(self, obs.z.shape[0], self.config.sksd_chains, generator, like=obs.z)
+        post = sample_posterior(self, obs, noise, learn="inflation")
+        return sksd(post.state.position, post.state.grad)
 
     # ---- predictive distributions given eps -------------------------------------------------
     def feature_params(self, eps: Tensor, generator: torch.Generator | None = None) -> Tensor:

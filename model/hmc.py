@@ -1,14 +1,14 @@
 """Hamiltonian Monte Carlo, batched over any leading axes (rows, chains).
 
-Style after BlackJAX: the state carries position, log density and its gradient so
-nothing is recomputed; the integrator, the proposal and the accept/reject step are
-small pure functions; diagnostics come back in an info tuple. Every random input
-(momenta, uniforms) can be passed in, which keeps the sampler a deterministic
+Style after BlackJAX: the state carries position, log density and its gradient so nothing is
+recomputed; the integrator, the proposal and the accept/reject step are small pure functions;
+every transition returns `(state, info)`. All randomness comes in as a named noise bundle
+(`ChainNoise`: momenta and log-uniforms for every step), which keeps the sampler a deterministic
 function of its inputs (needed for export and for parity tests).
 
-The target is any `logp_and_grad(position) -> (logp [...], grad [..., E])`.
-Step sizes have shape [E] (one per dimension) for one HMC step, and [T, E] for a
-T-step chain (learned per step and per dimension, as in the paper).
+The target is any `logp_and_grad(position) -> (logp [...], grad [..., E])`. Step sizes have shape
+[E] (one per dimension) for one transition, and [T, E] for a T-step chain (learned per step and
+per dimension, as in the paper).
 """
 
 from __future__ import annotations
@@ -32,10 +32,49 @@ class HMCState(NamedTuple):
 
 
 class HMCInfo(NamedTuple):
-    acceptance_rate: Tensor  # [...] mean over the T steps of the Metropolis acceptance probability
+    """What one transition did, per chain."""
+
+    acceptance_prob: Tensor  # [...] Metropolis acceptance probability of the proposal
+    accepted: Tensor  # [...] bool
+    divergent: Tensor  # [...] bool: energy error above DIVERGENCE_THRESHOLD
+    energy_error: Tensor  # [...] energy change of the proposal
+
+
+class ChainInfo(NamedTuple):
+    """A T-step chain's diagnostics, per chain."""
+
+    acceptance_rate: Tensor  # [...] mean acceptance probability over the T transitions
     accepted: Tensor  # [...] number of accepted proposals
     divergences: Tensor  # [...] number of divergent proposals
     energy_error: Tensor  # [...] energy change of the last proposal
+
+
+class StepNoise(NamedTuple):
+    """The random input of one transition: standard-normal momentum noise and log U(0, 1)."""
+
+    momentum: Tensor  # [..., E]
+    log_u: Tensor  # [...]
+
+
+class ChainNoise(NamedTuple):
+    """The random input of a T-step chain: one StepNoise per step, stacked on a leading axis."""
+
+    momentum: Tensor  # [T, ..., E]
+    log_u: Tensor  # [T, ...]
+
+    def step(self, t: int) -> StepNoise:
+        return StepNoise(self.momentum[t], self.log_u[t])
+
+    @classmethod
+    def draw(cls, steps: int, position: Tensor, generator: torch.Generator | None = None) -> ChainNoise:
+        """Fresh noise for `steps` transitions of chains shaped like `position` [..., E]."""
+        kw = {"generator": generator, "dtype": position.dtype, "device": position.device}
+        momentum = torch.randn((steps, *position.shape), **kw)
+        return cls(momentum, torch.log(torch.rand((steps, *position.shape[:-1]), **kw)))
+
+
+# (state, step size [E], noise, inverse mass) -> (state, info): one transition, the unit `torch.compile` fuses.
+Transition = Callable[[HMCState, Tensor, StepNoise, Tensor], tuple[HMCState, HMCInfo]]
 
 
 def init_state(position: Tensor, logp_and_grad: LogDensityAndGrad) -> HMCState:
@@ -65,18 +104,12 @@ def leapfrog(
     return HMCState(position, logp, grad), p
 
 
-def metropolis(
-    current: HMCState, proposal: HMCState, energy_change: Tensor, log_uniform: Tensor
-) -> tuple[HMCState, Tensor, Tensor, Tensor]:
-    """Accept/reject by masks. Returns (state, acceptance probability, accepted, divergent).
-
-    Non-finite proposals are rejected; `torch.where` keeps gradients of the chosen branch.
-    """
+def metropolis(current: HMCState, proposal: HMCState, energy_change: Tensor, log_u: Tensor) -> tuple[HMCState, HMCInfo]:
+    """Accept/reject by masks. Non-finite proposals are rejected; `torch.where` keeps gradients of the chosen branch."""
     finite = torch.isfinite(energy_change) & torch.isfinite(proposal.position).all(-1)
     energy_change = energy_change.masked_fill(~finite, float("inf"))
     accept_prob = torch.exp(torch.clamp(-energy_change, max=0.0))
-    accepted = log_uniform < -energy_change
-    divergent = energy_change > DIVERGENCE_THRESHOLD
+    accepted = log_u < -energy_change
     keep = accepted.unsqueeze(-1)
     safe_pos = torch.where(finite.unsqueeze(-1), proposal.position, current.position)
     safe_grad = torch.where(finite.unsqueeze(-1), proposal.grad, current.grad)
@@ -86,7 +119,7 @@ def metropolis(
         torch.where(accepted, safe_logp, current.logp),
         torch.where(keep, safe_grad, current.grad),
     )
-    return state, accept_prob, accepted, divergent
+    return state, HMCInfo(accept_prob, accepted, energy_change > DIVERGENCE_THRESHOLD, energy_change)
 
 
 def hmc_step(
@@ -94,18 +127,16 @@ def hmc_step(
     logp_and_grad: LogDensityAndGrad,
     step_size: Tensor,
     n_leapfrog: int,
-    momentum_noise: Tensor,
-    log_uniform: Tensor,
+    noise: StepNoise,
     inv_mass: Tensor,
-) -> tuple[HMCState, Tensor, Tensor, Tensor, Tensor]:
-    """One HMC transition given standard-normal noise for the momentum and log U(0,1)."""
-    momentum = momentum_noise / torch.sqrt(inv_mass)
+) -> tuple[HMCState, HMCInfo]:
+    """One HMC transition: momentum from the noise, `n_leapfrog` leapfrog steps, Metropolis."""
+    momentum = noise.momentum / torch.sqrt(inv_mass)
     proposal, p_end = leapfrog(state, momentum, step_size, n_leapfrog, inv_mass, logp_and_grad)
     energy_change = (-proposal.logp + kinetic_energy(p_end, inv_mass)) - (
         -state.logp + kinetic_energy(momentum, inv_mass)
     )
-    new_state, prob, accepted, divergent = metropolis(state, proposal, energy_change, log_uniform)
-    return new_state, prob, accepted, divergent, energy_change
+    return metropolis(state, proposal, energy_change, noise.log_u)
 
 
 def hmc_chain(
@@ -114,43 +145,33 @@ def hmc_chain(
     step_sizes: Tensor,
     n_leapfrog: int,
     inv_mass: Tensor | None = None,
-    momentum_noise: Tensor | None = None,
-    log_uniforms: Tensor | None = None,
+    noise: ChainNoise | None = None,
     generator: torch.Generator | None = None,
-    transition: Callable | None = None,
-) -> tuple[HMCState, HMCInfo]:
-    """T = len(step_sizes) HMC transitions. Noise shapes: [T, ..., E] and [T, ...].
+    transition: Transition | None = None,
+) -> tuple[HMCState, ChainInfo]:
+    """T = len(step_sizes) transitions; `noise` (drawn from `generator` when absent) shaped [T, ..., E] / [T, ...].
 
-    `transition(state, step_size, momentum_noise, log_uniform, inv_mass)` replaces
-    `hmc_step` bound to `logp_and_grad` when given (e.g. a compiled version of it).
+    `transition` replaces `hmc_step` bound to `logp_and_grad` when given (e.g. a compiled version of it).
     """
     n_steps, dim = step_sizes.shape
-    batch = state.logp.shape
     if inv_mass is None:
         inv_mass = torch.ones(dim, dtype=state.position.dtype, device=state.position.device)
-    if momentum_noise is None:
-        momentum_noise = torch.randn(
-            (n_steps, *state.position.shape),
-            generator=generator,
-            dtype=state.position.dtype,
-            device=state.position.device,
-        )
-    if log_uniforms is None:
-        u = torch.rand((n_steps, *batch), generator=generator, dtype=state.position.dtype, device=state.position.device)
-        log_uniforms = torch.log(u)
+    if noise is None:
+        noise = ChainNoise.draw(n_steps, state.position, generator)
+    if transition is None:
+
+        def transition(state, step_size, step_noise, inv_mass):
+            return hmc_step(state, logp_and_grad, step_size, n_leapfrog, step_noise, inv_mass)
+
     # *_like keeps the batch shape symbolic when the sampler is traced for export.
     prob_sum = torch.zeros_like(state.logp)
     n_acc = torch.zeros_like(state.logp, dtype=torch.long)
     n_div = torch.zeros_like(n_acc)
     energy = torch.zeros_like(prob_sum)
-    if transition is None:
-
-        def transition(state, step_size, noise, log_u, inv_mass):
-            return hmc_step(state, logp_and_grad, step_size, n_leapfrog, noise, log_u, inv_mass)
-
     for t in range(n_steps):
-        state, prob, acc, div, energy = transition(state, step_sizes[t], momentum_noise[t], log_uniforms[t], inv_mass)
-        prob_sum = prob_sum + prob.detach()
-        n_acc = n_acc + acc.long()
-        n_div = n_div + div.long()
-    return state, HMCInfo(prob_sum / max(n_steps, 1), n_acc, n_div, energy.detach())
+        state, info = transition(state, step_sizes[t], noise.step(t), inv_mass)
+        prob_sum = prob_sum + info.acceptance_prob.detach()
+        n_acc = n_acc + info.accepted.long()
+        n_div = n_div + info.divergent.long()
+        energy = info.energy_error
+    return state, ChainInfo(prob_sum / max(n_steps, 1), n_acc, n_div, energy.detach())

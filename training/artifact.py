@@ -22,15 +22,7 @@ import torch
 
 from hhvaem.model.export import export_predictive
 from hhvaem.model.hhvaem import HHVAEM
-from hhvaem.model.io.artifact import (
-    CHECKPOINT,
-    FORMAT_VERSION,
-    MANIFEST,
-    PREDICTIVE_GRAPH,
-    ArtifactError,
-    read_manifest,
-    sha256_file,
-)
+from hhvaem.model.io.artifact import CHECKPOINT, FORMAT_VERSION, MANIFEST, ArtifactError, read_manifest, sha256_file
 from hhvaem.model.preprocessing import Preprocessor
 from hhvaem.model.schema import Schema
 
@@ -43,6 +35,20 @@ def data_fingerprint(df: pd.DataFrame) -> dict[str, Any]:
     h.update(json.dumps(list(map(str, df.columns))).encode())
     h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return {"sha256": h.hexdigest(), "rows": int(len(df)), "columns": int(df.shape[1])}
+
+
+# The architecture section: the networks' shape. The sampler's settings live in the sampler section only.
+ARCHITECTURE_KEYS = ("variant", "latent_dims", "hidden", "marginal_hidden")
+SAMPLER_FILE = "sampler.onnx"
+
+
+def architecture_manifest(model: HHVAEM) -> dict[str, Any]:
+    return {
+        **{k: v for k, v in model.config.to_dict().items() if k in ARCHITECTURE_KEYS},
+        "n_features": len(model.schema.features),
+        "n_targets": len(model.schema.targets),
+        "latent_size": model.latent_size,
+    }
 
 
 def sampler_manifest(model: HHVAEM) -> dict[str, Any]:
@@ -81,12 +87,7 @@ def write_artifact(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "schema": model.schema.to_dict(),
         "preprocessing": preprocessor.to_dict(),
-        "architecture": {
-            **model.config.to_dict(),
-            "n_features": len(model.schema.features),
-            "n_targets": len(model.schema.targets),
-            "latent_size": model.latent_size,
-        },
+        "architecture": architecture_manifest(model),
         "sampler": sampler_manifest(model),
         "training": history,
         "metrics": metrics or {},
@@ -107,9 +108,9 @@ def write_artifact(
 def _add_predictive_graph(out: Path, model: HHVAEM, manifest: dict[str, Any]) -> None:
     import onnx
 
-    graph = export_predictive(model, out / PREDICTIVE_GRAPH)
-    manifest["onnx"] = {"file": PREDICTIVE_GRAPH, **graph}
-    manifest["files"][PREDICTIVE_GRAPH] = sha256_file(out / PREDICTIVE_GRAPH)
+    entry = export_predictive(model, out / SAMPLER_FILE)
+    manifest["graphs"] = {"sampler": entry}
+    manifest["files"][SAMPLER_FILE] = sha256_file(out / SAMPLER_FILE)
     manifest["versions"]["onnx"] = onnx.__version__
 
 
@@ -131,6 +132,9 @@ def export_artifact(path: str | Path) -> dict[str, Any]:
     model, _ = _model_from_checkpoint(d, manifest)
     manifest["format_version"] = FORMAT_VERSION
     manifest["files"] = {CHECKPOINT: digest}
+    manifest.pop("onnx", None)  # format 2's graph entry
+    manifest["architecture"] = architecture_manifest(model)
+    manifest["sampler"] = sampler_manifest(model)
     _add_predictive_graph(d, model, manifest)
     mf.write_text(json.dumps(manifest, indent=2, default=float))
     return manifest

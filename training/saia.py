@@ -20,20 +20,15 @@ and at step D in particular, where all methods agree exactly).
   encoder q(eps | .) of the same artifact:
       R(i) = E_{x_i, y ~ p(x_i, y | x_O)} [ KL(q(eps | x_O, x_i) || q(eps | x_O))
                                           - KL(q(eps | x_O, x_i, y) || q(eps | x_O, y)) ].
-  The joint draws (x_i, y) come from the engine's per-sample predictives (one posterior sample
-  k, then x_i ~ p_k(x_i) and y ~ q_k(y), conditionally independent given k): ``kl_draws``
-  (M) of the K samples, without replacement, shared by all candidates. We implement the full,
-  target-conditioned reward because the protocol acquires for the *target*: the first term
-  alone measures what x_i says about the whole latent (all features), and for exact posteriors
-  the difference of the two terms is I(x_i; y | x_O), the quantity the other two estimators
-  target. ``kl-latent`` (the first term only, EDDI without a target) is available too.
+  The joint draws (x_i, y) come from the engine's per-sample predictives on the joint the model implies:
+  one posterior sample k, x_i ~ p_k(x_i), and y from the target's component had x_i been observed at the
+  value sample k drew for it (the graph's ``target_given``). ``kl_draws`` (M) of the K samples, without
+  replacement, shared by all candidates. We implement the full, target-conditioned reward because the
+  protocol acquires for the *target*: the first term alone measures what x_i says about the whole latent
+  (all features), and for exact posteriors the difference of the two terms is I(x_i; y | x_O), the quantity
+  the other two estimators target. ``kl-latent`` (the first term only, EDDI without a target) is available too.
 * ``histogram``: the paper's estimator, ``Engine.next_features(method="histogram")``.
 * ``mixture``: ours, ``Engine.next_features(method="mixture")``.
-* ``mixture-xy`` (a prototype, not served): the same mixture estimator on a joint in which the target's
-  component reads the candidate's sampled code, as the model's predictor reads an observed feature
-  (:func:`direct_target_params`). The served estimators take x_i and y as independent given eps; SAIA
-  showed that this misses features whose effect on y runs through the predictor's direct input (docs/saia.md).
-  The ``kl`` reward's joint draws have the same blind spot.
 """
 
 from __future__ import annotations
@@ -52,7 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hhvaem.app.engine.engine import Engine, Prepared
+from hhvaem.app.engine import Engine, NextFeaturesQuery, PredictQuery, Prepared
 from hhvaem.app.engine.summaries import ColumnPredictive, category_probabilities, moments
 from hhvaem.model.hhvaem import HHVAEM
 from hhvaem.model.preprocessing import is_missing
@@ -63,7 +58,7 @@ from hhvaem.training.fit import fit
 from hhvaem.training.tabular import table_columns
 from hhvaem.training.trainer import Progress, StageSteps
 
-METHODS = ("random", "kl", "kl-latent", "histogram", "mixture", "mixture-xy")
+METHODS = ("random", "kl", "kl-latent", "histogram", "mixture")
 DEFAULT_METHODS = ("random", "kl", "histogram", "mixture")
 ENGINE_METHODS = ("histogram", "mixture")
 
@@ -128,7 +123,7 @@ def kl_rewards(
     x: np.ndarray,
     mask: np.ndarray,
     features: np.ndarray,
-    target: np.ndarray,
+    given: np.ndarray,
     candidates: Sequence[int],
     target_index: int,
     rng: np.random.Generator,
@@ -137,8 +132,9 @@ def kl_rewards(
 ) -> np.ndarray:
     """EDDI's reward per candidate feature for one row (see the module docstring).
 
-    x, mask [D]: the row on the normalised scale (as the engine encodes it); features [K, D, W] and
-    target [K, P, W]: the engine's natural parameters per posterior sample. Returns [len(candidates)].
+    x, mask [D]: the row on the normalised scale (as the engine encodes it); features [K, D, W] and given
+    [K, D, P, W]: the engine's natural parameters per posterior sample (`features`, `target_given`).
+    Returns [len(candidates)].
     """
     schema = model.schema
     d, p, k = len(schema.features), len(schema.targets), features.shape[0]
@@ -149,92 +145,35 @@ def kl_rewards(
     xs = np.stack([component_draws(schema.features[i], features[:, i], picks, rng) for i in candidates])  # [C, M]
     base_x = torch.as_tensor(x, dtype=torch.float32)
     base_m = torch.as_tensor(mask, dtype=torch.float32)
-    # Rows: [q(eps | x_O)] + C*M x [q(eps | x_O, x_i)] (+ M x [q(eps | x_O, y)] + C*M x [q(eps | x_O, x_i, y)]).
     cand_x = base_x.repeat(c, draws, 1)  # [C, M, D]
     cand_m = base_m.repeat(c, draws, 1)
     idx = torch.as_tensor(list(candidates))
     cand_x[torch.arange(c), :, idx] = torch.as_tensor(xs, dtype=torch.float32)
     cand_m[torch.arange(c), :, idx] = 1.0
-    xx = torch.cat([base_x[None], cand_x.reshape(-1, d)])
-    mm = torch.cat([base_m[None], cand_m.reshape(-1, d)])
-    yy = torch.zeros(len(xx), p)
-    my = torch.zeros(len(xx), p)
+    n = c * draws
+    # Rows: [q(eps | x_O)] + C*M x [q(eps | x_O, x_i)] (+ C*M x [q(eps | x_O, y)] + C*M x [q(eps | x_O, x_i, y)]).
+    xx = [base_x[None], cand_x.reshape(n, d)]
+    mm = [base_m[None], cand_m.reshape(n, d)]
+    yy = torch.zeros(1 + n, p)
+    my = torch.zeros(1 + n, p)
     if with_target:
         tcol = schema.targets[target_index]
-        ys = torch.as_tensor(component_draws(tcol, target[:, target_index], picks, rng), dtype=torch.float32)
-        xx = torch.cat([xx, base_x.repeat(draws, 1), cand_x.reshape(-1, d)])
-        mm = torch.cat([mm, base_m.repeat(draws, 1), cand_m.reshape(-1, d)])
-        y_t = torch.zeros(draws * (c + 1), p)
-        y_t[:, target_index] = ys.repeat(c + 1)  # draw j's y sits with the baseline j and with x_ij of every i
-        m_t = torch.zeros(draws * (c + 1), p)
+        ys = np.stack([component_draws(tcol, given[:, i, target_index], picks, rng) for i in candidates])  # [C, M]
+        xx += [base_x.repeat(n, 1), cand_x.reshape(n, d)]
+        mm += [base_m.repeat(n, 1), cand_m.reshape(n, d)]
+        y_t = torch.zeros(2 * n, p)
+        y_t[:, target_index] = torch.as_tensor(ys, dtype=torch.float32).reshape(n).repeat(2)
+        m_t = torch.zeros(2 * n, p)
         m_t[:, target_index] = 1.0
         yy, my = torch.cat([yy, y_t]), torch.cat([my, m_t])
-    mu, sigma = model.dependency.encode(model.observed(xx, mm, yy, my))
+    mu, sigma = model.dependency.encode(model.observed(torch.cat(xx), torch.cat(mm), yy, my))
     mu, sigma = mu.double(), sigma.double()
-    n0 = 1 + c * draws
-    reward = gaussian_kl(mu[1:n0], sigma[1:n0], mu[:1], sigma[:1]).reshape(c, draws).mean(1)
+    reward = gaussian_kl(mu[1 : 1 + n], sigma[1 : 1 + n], mu[:1], sigma[:1]).reshape(c, draws).mean(1)
     if with_target:
-        mu_y, s_y = mu[n0 : n0 + draws], sigma[n0 : n0 + draws]  # q(eps | x_O, y_j)
-        mu_xy, s_xy = mu[n0 + draws :].reshape(c, draws, -1), sigma[n0 + draws :].reshape(c, draws, -1)
-        reward = reward - gaussian_kl(mu_xy, s_xy, mu_y[None], s_y[None]).mean(1)
+        mu_y, s_y = mu[1 + n : 1 + 2 * n], sigma[1 + n : 1 + 2 * n]  # q(eps | x_O, y_ij)
+        mu_xy, s_xy = mu[1 + 2 * n :], sigma[1 + 2 * n :]  # q(eps | x_O, x_ij, y_ij)
+        reward = reward - gaussian_kl(mu_xy, s_xy, mu_y, s_y).reshape(c, draws).mean(1)
     return reward.numpy()
-
-
-# ---------------------------------------------------------------------------------------------- mixture-xy (prototype)
-
-
-@torch.no_grad()
-def direct_target_params(model: HHVAEM, feeds: dict[str, np.ndarray], eps: np.ndarray, candidates: Sequence[int]):
-    """Target natural params [C, K, P, W] with candidate i's *sampled* code fed to the predictor (one row).
-
-    The served estimators pair p_k(x_i) with the target's q_k(y) of the same posterior sample, whose predictor
-    input holds the decoder's mean code in x_i's hole: they take x_i and y as independent given eps. The model's
-    predictor, however, reads an observed feature's code directly. Here component k pairs p(x_i | z_ik) with
-    p(y | eps_k, z_hat with z_ik in place i), where z_ik is the very code the graph decoded into p_k(x_i)
-    (recomputed from the same code noise), so y's component follows the sampled x_i as it would once observed.
-    """
-    dep = model.dependency
-    x, m = torch.as_tensor(feeds["x"][:1]), torch.as_tensor(feeds["mask"][:1])
-    y, my = torch.as_tensor(feeds["y"][:1]), torch.as_tensor(feeds["y_mask"][:1])
-    e = torch.as_tensor(eps[:1])  # [1, K, E]
-    obs = model.observed(x, m, y, my)
-    code = dep.code_params(e)  # [1, K, D, 2]
-    from hhvaem.model.likelihoods import Gaussian
-
-    g = Gaussian.from_raw(code)
-    z = g.loc + g.scale * torch.as_tensor(feeds["code_noise"][:1])  # [1, K, D]
-    c, k = len(candidates), e.shape[1]
-    zz = obs.z.unsqueeze(1).expand(1, k, -1).repeat(c, 1, 1)  # [C, K, D]
-    mm = obs.m.unsqueeze(1).expand(1, k, -1).repeat(c, 1, 1)
-    idx = torch.as_tensor(list(candidates))
-    zz[torch.arange(c), :, idx] = z[0, :, idx].T
-    mm[torch.arange(c), :, idx] = 1.0
-    yy, ym = obs.y.expand(c * k, -1).reshape(c, k, -1), obs.my.expand(c * k, -1).reshape(c, k, -1)
-    y_raw = dep.forward_pass(e.expand(c, k, -1), type(obs)(zz, mm, yy, ym)).y_raw
-    return dep.target_likelihood.natural(y_raw).numpy()
-
-
-def mixture_xy_gains(
-    model: HHVAEM,
-    feeds: dict[str, np.ndarray],
-    eps: np.ndarray,
-    features: np.ndarray,
-    candidates: Sequence[int],
-    target_index: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """I(x_i; y | x_O) by the mixture estimator on the joint of `direct_target_params` (one row)."""
-    from hhvaem.model.acquisition import mixture_information
-
-    schema = model.schema
-    tcol = schema.targets[target_index]
-    tgt = direct_target_params(model, feeds, eps, candidates)  # [C, K, P, W]
-    gains = []
-    for n, i in enumerate(candidates):
-        x_mix = ColumnPredictive(schema.features[i], features[None, :, i]).mixture(0)
-        y_mix = ColumnPredictive(tcol, tgt[n][None, :, target_index]).mixture(0)
-        gains.append(mixture_information(x_mix, y_mix, rng))
-    return np.array(gains)
 
 
 # ---------------------------------------------------------------------------------------------- one artifact
@@ -284,33 +223,20 @@ def choose_rows(n: int, max_rows: int | None, seed: int, split: int) -> np.ndarr
     return np.sort(np.random.default_rng([seed, split, 17]).choice(n, size=max_rows, replace=False))
 
 
-def saia_artifact(
-    artifact: str | Path,
-    test: pd.DataFrame,
-    target: str | None = None,
-    settings: SaiaSettings | None = None,
-    split: int = 0,
-    log: Log | None = None,
-) -> dict[str, Any]:
-    """Runs SAIA for every (complete) row of `test` with the model of `artifact`; returns curves and AUCs per method.
+@dataclass
+class _Table:
+    """The test rows SAIA runs on, in the user's units and (the target) on the normalised scale."""
 
-    `test` holds the rows in the user's units (feature and target columns). With `settings.max_rows` a seeded
-    subset of the complete rows is used.
-    """
-    settings = settings or SaiaSettings()
-    engine = Engine(artifact, backend="onnx", threads=settings.threads)
-    schema = engine.schema
-    tcol = schema.targets[0] if target is None else next((c for c in schema.targets if c.name == target), None)
-    if tcol is None:
-        raise ValueError(f"unknown target {target!r} (the model predicts {', '.join(c.name for c in schema.targets)})")
-    ti = [c.name for c in schema.targets].index(tcol.name)
-    need_torch = any(m not in ("random", *ENGINE_METHODS) for m in settings.methods)
-    model = load_model(artifact)[0] if need_torch else None
-    feats = schema.features
-    d = len(feats)
-    index = {c.name: j for j, c in enumerate(feats)}
+    chosen: np.ndarray  # positions in the test table
+    complete: int  # rows with every feature and the target present
+    values: list[list[Any]]  # [N][D] feature values
+    y_true: list[Any]  # [N] target values in user units
+    y_enc: np.ndarray  # [N] on the normalised scale
 
-    complete = complete_rows(test, schema, tcol.name)
+
+def _test_table(engine: Engine, test: pd.DataFrame, tcol: Column, settings: SaiaSettings, split: int) -> _Table:
+    feats = engine.schema.features
+    complete = complete_rows(test, engine.schema, tcol.name)
     chosen = complete[choose_rows(len(complete), settings.max_rows, settings.seed, split)]
     if len(chosen) == 0:
         raise ValueError("no test row has every feature and the target present")
@@ -319,7 +245,10 @@ def saia_artifact(
     values = [[_python_value(cols[c.name][r]) for c in feats] for r in range(n)]
     y_true = [_python_value(cols[tcol.name][r]) for r in range(n)]
     y_enc = np.array([engine.preprocessor.encode_value(tcol, v) for v in y_true])
+    return _Table(chosen, len(complete), values, y_true, y_enc)
 
+
+def _tracks(settings: SaiaSettings, n: int, d: int, split: int) -> list[_Track]:
     tracks: list[_Track] = []
     for m in settings.methods:
         if m == "random":
@@ -328,77 +257,70 @@ def saia_artifact(
                 tracks.append(_Track(m, np.stack([rng.permutation(d) for _ in range(n)]), n))
         else:
             tracks.append(_Track(m, None, n))
+    return tracks
 
-    t0 = time.perf_counter()
-    for step in range(d + 1):
-        requests: list[tuple[_Track, int, Prepared]] = []
-        for tr in tracks:
-            for r in range(n):
-                row = {feats[j].name: values[r][j] for j in tr.picks[r]}
-                seed = step_seed(settings.seed, split, int(chosen[r]), step)
-                if tr.method in ENGINE_METHODS and step < d:
-                    prep = engine.prepare_next_features(
-                        row, samples=settings.samples, seed=seed, target=tcol.name, method=tr.method, quantiles=()
-                    )
-                else:
-                    prep = engine.prepare_predict([row], samples=settings.samples, seed=seed, quantiles=())
-                requests.append((tr, r, _capture(prep)))
-        results = []
-        for i in range(0, len(requests), settings.batch_rows):
-            results += engine.run([p for _, _, p in requests[i : i + settings.batch_rows]])
-        for (tr, r, prep), (outputs, result) in zip(requests, results):
-            _, features, tgt, _ = outputs[:4]
-            pred = ColumnPredictive(tcol, tgt[:, :, ti])
-            if tcol.is_discrete:
-                tr.prediction[r].append(float(np.argmax(category_probabilities(pred)[0])))
-            else:
-                tr.prediction[r].append(float(moments(pred, engine.preprocessor)[0][0]))
-            tr.log_lik[r].append(float(pred.mixture(0).log_marginal(np.array([y_enc[r]]))[0]))
-            if step == d:
-                continue
-            if tr.method == "random":
-                tr.picks[r].append(int(tr.order[r, step]))
-            elif tr.method in ENGINE_METHODS:
-                ranking = result["ranking"]
-                tr.picks[r].append(index[ranking[0]["feature"]])
-                tr.top_gain[r].append(ranking[0]["gain"])
-                tr.ties[r].append(len(ranking) > 1 and ranking[1]["gain"] == ranking[0]["gain"])
-            else:
-                rng = np.random.default_rng([settings.seed, split, int(chosen[r]), step, 31])
-                cand = [j for j in range(d) if j not in tr.picks[r]]
-                if tr.method == "mixture-xy":
-                    scores = mixture_xy_gains(model, prep.feeds, outputs[0], features[0], cand, ti, rng)
-                else:
-                    scores = kl_rewards(
-                        model,
-                        prep.feeds["x"][0],
-                        prep.feeds["mask"][0],
-                        features[0],
-                        tgt[0],
-                        cand,
-                        ti,
-                        rng,
-                        settings.kl_draws,
-                        with_target=tr.method == "kl",
-                    )
-                # The engine's order: highest score first, ties broken by feature name.
-                best = min(range(len(cand)), key=lambda c: (-scores[c], feats[cand[c]].name))
-                tr.picks[r].append(cand[best])
-                tr.top_gain[r].append(float(scores[best]))
-                tr.ties[r].append(int(np.sum(scores == scores[best])) > 1)
-        if log:
-            log(f"split {split}: step {step}/{d} ({time.perf_counter() - t0:.0f} s)")
 
-    truth = np.array(y_enc if tcol.is_discrete else [float(v) for v in y_true])
-    out: dict[str, Any] = {
-        "split": split,
-        "rows": int(n),
-        "test_rows": int(len(test)),
-        "complete_rows": int(len(complete)),
-        "features": [c.name for c in feats],
-        "saia_seconds": time.perf_counter() - t0,
-        "methods": {},
-    }
+def _requests(engine: Engine, tracks, table: _Table, tcol: Column, settings: SaiaSettings, split: int, step: int):
+    """Every track's sampler request for this step: next-features for the engine's methods, else a prediction."""
+    feats, d = engine.schema.features, len(engine.schema.features)
+    requests: list[tuple[_Track, int, Prepared]] = []
+    for tr in tracks:
+        for r in range(len(table.chosen)):
+            row = {feats[j].name: table.values[r][j] for j in tr.picks[r]}
+            seed = step_seed(settings.seed, split, int(table.chosen[r]), step)
+            if tr.method in ENGINE_METHODS and step < d:
+                query = NextFeaturesQuery(row, samples=settings.samples, seed=seed, target=tcol.name, method=tr.method)
+            else:
+                query = PredictQuery([row], samples=settings.samples, seed=seed)
+            requests.append((tr, r, _capture(query.prepare(engine))))
+    return requests
+
+
+def _acquire(engine, model, tr: _Track, r: int, prep, outputs, result, ti: int, settings, table, split, step) -> None:
+    """Records track `tr`'s prediction for row r after `step` acquisitions and picks its next feature."""
+    feats, d = engine.schema.features, len(engine.schema.features)
+    tcol = engine.schema.targets[ti]
+    pred = ColumnPredictive(tcol, outputs["target"][:, :, ti])
+    if tcol.is_discrete:
+        tr.prediction[r].append(float(np.argmax(category_probabilities(pred)[0])))
+    else:
+        tr.prediction[r].append(float(moments(pred, engine.preprocessor)[0][0]))
+    tr.log_lik[r].append(float(pred.mixture(0).log_marginal(np.array([table.y_enc[r]]))[0]))
+    if step == d:
+        return
+    if tr.method == "random":
+        tr.picks[r].append(int(tr.order[r, step]))
+        return
+    if tr.method in ENGINE_METHODS:
+        ranking = result["ranking"]
+        tr.picks[r].append(feats.index(engine.columns[ranking[0]["feature"]]))
+        tr.top_gain[r].append(ranking[0]["gain"])
+        tr.ties[r].append(len(ranking) > 1 and ranking[1]["gain"] == ranking[0]["gain"])
+        return
+    rng = np.random.default_rng([settings.seed, split, int(table.chosen[r]), step, 31])
+    cand = [j for j in range(d) if j not in tr.picks[r]]
+    scores = kl_rewards(
+        model,
+        prep.feeds["x"][0],
+        prep.feeds["mask"][0],
+        outputs["features"][0],
+        outputs["target_given"][0],
+        cand,
+        ti,
+        rng,
+        settings.kl_draws,
+        with_target=tr.method == "kl",
+    )
+    # The engine's order: highest score first, ties broken by feature name.
+    best = min(range(len(cand)), key=lambda c: (-scores[c], feats[cand[c]].name))
+    tr.picks[r].append(cand[best])
+    tr.top_gain[r].append(float(scores[best]))
+    tr.ties[r].append(int(np.sum(scores == scores[best])) > 1)
+
+
+def _curves(tracks: list[_Track], settings: SaiaSettings, tcol: Column, table: _Table) -> dict[str, Any]:
+    truth = np.array(table.y_enc if tcol.is_discrete else [float(v) for v in table.y_true])
+    methods = {}
     for m in settings.methods:
         mine = [tr for tr in tracks if tr.method == m]
         err, nll = [], []
@@ -421,8 +343,54 @@ def saia_artifact(
         else:
             entry["mean_top_gain"] = np.array(mine[0].top_gain).mean(0).tolist()
             entry["tie_rate"] = np.array(mine[0].ties, dtype=float).mean(0).tolist()
-        out["methods"][m] = entry
-    return out
+        methods[m] = entry
+    return methods
+
+
+def saia_artifact(
+    artifact: str | Path,
+    test: pd.DataFrame,
+    target: str | None = None,
+    settings: SaiaSettings | None = None,
+    split: int = 0,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Runs SAIA for every (complete) row of `test` with the model of `artifact`; returns curves and AUCs per method.
+
+    `test` holds the rows in the user's units (feature and target columns). With `settings.max_rows` a seeded
+    subset of the complete rows is used.
+    """
+    settings = settings or SaiaSettings()
+    engine = Engine(artifact, backend="onnx", threads=settings.threads)
+    schema = engine.schema
+    tcol = schema.targets[0] if target is None else next((c for c in schema.targets if c.name == target), None)
+    if tcol is None:
+        raise ValueError(f"unknown target {target!r} (the model predicts {', '.join(c.name for c in schema.targets)})")
+    ti = [c.name for c in schema.targets].index(tcol.name)
+    need_torch = any(m not in ("random", *ENGINE_METHODS) for m in settings.methods)
+    model = load_model(artifact)[0] if need_torch else None
+    d = len(schema.features)
+    table = _test_table(engine, test, tcol, settings, split)
+    tracks = _tracks(settings, len(table.chosen), d, split)
+    t0 = time.perf_counter()
+    for step in range(d + 1):
+        requests = _requests(engine, tracks, table, tcol, settings, split, step)
+        results = []
+        for i in range(0, len(requests), settings.batch_rows):
+            results += engine.run([p for _, _, p in requests[i : i + settings.batch_rows]])
+        for (tr, r, prep), (outputs, result) in zip(requests, results):
+            _acquire(engine, model, tr, r, prep, outputs, result, ti, settings, table, split, step)
+        if log:
+            log(f"split {split}: step {step}/{d} ({time.perf_counter() - t0:.0f} s)")
+    return {
+        "split": split,
+        "rows": int(len(table.chosen)),
+        "test_rows": int(len(test)),
+        "complete_rows": table.complete,
+        "features": [c.name for c in schema.features],
+        "saia_seconds": time.perf_counter() - t0,
+        "methods": _curves(tracks, settings, tcol, table),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- splits

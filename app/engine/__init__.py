@@ -1,5 +1,20 @@
-"""The inference engine: ONNX Runtime (or torch) over an exported artifact, numpy around it."""
+"""The inference engine: ONNX Runtime (or torch) over an exported artifact, numpy around it.
 
-from hhvaem.app.engine.engine import DEFAULT_QUANTILES, Engine, FieldError, InputError, Prepared
+A layer of its own below the web service: the service, the CLI, batch scoring and evaluation (SAIA)
+all call it; it imports nothing from the service (docs/architecture.md).
+"""
 
-__all__ = ["DEFAULT_QUANTILES", "Engine", "FieldError", "InputError", "Prepared"]
+from hhvaem.app.engine.engine import Engine, Prepared
+from hhvaem.app.engine.errors import FieldError, InputError
+from hhvaem.app.engine.queries import DEFAULT_QUANTILES, ImputeQuery, NextFeaturesQuery, PredictQuery
+
+__all__ = [
+    "DEFAULT_QUANTILES",
+    "Engine",
+    "FieldError",
+    "ImputeQuery",
+    "InputError",
+    "NextFeaturesQuery",
+    "PredictQuery",
+    "Prepared",
+]

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hhvaem.app.engine import Engine, InputError
+from hhvaem.app.engine.engine import Engine
+from hhvaem.app.engine.errors import InputError
+from hhvaem.app.engine.queries import ImputeQuery, PredictQuery
 
 OPERATIONS = ("impute", "predict", "both")
 
@@ -72,9 +74,9 @@ def score_frame(
             index = [start + i for i in good]
             prepared = []
             if operation in ("impute", "both"):
-                prepared.append(engine.prepare_impute(rows, samples, seed=seed + start, strict=False))
+                prepared.append(ImputeQuery(rows, samples, seed=seed + start, strict=False).prepare(engine))
             if operation in ("predict", "both"):
-                prepared.append(engine.prepare_predict(rows, samples, seed=seed + start, strict=False))
+                prepared.append(PredictQuery(rows, samples, seed=seed + start, strict=False).prepare(engine))
             results = engine.run(prepared)
             if operation in ("impute", "both"):
                 _write_imputed(engine, out, added, index, results[0])

@@ -1,9 +1,10 @@
 """The artifact format: the contract between training (writes) and serving (reads).
 
 An artifact is a directory with `manifest.json` (the single source of truth: format
-version, schema, preprocessing, architecture, sampler, metrics, sha256 of every file),
-the ONNX graph serving runs and the torch state for fine-tuning. This module needs
-neither torch nor onnxruntime, so both sides share one verifier.
+version, schema, preprocessing, architecture, sampler, the graphs and their contract
+(`model.io.contract`), metrics, sha256 of every file), the ONNX graphs serving runs and
+the torch state for fine-tuning. This module needs neither torch nor onnxruntime, so
+both sides share one verifier.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 2  # 2: adds the ONNX predictive graph (sampler.onnx)
+# 2: adds the ONNX sampler graph; 3: the graphs and their contract under `graphs`, T stored once (sampler).
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 CHECKPOINT = "model.pt"
-PREDICTIVE_GRAPH = "sampler.onnx"
 
 
 class ArtifactError(ValueError):
@@ -31,9 +32,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(path: str | Path, require: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Reads and verifies a manifest: format version, the checksum of every listed file, and
-    that the files in `require` are listed (e.g. the ONNX graph for serving)."""
+def read_manifest(path: str | Path, require_graphs: bool = False) -> dict[str, Any]:
+    """Reads and verifies a manifest: format version, the checksum of every listed file, and (with
+    `require_graphs`, as serving needs) that it lists graphs whose files are checksummed."""
     d = Path(path)
     mf = d / MANIFEST
     if not mf.is_file():
@@ -51,9 +52,11 @@ def read_manifest(path: str | Path, require: tuple[str, ...] = ()) -> dict[str, 
             "re-export with `hhvaem export`)"
         )
     files = manifest.get("files", {})
-    for fname in require:
-        if fname not in files:
-            raise ArtifactError(f"{d}: the manifest lists no {fname} (export it with `hhvaem export {d}`)")
+    if require_graphs:
+        graphs = manifest.get("graphs") or {}
+        missing = [g.get("file") for g in graphs.values() if g.get("file") not in files] if graphs else ["a graph"]
+        if missing:
+            raise ArtifactError(f"{d}: the manifest lists no {missing[0]} (export it with `hhvaem export {d}`)")
     for fname, digest in files.items():
         f = d / fname
         if not f.is_file():

@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from hhvaem.model import hmc
-from hhvaem.model.hmc import HMCState, hmc_chain, hmc_step, init_state, kinetic_energy, leapfrog, metropolis
+from hhvaem.model.hmc import (
+    ChainNoise,
+    HMCState,
+    StepNoise,
+    hmc_chain,
+    hmc_step,
+    init_state,
+    kinetic_energy,
+    leapfrog,
+    metropolis,
+)
 
 DT = torch.float64
 
@@ -143,7 +153,7 @@ def test_metropolis_rejects_non_finite_proposals():
     proposal = make_state([[float("nan"), 0.0], [0.0, 0.0], [float("inf"), 1.0]], [-0.5, float("nan"), -0.1])
     energy = torch.tensor([-1.0, float("nan"), -2.0], dtype=DT)  # row 0/2 look attractive but are non-finite
     log_u = torch.full((3,), -1e9, dtype=DT)  # would accept anything finite
-    state, prob, accepted, divergent = metropolis(current, proposal, energy, log_u)
+    state, (prob, accepted, divergent, _) = metropolis(current, proposal, energy, log_u)
     assert not accepted.any()
     assert torch.all(prob == 0)
     torch.testing.assert_close(state.position, current.position)
@@ -159,7 +169,7 @@ def test_metropolis_accept_reject_rule():
     proposal = make_state([[1.0], [2.0], [3.0], [4.0]], [-1.0, -2.0, -3.0, -4.0])
     energy = torch.tensor([-0.5, 0.5, 0.5, 2.0], dtype=DT)
     log_u = torch.tensor([-0.01, -0.1, -1.0, -1.9], dtype=DT)
-    state, prob, accepted, divergent = metropolis(current, proposal, energy, log_u)
+    state, (prob, accepted, divergent, _) = metropolis(current, proposal, energy, log_u)
     assert accepted.tolist() == [True, False, True, False]
     torch.testing.assert_close(prob, torch.exp(-energy).clamp(max=1.0))
     torch.testing.assert_close(state.position[:, 0], torch.tensor([1.0, 0.0, 3.0, 0.0], dtype=DT))
@@ -173,7 +183,7 @@ def test_metropolis_divergence_threshold():
     current = make_state([[0.0], [0.0]], [0.0, 0.0])
     proposal = make_state([[1.0], [1.0]], [-1.0, -1.0])
     energy = torch.tensor([th - 1.0, th + 1.0], dtype=DT)
-    _, _, accepted, divergent = metropolis(current, proposal, energy, torch.zeros(2, dtype=DT) - 0.5)
+    _, (_, accepted, divergent, _) = metropolis(current, proposal, energy, torch.zeros(2, dtype=DT) - 0.5)
     assert divergent.tolist() == [False, True]
     assert not accepted.any()
 
@@ -218,16 +228,16 @@ def test_explicit_noise_makes_chain_deterministic_and_matches_generator():
     log_u = torch.log(torch.rand((t_steps, *shape[:-1]), generator=gen, dtype=DT))
 
     torch.manual_seed(100)
-    a, ia = hmc_chain(init_state(x0, target), target, steps, 4, momentum_noise=noise, log_uniforms=log_u)
+    a, ia = hmc_chain(init_state(x0, target), target, steps, 4, noise=ChainNoise(noise, log_u))
     torch.manual_seed(200)
-    b, ib = hmc_chain(init_state(x0, target), target, steps, 4, momentum_noise=noise, log_uniforms=log_u)
+    b, ib = hmc_chain(init_state(x0, target), target, steps, 4, noise=ChainNoise(noise, log_u))
     for u, v in zip(a + ia, b + ib):
         assert torch.equal(u, v)
     # the same noise drawn by the chain itself from an identically seeded generator
     c, _ = hmc_chain(init_state(x0, target), target, steps, 4, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a.position, c.position)
     # and different noise gives a different result
-    d, _ = hmc_chain(init_state(x0, target), target, steps, 4, momentum_noise=-noise, log_uniforms=log_u)
+    d, _ = hmc_chain(init_state(x0, target), target, steps, 4, noise=ChainNoise(-noise, log_u))
     assert not torch.allclose(a.position, d.position)
 
 
@@ -237,7 +247,9 @@ def test_step_uses_given_momentum_noise_scaled_by_mass():
     noise = torch.tensor([[1.0, -2.0]], dtype=DT)
     inv_mass = torch.tensor([4.0, 0.25], dtype=DT)
     step = torch.tensor([0.1, 0.2], dtype=DT)
-    new, prob, acc, div, de = hmc_step(state, target, step, 3, noise, torch.zeros(1, dtype=DT) - 50, inv_mass)
+    new, (prob, acc, div, de) = hmc_step(
+        state, target, step, 3, StepNoise(noise, torch.zeros(1, dtype=DT) - 50), inv_mass
+    )
     momentum = noise / inv_mass.sqrt()
     ref, p_end = leapfrog(state, momentum, step, 3, inv_mass, target)
     torch.testing.assert_close(new.position, ref.position)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+from hhvaem.model.families import FAMILIES, Stats
 from hhvaem.model.likelihoods import (
     LOGIT_BOUND,
     MIN_SCALE,
@@ -20,7 +21,6 @@ from hhvaem.model.likelihoods import (
     bounded_logits,
     likelihood_class,
 )
-from hhvaem.model.families import FAMILIES, Stats
 from hhvaem.model.schema import Column
 
 DT = torch.float64

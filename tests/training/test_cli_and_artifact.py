@@ -45,9 +45,11 @@ def artifact(table, tmp_path_factory) -> str:
 
 def test_train_writes_a_complete_manifest(artifact):
     m = read_manifest(artifact)
-    assert m["format_version"] == 2
-    assert set(m["files"]) == {"model.pt", "sampler.onnx"} and m["onnx"]["file"] == "sampler.onnx"
-    assert m["onnx"]["inputs"]["momentum"][0] == 5  # T HMC steps of noise, one graph
+    assert m["format_version"] == 3
+    assert set(m["files"]) == {"model.pt", "sampler.onnx"} and m["graphs"]["sampler"]["file"] == "sampler.onnx"
+    momentum = next(t for t in m["graphs"]["sampler"]["inputs"] if t["name"] == "momentum")
+    assert momentum["axes"] == ["steps", "rows", "samples", "latent"] and m["sampler"]["hmc_steps"] == 5  # T, once
+    assert "hmc_steps" not in m["architecture"]
     assert [c["name"] for c in m["schema"]["targets"]] == ["y"]
     types = {c["name"]: c["type"] for c in m["schema"]["features"]}
     assert types == {"a": "real", "b": "real", "c": "binary", "d": "categorical"}

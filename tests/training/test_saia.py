@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hhvaem.app.engine.engine import Engine
+from hhvaem.app.engine import Engine, PredictQuery
 from hhvaem.cli import app
 from hhvaem.model.schema import Column, Schema
 from hhvaem.training.artifact import data_fingerprint, load_model, write_artifact
@@ -134,15 +134,15 @@ def test_kl_reward_is_zero_for_a_feature_the_encoder_ignores(artifact):
         model.dependency.trunks[0].layers[0].weight[:, [j, D + j]] = 0.0
     engine = Engine(artifact, backend="onnx", threads=1)
     row = {"a": 0.3}
-    prep = engine.prepare_predict([row], samples=16, seed=0)
-    _, features, target, _ = engine.backend.run(prep.feeds)[:4]
+    prep = PredictQuery([row], samples=16, seed=0).prepare(engine)
+    out = engine.graph.named(engine.backend.run(prep.feeds))
     for with_target in (True, False):
         rewards = kl_rewards(
             model,
             prep.feeds["x"][0],
             prep.feeds["mask"][0],
-            features[0],
-            target[0],
+            out["features"][0],
+            out["target_given"][0],
             [1, 2, 3],
             0,
             np.random.default_rng(0),

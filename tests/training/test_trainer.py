@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from hhvaem.model.hhvaem import HHVAEM, ModelConfig
+from hhvaem.model.posterior import PosteriorNoise, sample_posterior
 from hhvaem.model.schema import Column, Schema
 from hhvaem.training.trainer import COMPILE_MIN_HMC_STEPS, StageSteps, TrainConfig, TrainData, Trainer, random_mask
 
@@ -65,13 +66,13 @@ def test_transition_plumbing_matches_the_default_sampler():
         torch.randn(5, 1, generator=gen).double(),
         torch.ones(5, 1, dtype=torch.bool),
     )
-    eps0, _, sigma = model.initial_samples(obs, 4, torch.Generator().manual_seed(2))
-    a, info_a = model.run_hmc(eps0, obs, sigma, torch.Generator().manual_seed(3))
+    noise = PosteriorNoise.draw(model, 5, 4, torch.Generator().manual_seed(2), like=obs.z)
+    a = sample_posterior(model, obs, noise)
     model._compiled_transition = model._transition  # the same function, minus torch.compile
-    b, info_b = model.run_hmc(eps0, obs, sigma, torch.Generator().manual_seed(3))
-    for u, v in zip(a, b):
+    b = sample_posterior(model, obs, noise)
+    for u, v in zip(a.state, b.state):
         assert torch.equal(u, v)
-    assert torch.equal(info_a.accepted, info_b.accepted)
+    assert torch.equal(a.info.accepted, b.info.accepted)
 
 
 def test_early_stopping_restores_the_best_validation_checkpoint():

@@ -57,7 +57,7 @@ async def create_job(
     if operation not in OPERATIONS:
         raise unprocessable([{"field": "operation", "reason": f"must be one of {', '.join(OPERATIONS)}"}])
     samples = check_samples(state.settings, samples)
-    m = resolve_model(state.registry, model, version)
+    m = await run_in_threadpool(resolve_model, state.registry, model, version)
     name = Path(file.filename or "upload.csv").name
     if not name.lower().endswith(SUFFIXES):
         raise unprocessable([{"field": "file", "reason": f"{name!r}: expected a .csv, .csv.gz or .parquet file"}])

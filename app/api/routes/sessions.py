@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
 
-from hhvaem.app.api.deps import Inferrer, Principal, State, check_samples, input_problem, resolve_model
+from hhvaem.app.api.answer import answer, recommended
+from hhvaem.app.api.deps import Inferrer, Principal, State, check_samples, resolve_model
 from hhvaem.app.api.problems import Problem, not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import (
     CreateSessionRequest,
@@ -15,7 +17,7 @@ from hhvaem.app.api.schemas import (
     SessionOut,
     SessionPrediction,
 )
-from hhvaem.app.engine import InputError
+from hhvaem.app.engine import InputError, NextFeaturesQuery, PredictQuery
 from hhvaem.app.sessions.store import SessionNotFound, SessionState
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -49,6 +51,17 @@ async def _session(state, session_id: str, caller: Principal) -> SessionState:
     return s
 
 
+async def _checked_model(state, name: str, version: int | None, observations: dict[str, Any]):
+    """The session's model, with `observations` checked against its schema (in the threadpool: SQL, encoding)."""
+
+    def run():
+        m = resolve_model(state.registry, name, version)
+        _validate(m.engine, observations)
+        return m
+
+    return await run_in_threadpool(run)
+
+
 def _validate(engine, observations: dict[str, Any]) -> None:
     """Checks answers against the schema before anything is stored (null retracts an answer)."""
     targets = {c.name for c in engine.schema.targets}
@@ -69,8 +82,7 @@ def _validate(engine, observations: dict[str, Any]) -> None:
 
 @router.post("", status_code=201, response_model=SessionOut, responses=ERRORS, summary="Start a questionnaire")
 async def create_session(body: CreateSessionRequest, state: State, caller: Inferrer, response: Response):
-    m = resolve_model(state.registry, body.model, body.version)
-    _validate(m.engine, body.observations)
+    m = await _checked_model(state, body.model, body.version, body.observations)
     s = await state.store.create(m.name, m.version, caller.owner, body.observations)
     response.headers["Location"] = f"/v1/sessions/{s.id}"
     await state.audit("session.created", caller, (m.name, m.version), s.id, values=body.observations)
@@ -87,8 +99,7 @@ async def add_observations(session_id: str, body: ObservationsRequest, state: St
     """Adds answers atomically (concurrent writers lose nothing); answering a feature again corrects it,
     null retracts it. A rejected request stores nothing."""
     s = await _session(state, session_id, caller)
-    m = resolve_model(state.registry, s.model_name, s.model_version)
-    _validate(m.engine, body.observations)
+    m = await _checked_model(state, s.model_name, s.model_version, body.observations)
     try:
         s = await state.store.add_observations(session_id, body.observations)
     except SessionNotFound:
@@ -140,22 +151,21 @@ async def session_next_features(
 ):
     samples = check_samples(state.settings, samples)
     s = await _session(state, session_id, caller)
-    m = resolve_model(state.registry, s.model_name, s.model_version)
     current = s.current
-    skip = {x.strip() for x in (exclude or "").split(",") if x.strip()}
-    unknown = sorted(skip - {c.name for c in m.engine.schema.features})
-    if unknown:
-        raise unprocessable([{"field": "exclude", "reason": f"unknown feature {unknown[0]!r}"}])
-    candidates = [c.name for c in m.engine.schema.features if c.name not in current and c.name not in skip]
-    try:
-        prep = m.engine.prepare_next_features(
-            current, candidates, _parse_costs(costs), top_k, samples, seed, None, method, min_gain, max_uncertainty
-        )
-    except InputError as e:
-        raise input_problem(e) from None
-    out = await state.batcher.submit((m.name, m.version), m.engine, prep)
-    best = out["ranking"][0]["feature"] if out["ranking"] else None
-    await state.audit("recommendation.served", caller, (m.name, m.version), s.id, detail={"recommended": best})
+    query = NextFeaturesQuery(
+        current,
+        exclude=tuple(x.strip() for x in (exclude or "").split(",") if x.strip()),
+        costs=_parse_costs(costs),
+        top_k=top_k,
+        samples=samples,
+        seed=seed,
+        method=method,
+        min_gain=min_gain,
+        max_uncertainty=max_uncertainty,
+    )
+    m, out = await answer(
+        state, caller, query, s.model_name, s.model_version, "recommendation.served", s.id, detail=recommended
+    )
     return {"model": m.name, "version": m.version, **out}
 
 
@@ -171,8 +181,6 @@ async def session_prediction(
 ):
     samples = check_samples(state.settings, samples)
     s = await _session(state, session_id, caller)
-    m = resolve_model(state.registry, s.model_name, s.model_version)
-    prep = m.engine.prepare_predict([s.current], samples, seed=seed)
-    (row,) = await state.batcher.submit((m.name, m.version), m.engine, prep)
-    await state.audit("prediction.served", caller, (m.name, m.version), s.id)
+    query = PredictQuery([s.current], samples, seed=seed)
+    m, (row,) = await answer(state, caller, query, s.model_name, s.model_version, "prediction.served", s.id)
     return {"session_id": s.id, "model": m.name, "version": m.version, **row}

@@ -1,0 +1,199 @@
+"""The three questions as query objects: what a caller asks, validated, and how its answer is read off the graph.
+
+Each query knows how to prepare itself on an engine (encode its rows, draw its noise) and how to turn the sampler
+graph's named outputs into its answer, in the user's units. The engine runs many prepared queries in one graph call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hhvaem.app.engine.errors import FieldError, InputError
+from hhvaem.app.engine.summaries import ColumnPredictive, point_value, summarise, uncertainty
+from hhvaem.model.acquisition import histogram_information, mixture_information, rank_features, stopping_advice
+
+if TYPE_CHECKING:
+    from hhvaem.app.engine.engine import Engine, Prepared
+
+DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
+METHODS = ("mixture", "histogram")
+Row = Mapping[str, Any]
+
+
+def check_quantiles(quantiles) -> tuple[float, ...]:
+    try:
+        qs = tuple(float(q) for q in quantiles)
+    except (TypeError, ValueError):
+        raise InputError([FieldError("quantiles", "expected a list of numbers in (0, 1)")]) from None
+    bad = [q for q in qs if not 0.0 < q < 1.0]
+    if bad:
+        raise InputError([FieldError("quantiles", f"each quantile must lie in (0, 1), got {bad[0]!r}")])
+    return qs
+
+
+@dataclass(frozen=True)
+class ImputeQuery:
+    """Fill in the holes of `rows`: every hole's predictive summary, and the completed rows."""
+
+    rows: Sequence[Row]
+    samples: int | None = None  # posterior samples (None: the model's default)
+    quantiles: Sequence[float] = DEFAULT_QUANTILES
+    seed: int | None = None
+    return_samples: bool = False
+    strict: bool = True  # JSON clients: only null is missing, text is not parsed as a number (tables: False)
+
+    def prepare(self, engine: Engine) -> Prepared:
+        quantiles = check_quantiles(self.quantiles)
+        finish = lambda p, o: self.finish(engine, p, o, quantiles)  # noqa: E731
+        return engine.prepare(self.rows, self.samples, self.seed, finish, self.strict)
+
+    def finish(self, engine: Engine, prep: Prepared, out: dict[str, np.ndarray], quantiles) -> list[dict[str, Any]]:
+        schema = engine.schema
+        mask = np.concatenate([prep.feeds["mask"], prep.feeds["y_mask"]], axis=1)
+        features, target = out["features"], out["target"]
+        w = max(features.shape[-1], target.shape[-1])
+        pad = [(0, 0)] * 3
+        params = np.concatenate(
+            [np.pad(features, [*pad, (0, w - features.shape[-1])]), np.pad(target, [*pad, (0, w - target.shape[-1])])],
+            axis=2,
+        )
+        summaries = {  # only for columns with a hole in some row
+            c.name: summarise(
+                ColumnPredictive(c, params[:, :, j]),
+                engine.preprocessor,
+                prep.rng,
+                quantiles,
+                engine.draws_per_sample(prep.samples),
+                self.return_samples,
+            )
+            for j, c in enumerate(schema.columns)
+            if not mask[:, j].all()
+        }
+        rows = []
+        for i, row in enumerate(self.rows):
+            completed, imputed = {}, {}
+            for j, c in enumerate(schema.columns):
+                if mask[i, j]:
+                    completed[c.name] = row[c.name]
+                else:
+                    imputed[c.name] = summaries[c.name][i]
+                    completed[c.name] = point_value(c, imputed[c.name])
+            rows.append({"values": completed, "imputed": imputed, "acceptance_rate": float(out["acceptance"][i])})
+        return rows
+
+
+@dataclass(frozen=True)
+class PredictQuery:
+    """The targets' predictive distribution for each of `rows`, from whatever the row holds."""
+
+    rows: Sequence[Row]
+    samples: int | None = None
+    quantiles: Sequence[float] = DEFAULT_QUANTILES
+    seed: int | None = None
+    return_samples: bool = False
+    strict: bool = True
+
+    def prepare(self, engine: Engine) -> Prepared:
+        quantiles = check_quantiles(self.quantiles)
+        finish = lambda p, o: self.finish(engine, p, o, quantiles)  # noqa: E731
+        return engine.prepare(self.rows, self.samples, self.seed, finish, self.strict)
+
+    def finish(self, engine: Engine, prep: Prepared, out: dict[str, np.ndarray], quantiles) -> list[dict[str, Any]]:
+        per_target = {
+            c.name: summarise(
+                ColumnPredictive(c, out["target"][:, :, j]),
+                engine.preprocessor,
+                prep.rng,
+                quantiles,
+                engine.draws_per_sample(prep.samples),
+                self.return_samples,
+            )
+            for j, c in enumerate(engine.schema.targets)
+        }
+        return [
+            {"targets": {n: s[i] for n, s in per_target.items()}, "acceptance_rate": float(out["acceptance"][i])}
+            for i in range(prep.rows)
+        ]
+
+
+@dataclass(frozen=True)
+class NextFeaturesQuery:
+    """Which unobserved feature of `row` to measure next: candidates ranked by information gain about a target."""
+
+    row: Row
+    candidates: Sequence[str] | None = None  # None: every unobserved feature
+    exclude: Sequence[str] = ()  # features not to rank (e.g. questions the user skipped)
+    costs: Mapping[str, float] | None = None  # ranks by gain per unit cost when given
+    top_k: int | None = None
+    samples: int | None = None
+    seed: int | None = None
+    target: str | None = None  # None: the model's first target
+    method: str = "mixture"  # or "histogram" (the paper's estimator)
+    min_gain: float = 0.01  # the stopping hint: below this best gain, stop
+    max_uncertainty: float | None = None  # ... or when the prediction is this certain
+    quantiles: Sequence[float] = DEFAULT_QUANTILES
+
+    def prepare(self, engine: Engine) -> Prepared:
+        quantiles = check_quantiles(self.quantiles)
+        errors: list[FieldError] = []
+        tcol = engine.target_column(self.target, errors)
+        if self.method not in METHODS:
+            known = ", ".join(METHODS)
+            errors.append(FieldError("method", f"unknown method {self.method!r} (expected one of {known})"))
+        top_k = self.top_k
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            errors.append(FieldError("top_k", f"must be a positive integer, got {top_k!r}"))
+        observed = {k for k, v in self.row.items() if v is not None} if isinstance(self.row, Mapping) else set()
+        pool = engine.candidates(self.candidates, observed, errors)
+        unknown = sorted(set(self.exclude) - set(engine.feature_index))
+        if unknown:
+            errors.append(FieldError("exclude", f"unknown feature {unknown[0]!r}"))
+        pool = [name for name in pool if name not in set(self.exclude)]
+        for name, cost in (self.costs or {}).items():
+            if name not in engine.feature_index:
+                errors.append(FieldError(f"costs.{name}", "unknown feature"))
+            elif isinstance(cost, bool) or not isinstance(cost, (int, float)) or not (math.isfinite(cost) and cost > 0):
+                errors.append(FieldError(f"costs.{name}", f"must be a positive finite number, got {cost!r}"))
+        if errors:
+            raise InputError(errors)
+        finish = lambda p, o: self.finish(engine, p, o, tcol, pool, quantiles)  # noqa: E731
+        return engine.prepare([self.row], self.samples, self.seed, finish)
+
+    def finish(self, engine: Engine, prep: Prepared, out, tcol, pool, quantiles) -> dict[str, Any]:
+        ti = engine.target_index[tcol.name]
+        y_pred = ColumnPredictive(tcol, out["target"][:, :, ti])
+        gains = self.gains(engine, out["features"], out["target_given"][:, :, :, ti], tcol, pool, prep.rng)
+        costs = {k: float(v) for k, v in (self.costs or {}).items()} or None
+        ranking = rank_features(gains, costs, self.top_k)
+        unc = uncertainty(y_pred, engine.preprocessor, 0)
+        advice = stopping_advice(ranking[0].gain if ranking else None, unc, self.min_gain, self.max_uncertainty)
+        draws = engine.draws_per_sample(prep.samples)
+        return {
+            "target": tcol.name,
+            "method": self.method,
+            "ranking": [vars(r) for r in ranking],
+            "prediction": summarise(y_pred, engine.preprocessor, prep.rng, quantiles, draws, False)[0],
+            "uncertainty": unc,
+            "stop": {"stop": advice.stop, "reason": advice.reason},
+            "acceptance_rate": float(out["acceptance"][0]),
+        }
+
+    def gains(self, engine: Engine, features, given, tcol, pool, rng) -> dict[str, float]:
+        """I(y; x_i | x_O) for each candidate, on the joint the model implies: component k pairs p_k(x_i) with the
+        target's p(y | eps_k, x_i = its sampled value) (`given` [1, K, D, W], the graph's `target_given`)."""
+        gains = {}
+        for name in pool:
+            j = engine.feature_index[name]
+            x_mix = ColumnPredictive(engine.schema.features[j], features[:, :, j]).mixture(0)
+            y_mix = ColumnPredictive(tcol, given[:, :, j]).mixture(0)
+            if self.method == "mixture":
+                gains[name] = float(mixture_information(x_mix, y_mix, rng))
+            else:  # the paper's estimator: a 2-d histogram of one joint draw per posterior sample
+                x, y = x_mix.sample(rng), y_mix.sample(rng)  # draw k of each from component k: joint draws
+                gains[name] = float(histogram_information(x, y, x_mix.discrete, y_mix.discrete))
+        return gains
