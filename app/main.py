@@ -17,7 +17,7 @@ from hhvaem import __version__
 from hhvaem.app.api.problems import BodySizeLimit, install_problem_handlers
 from hhvaem.app.api.routes import batch_jobs, health, inference, models, sessions
 from hhvaem.app.core.config import Settings, get_settings
-from hhvaem.app.db.session import make_engine, make_sessionmaker, migrate
+from hhvaem.app.db.database import Database, migrate
 from hhvaem.app.services.batcher import DynamicBatcher
 from hhvaem.app.services.metrics import Metrics
 from hhvaem.app.services.registry import ModelRegistry
@@ -35,9 +35,8 @@ def create_app(settings: Settings | None = None, backend: str = "onnx") -> FastA
     async def lifespan(app: FastAPI):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate(settings.database_url)
-        db = make_engine(settings.database_url)
-        sessions = make_sessionmaker(db)
-        registry = ModelRegistry(sessions, backend, settings.device, settings.threads)
+        database = Database(settings.database_url)
+        registry = ModelRegistry(database, backend, settings.device, settings.threads)
         if settings.models_dir:
             registry.register_dir(settings.models_dir)
         for record in [r for r in registry.records() if r.active]:
@@ -48,8 +47,7 @@ def create_app(settings: Settings | None = None, backend: str = "onnx") -> FastA
         metrics = Metrics()
         state = AppState(
             settings,
-            db,
-            sessions,
+            database,
             registry,
             make_store(settings),
             DynamicBatcher(
@@ -75,7 +73,7 @@ def create_app(settings: Settings | None = None, backend: str = "onnx") -> FastA
             await batch_jobs.shutdown(state)
             await state.batcher.close()
             await state.store.close()
-            db.dispose()
+            database.dispose()
 
     app = FastAPI(
         title="hhvaem",

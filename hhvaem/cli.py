@@ -313,12 +313,12 @@ app.add_typer(keys_app, name="keys")
 
 def _db():
     from hhvaem.app.core.config import Settings
-    from hhvaem.app.db.session import make_engine, make_sessionmaker, migrate
+    from hhvaem.app.db.database import Database, migrate
 
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.database_url)
-    return make_sessionmaker(make_engine(settings.database_url))
+    return Database(settings.database_url)
 
 
 @keys_app.command("create")
@@ -330,8 +330,8 @@ def keys_create(
     from hhvaem.app.db import repository as repo
 
     with user_errors():
-        with _db().begin() as s:
-            record, key = repo.create_api_key(s, name, scope or ["infer"])
+        with _db().transaction() as tx:
+            record, key = repo.create_api_key(tx, name, scope or ["infer"])
             typer.echo(f"key {record.id} ({', '.join(record.scopes)}): {key}")
 
 
@@ -340,8 +340,8 @@ def keys_list() -> None:
     """List API keys (prefix, scopes, revoked or not); never the keys themselves."""
     from hhvaem.app.db import repository as repo
 
-    with _db()() as s:
-        for k in repo.list_api_keys(s):
+    with _db().read() as tx:
+        for k in repo.list_api_keys(tx):
             state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
             typer.echo(f"{k.id:>4}  {k.name:<24} {k.prefix}…  {','.join(k.scopes):<14} {state}")
 
@@ -353,8 +353,8 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id from `hhvaem 
 
     with user_errors():
         try:
-            with _db().begin() as s:
-                repo.revoke_api_key(s, key_id)
+            with _db().transaction() as tx:
+                repo.revoke_api_key(tx, key_id)
         except LookupError:
             fail(f"no API key with id {key_id}")
     typer.echo(f"revoked key {key_id}")

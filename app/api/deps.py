@@ -55,8 +55,8 @@ async def get_principal(request: Request, state: State) -> Principal:
         raise unauthorized("An API key is required (Authorization: Bearer <key> or X-API-Key).")
 
     def verify():
-        with state.sessions() as s:
-            rec = repo.verify_api_key(s, key)
+        with state.database.read() as tx:
+            rec = repo.verify_api_key(tx, key)
             return None if rec is None else (rec.id, frozenset(rec.scopes))
 
     found = await run_in_threadpool(verify)

@@ -4,7 +4,7 @@ Conventions:
 
 * Every function takes the session first and returns plain ORM objects (:class:`ModelRecord`,
   :class:`AuditEvent`, :class:`BatchJob`, :class:`ApiKeyRecord`). Sessions from
-  :func:`app.db.session.make_sessionmaker` do not expire objects on commit, so a returned record stays
+  :func:`app.db.session.transaction_factory` do not expire objects on commit, so a returned record stays
   readable after its transaction ends. Treat returned records as read-only outside this module: change
   state through these functions.
 * Functions flush (so ids, versions and constraint errors appear at once) but never commit: the caller owns

@@ -1,7 +1,7 @@
 """Alembic environment for the hhvaem SQL state.
 
 The database URL comes from the caller, in this order: ``config.attributes["connection"]`` (an open
-connection, as :func:`app.db.session.migrate` passes), ``config.attributes["url"]``, ``-x url=...`` on the
+connection, as :func:`app.db.database.migrate` passes), ``config.attributes["url"]``, ``-x url=...`` on the
 command line, then the ``HHVAEM_DATABASE_URL`` and ``DATABASE_URL`` environment variables.
 """
 
@@ -13,8 +13,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from hhvaem.app.db.database import normalize_url, sql_engine
 from hhvaem.app.db.models import Base
-from hhvaem.app.db.session import make_engine, normalize_url
 
 config = context.config
 
@@ -34,7 +34,7 @@ def _database_url():
         url = os.environ.get("HHVAEM_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if not url:
         raise RuntimeError(
-            "no database URL: pass -x url=..., set HHVAEM_DATABASE_URL, or call app.db.session.migrate(url)"
+            "no database URL: pass -x url=..., set HHVAEM_DATABASE_URL, or call app.db.database.migrate(url)"
         )
     return normalize_url(url)
 
@@ -66,7 +66,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run_with(connection)
         return
-    engine = make_engine(_database_url())
+    engine = sql_engine(_database_url())
     try:
         with engine.begin() as conn:
             _run_with(conn)

@@ -8,9 +8,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from hhvaem.app.db import repository as repo
+from hhvaem.app.db.database import Database
 from hhvaem.app.db.models import ModelRecord
 from hhvaem.app.engine import Engine
 from hhvaem.model.io.artifact import ArtifactError, manifest_checksum, read_manifest
@@ -42,8 +41,8 @@ def artifact_summary(manifest: dict) -> dict:
 
 
 class ModelRegistry:
-    def __init__(self, sessions: sessionmaker[Session], backend: str = "onnx", device: str = "auto", threads: int = 0):
-        self.sessions = sessions
+    def __init__(self, database: Database, backend: str = "onnx", device: str = "auto", threads: int = 0):
+        self.database = database
         self.backend, self.device, self.threads = backend, device, threads
         self._engines: dict[tuple[str, int], Engine] = {}
         self._lock = threading.Lock()
@@ -54,9 +53,9 @@ class ModelRegistry:
         manifest = read_manifest(path)
         engine = Engine(path, self.backend, self.device, self.threads)  # refuses a graph it cannot run
         name = name or engine.name
-        with self.sessions.begin() as s:
+        with self.database.transaction() as tx:
             record, created = repo.ensure_model(
-                s,
+                tx,
                 name,
                 str(path),
                 manifest_checksum(path),
@@ -66,7 +65,7 @@ class ModelRegistry:
                 activate=activate,
             )
             if activate and not record.active:
-                record = repo.activate_model(s, name, record.version)
+                record = repo.activate_model(tx, name, record.version)
         with self._lock:
             self._engines[(name, record.version)] = engine
         log.info("model %s version %d %s from %s", name, record.version, "registered" if created else "known", path)
@@ -84,8 +83,8 @@ class ModelRegistry:
 
     def resolve(self, name: str, version: int | None = None) -> LoadedModel:
         """The engine of `name` at `version` (None: the active one), loaded on first use."""
-        with self.sessions() as s:
-            record = repo.get_model(s, name, version)
+        with self.database.read() as tx:
+            record = repo.get_model(tx, name, version)
             if record is None:
                 raise ModelNotFound(name, version)
             key, path = (record.name, record.version), record.path
@@ -100,8 +99,8 @@ class ModelRegistry:
         return LoadedModel(key[0], key[1], engine)
 
     def records(self) -> list[ModelRecord]:
-        with self.sessions() as s:
-            return repo.list_models(s)
+        with self.database.read() as tx:
+            return repo.list_models(tx)
 
     def loaded(self) -> list[tuple[str, int]]:
         with self._lock:

@@ -1,4 +1,4 @@
-"""Everything a running service holds: settings, SQL, loaded models, the session store, the batcher."""
+"""Everything a running service holds: settings, the database, loaded models, the session store, the batcher."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine as SQLEngine
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from hhvaem.app.core.config import Settings
 from hhvaem.app.db import repository as repo
+from hhvaem.app.db.database import Database
 from hhvaem.app.services.batcher import DynamicBatcher
 from hhvaem.app.services.metrics import Metrics
 from hhvaem.app.services.registry import ModelRegistry
@@ -23,8 +22,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class AppState:
     settings: Settings
-    db: SQLEngine
-    sessions: sessionmaker[Session]
+    database: Database
     registry: ModelRegistry
     store: SessionStore
     batcher: DynamicBatcher
@@ -47,9 +45,9 @@ class AppState:
                 detail["values"] = values
 
         def write():
-            with self.sessions.begin() as s:
+            with self.database.transaction() as tx:
                 repo.record_event(
-                    s,
+                    tx,
                     kind,
                     model_name=model[0] if model else None,
                     model_version=model[1] if model else None,

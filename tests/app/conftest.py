@@ -1,7 +1,7 @@
 """Database fixtures for the service tests.
 
 ``db_url`` is parametrised over ``["sqlite", "postgresql"]``: every test that uses it (directly or through
-``db_engine`` / ``db_session``) runs once per backend, each time on an empty database migrated to head.
+``db_sql_engine`` / ``db_tx``) runs once per backend, each time on an empty database migrated to head.
 
 * SQLite: a new file under the test's ``tmp_path`` (a copy of a template migrated once per test session).
 * PostgreSQL: a schema of its own in the ``hhvaem_test`` database (created if missing), selected through the
@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from hhvaem.app.db.session import alembic_config, make_engine, make_sessionmaker, migrate, normalize_url
+from hhvaem.app.db.database import alembic_config, migrate, normalize_url, sql_engine, transaction_factory
 
 POSTGRES_URL = os.environ.get("HHVAEM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/hhvaem_test")
 REQUIRE_POSTGRES = os.environ.get("HHVAEM_REQUIRE_POSTGRES", "") not in ("", "0", "false", "no")
@@ -197,9 +197,9 @@ def fresh_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def db_engine(db_url: str) -> Iterator[Engine]:
-    """An engine on the ``db_url`` database (disposed after the test)."""
-    engine = make_engine(db_url)
+def db_sql_engine(db_url: str) -> Iterator[Engine]:
+    """A SQLAlchemy engine on the ``db_url`` database (disposed after the test)."""
+    engine = sql_engine(db_url)
     try:
         yield engine
     finally:
@@ -207,11 +207,11 @@ def db_engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def db_session(db_engine: Engine) -> Iterator[Session]:
-    """A session on the ``db_url`` database; the test commits as it likes, leftovers are rolled back."""
-    session = make_sessionmaker(db_engine)()
+def db_tx(db_sql_engine: Engine) -> Iterator[Session]:
+    """A transaction on the ``db_url`` database; the test commits as it likes, leftovers are rolled back."""
+    tx = transaction_factory(db_sql_engine)()
     try:
-        yield session
+        yield tx
     finally:
-        session.rollback()
-        session.close()
+        tx.rollback()
+        tx.close()

@@ -96,7 +96,7 @@ def free_port() -> int:
 
 
 def _pg_url(database: str):
-    from hhvaem.app.db.session import normalize_url
+    from hhvaem.app.db.database import normalize_url
 
     return normalize_url(PG_SERVER_URL).set(database=database)
 
@@ -356,11 +356,11 @@ class Service:
     @contextlib.contextmanager
     def db(self) -> Iterator[Any]:
         """A SQLAlchemy session on the service's database (a separate engine, as another process would have)."""
-        from hhvaem.app.db.session import make_engine, make_sessionmaker
+        from hhvaem.app.db.database import sql_engine, transaction_factory
 
-        engine = make_engine(self.settings.database_url)
+        engine = sql_engine(self.settings.database_url)
         try:
-            with make_sessionmaker(engine)() as s:
+            with transaction_factory(engine)() as s:
                 yield s
         finally:
             engine.dispose()
@@ -502,15 +502,15 @@ def register_in_db(
     import json
 
     from hhvaem.app.db import repository as repo
-    from hhvaem.app.db.session import make_engine, make_sessionmaker, migrate
+    from hhvaem.app.db.database import migrate, sql_engine, transaction_factory
     from hhvaem.app.services.registry import artifact_summary
     from hhvaem.model.io.artifact import manifest_checksum
 
     manifest = json.loads((path / "manifest.json").read_text())
     migrate(db_url)
-    engine = make_engine(db_url)
+    engine = sql_engine(db_url)
     try:
-        with make_sessionmaker(engine).begin() as s:
+        with transaction_factory(engine).begin() as s:
             record = repo.register_model(
                 s,
                 name,

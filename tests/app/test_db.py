@@ -1,6 +1,6 @@
 """SQL state: migrations, model registry, audit events, batch jobs, API keys.
 
-Every test that takes ``db_url`` / ``db_engine`` / ``db_session`` runs on SQLite and on PostgreSQL.
+Every test that takes ``db_url`` / ``db_sql_engine`` / ``db_tx`` runs on SQLite and on PostgreSQL.
 """
 
 import datetime as dt
@@ -22,16 +22,16 @@ from sqlalchemy.orm import Session
 
 from hhvaem.app.core.security import ADMIN, INFER
 from hhvaem.app.db import repository as repo
-from hhvaem.app.db.models import ApiKeyRecord, Base, ModelRecord
-from hhvaem.app.db.session import (
+from hhvaem.app.db.database import (
     MIGRATIONS_DIR,
     alembic_config,
     default_database_url,
-    make_engine,
-    make_sessionmaker,
     migrate,
     normalize_url,
+    sql_engine,
+    transaction_factory,
 )
+from hhvaem.app.db.models import ApiKeyRecord, Base, ModelRecord
 
 TABLES = {"models", "audit_events", "batch_jobs", "api_keys"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,34 +53,34 @@ def _register(s: Session, name: str = "diabetes", checksum: str = "c1", **kwargs
 # ---------------------------------------------------------------------------------------------- migrations
 
 
-def test_migration_creates_exactly_these_tables(db_engine):
-    inspector = inspect(db_engine)
+def test_migration_creates_exactly_these_tables(db_sql_engine):
+    inspector = inspect(db_sql_engine)
     assert set(inspector.get_table_names()) == TABLES | {"alembic_version"}
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    with db_engine.connect() as conn:
+    with db_sql_engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == head
 
 
-def test_no_drift_between_orm_and_migrations(db_engine):
-    with db_engine.connect() as conn:
+def test_no_drift_between_orm_and_migrations(db_sql_engine):
+    with db_sql_engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
 
 
-def test_drift_check_is_not_vacuous(db_engine):
+def test_drift_check_is_not_vacuous(db_sql_engine):
     altered = MetaData()
     for table in Base.metadata.sorted_tables:
         copy = table.to_metadata(altered)
         if table.name == "models":
             copy.append_column(Column("not_in_migration", Integer))
-    with db_engine.connect() as conn:
+    with db_sql_engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), altered)
     assert any(op[0] == "add_column" and op[3].name == "not_in_migration" for op in diff)
 
 
 def test_migrate_is_idempotent_and_downgrade_roundtrips(fresh_db_url):
     migrate(fresh_db_url)  # already at head: nothing to do
-    engine = make_engine(fresh_db_url)
+    engine = sql_engine(fresh_db_url)
     try:
         with engine.begin() as conn:
             config = alembic_config()
@@ -98,7 +98,7 @@ def test_migrate_works_from_any_working_directory(tmp_path, monkeypatch):
     url = default_database_url(tmp_path / "data")
     assert url.startswith("sqlite:///") and url.endswith("/data/hhvaem.db")
     migrate(url)
-    engine = make_engine(url)
+    engine = sql_engine(url)
     try:
         assert TABLES <= set(inspect(engine).get_table_names())
         with engine.connect() as conn:
@@ -121,7 +121,7 @@ def test_alembic_command_line_takes_the_url_from_the_caller(tmp_path):
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    engine = make_engine(url)
+    engine = sql_engine(url)
     try:
         assert TABLES <= set(inspect(engine).get_table_names())
     finally:
@@ -129,12 +129,12 @@ def test_alembic_command_line_takes_the_url_from_the_caller(tmp_path):
 
 
 def test_in_memory_sqlite_is_shared_across_connections():
-    engine = make_engine("sqlite://")
+    engine = sql_engine("sqlite://")
     try:
         migrate(engine)
-        with make_sessionmaker(engine).begin() as s:
+        with transaction_factory(engine).begin() as s:
             _register(s)
-        with make_sessionmaker(engine)() as s:
+        with transaction_factory(engine)() as s:
             assert [m.version for m in repo.list_models(s)] == [1]
     finally:
         engine.dispose()
@@ -150,26 +150,26 @@ def test_postgres_urls_get_the_psycopg3_driver():
 # ------------------------------------------------------------------------------------------------ registry
 
 
-def test_versions_increment_per_name(db_session):
-    assert [_register(db_session, "a", f"a{i}").version for i in range(3)] == [1, 2, 3]
-    assert _register(db_session, "b", "b0").version == 1
-    assert _register(db_session, "a", "a3").version == 4
-    db_session.commit()
-    assert [(m.name, m.version) for m in repo.list_models(db_session)] == [
+def test_versions_increment_per_name(db_tx):
+    assert [_register(db_tx, "a", f"a{i}").version for i in range(3)] == [1, 2, 3]
+    assert _register(db_tx, "b", "b0").version == 1
+    assert _register(db_tx, "a", "a3").version == 4
+    db_tx.commit()
+    assert [(m.name, m.version) for m in repo.list_models(db_tx)] == [
         ("a", 1),
         ("a", 2),
         ("a", 3),
         ("a", 4),
         ("b", 1),
     ]
-    assert [m.version for m in repo.list_models(db_session, "b")] == [1]
+    assert [m.version for m in repo.list_models(db_tx, "b")] == [1]
 
 
-def test_record_fields_round_trip(db_engine):
-    sessions = make_sessionmaker(db_engine)
-    with sessions.begin() as s:
+def test_record_fields_round_trip(db_sql_engine):
+    transactions = transaction_factory(db_sql_engine)
+    with transactions.begin() as s:
         _register(s, metrics={"nll_y": 1.25, "per_split": [1.0, 1.5]})
-    with sessions() as s:
+    with transactions() as s:
         m = repo.get_model(s, "diabetes")
         assert m is not None
         assert (m.path, m.checksum, m.format_version) == ("/artifacts/diabetes/c1", "c1", "1")
@@ -179,28 +179,28 @@ def test_record_fields_round_trip(db_engine):
         assert abs(dt.datetime.now(dt.UTC) - m.created_at) < dt.timedelta(minutes=5)
 
 
-def test_one_active_version_per_name(db_session):
-    v1 = _register(db_session, "a", "x1")
-    v2 = _register(db_session, "a", "x2")
-    other = _register(db_session, "b", "y1")
-    v3 = _register(db_session, "a", "x3", activate=False)
-    db_session.commit()
-    assert repo.get_model(db_session, "a").version == 2
+def test_one_active_version_per_name(db_tx):
+    v1 = _register(db_tx, "a", "x1")
+    v2 = _register(db_tx, "a", "x2")
+    other = _register(db_tx, "b", "y1")
+    v3 = _register(db_tx, "a", "x3", activate=False)
+    db_tx.commit()
+    assert repo.get_model(db_tx, "a").version == 2
     assert (v1.active, v2.active, v3.active, other.active) == (False, True, False, True)
-    assert {(m.name, m.version) for m in repo.list_active_models(db_session)} == {("a", 2), ("b", 1)}
-    active_a = db_session.scalars(select(ModelRecord).where(ModelRecord.name == "a", ModelRecord.active)).all()
+    assert {(m.name, m.version) for m in repo.list_active_models(db_tx)} == {("a", 2), ("b", 1)}
+    active_a = db_tx.scalars(select(ModelRecord).where(ModelRecord.name == "a", ModelRecord.active)).all()
     assert len(active_a) == 1
 
 
-def test_reactivation(db_engine):
-    sessions = make_sessionmaker(db_engine)
-    with sessions.begin() as s:
+def test_reactivation(db_sql_engine):
+    transactions = transaction_factory(db_sql_engine)
+    with transactions.begin() as s:
         for i in range(3):
             _register(s, "a", f"x{i}")
-    with sessions.begin() as s:
+    with transactions.begin() as s:
         assert repo.activate_model(s, "a", 1).active
         assert repo.activate_model(s, "a", 1).active  # idempotent
-    with sessions() as s:
+    with transactions() as s:
         assert repo.get_model(s, "a").version == 1
         assert [m.active for m in repo.list_models(s, "a")] == [True, False, False]
         assert repo.get_model(s, "a", 3).version == 3
@@ -208,47 +208,47 @@ def test_reactivation(db_engine):
         assert repo.get_model(s, "nope") is None
         with pytest.raises(repo.NotFoundError):
             repo.activate_model(s, "a", 9)
-    with sessions.begin() as s:
+    with transactions.begin() as s:
         repo.activate_model(s, "a", 3)
-    with sessions() as s:
+    with transactions() as s:
         assert [m.active for m in repo.list_models(s, "a")] == [False, False, True]
 
 
-def test_database_refuses_two_active_versions(db_session):
-    _register(db_session, "a", "x1")
-    _register(db_session, "a", "x2", activate=False)
-    db_session.commit()
+def test_database_refuses_two_active_versions(db_tx):
+    _register(db_tx, "a", "x1")
+    _register(db_tx, "a", "x2", activate=False)
+    db_tx.commit()
     with pytest.raises(IntegrityError):
-        db_session.execute(update(ModelRecord).where(ModelRecord.name == "a").values(active=True))
-        db_session.flush()
-    db_session.rollback()
+        db_tx.execute(update(ModelRecord).where(ModelRecord.name == "a").values(active=True))
+        db_tx.flush()
+    db_tx.rollback()
 
 
-def test_checksum_lookup_and_idempotent_registration(db_session):
-    first, created = repo.ensure_model(db_session, "a", "/art/a", "sum1", "1", {}, {})
+def test_checksum_lookup_and_idempotent_registration(db_tx):
+    first, created = repo.ensure_model(db_tx, "a", "/art/a", "sum1", "1", {}, {})
     assert created and first.version == 1
-    again, created = repo.ensure_model(db_session, "a", "/moved/a", "sum1", "1", {}, {})
+    again, created = repo.ensure_model(db_tx, "a", "/moved/a", "sum1", "1", {}, {})
     assert not created and again.id == first.id and again.path == "/moved/a"
-    second, created = repo.ensure_model(db_session, "a", "/art/a2", "sum2", "1", {}, {})
+    second, created = repo.ensure_model(db_tx, "a", "/art/a2", "sum2", "1", {}, {})
     assert created and second.version == 2 and second.active
     # Re-registering the old artifact at start-up neither adds a version nor steals the activation.
-    old, created = repo.ensure_model(db_session, "a", "/art/a", "sum1", "1", {}, {})
+    old, created = repo.ensure_model(db_tx, "a", "/art/a", "sum1", "1", {}, {})
     assert not created and old.version == 1 and not old.active
-    db_session.commit()
-    assert repo.find_model_by_checksum(db_session, "a", "sum1").version == 1
-    assert repo.find_model_by_checksum(db_session, "a", "sum2").version == 2
-    assert repo.find_model_by_checksum(db_session, "a", "other") is None
-    assert repo.find_model_by_checksum(db_session, "b", "sum1") is None
-    assert len(repo.list_models(db_session, "a")) == 2
+    db_tx.commit()
+    assert repo.find_model_by_checksum(db_tx, "a", "sum1").version == 1
+    assert repo.find_model_by_checksum(db_tx, "a", "sum2").version == 2
+    assert repo.find_model_by_checksum(db_tx, "a", "other") is None
+    assert repo.find_model_by_checksum(db_tx, "b", "sum1") is None
+    assert len(repo.list_models(db_tx, "a")) == 2
 
 
-def test_concurrent_registrations_get_distinct_versions(db_engine):
-    sessions = make_sessionmaker(db_engine)
+def test_concurrent_registrations_get_distinct_versions(db_sql_engine):
+    transactions = transaction_factory(db_sql_engine)
     failures: list[BaseException] = []
 
     def worker(i: int) -> None:
         try:
-            with sessions.begin() as s:
+            with transactions.begin() as s:
                 _register(s, "a", f"w{i}")
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             failures.append(exc)
@@ -259,7 +259,7 @@ def test_concurrent_registrations_get_distinct_versions(db_engine):
     for t in threads:
         t.join(timeout=30)
     assert failures == []
-    with sessions() as s:
+    with transactions() as s:
         models = repo.list_models(s, "a")
         assert [m.version for m in models] == [1, 2, 3, 4]
         assert sum(m.active for m in models) == 1
@@ -268,10 +268,10 @@ def test_concurrent_registrations_get_distinct_versions(db_engine):
 # --------------------------------------------------------------------------------------------------- audit
 
 
-def test_audit_events_round_trip_and_filtering(db_engine):
-    sessions = make_sessionmaker(db_engine)
+def test_audit_events_round_trip_and_filtering(db_sql_engine):
+    transactions = transaction_factory(db_sql_engine)
     t0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
-    with sessions.begin() as s:
+    with transactions.begin() as s:
         key, _ = repo.create_api_key(s, "client", [INFER])
         repo.record_event(s, "model.registered", model_name="m", model_version=1, at=t0)
         repo.record_event(
@@ -295,7 +295,7 @@ def test_audit_events_round_trip_and_filtering(db_engine):
         )
         repo.record_event(s, "prediction.served", model_name="m", model_version=1, session_id="s2")
         key_id = key.id
-    with sessions() as s:
+    with transactions() as s:
         events = repo.list_events(s)
         assert [e.kind for e in events] == [
             "prediction.served",
@@ -316,12 +316,12 @@ def test_audit_events_round_trip_and_filtering(db_engine):
             repo.list_events(s, limit=0)
 
 
-def test_event_time_is_stored_as_utc(db_engine):
-    sessions = make_sessionmaker(db_engine)
+def test_event_time_is_stored_as_utc(db_sql_engine):
+    transactions = transaction_factory(db_sql_engine)
     plus_two = dt.timezone(dt.timedelta(hours=2))
-    with sessions.begin() as s:
+    with transactions.begin() as s:
         repo.record_event(s, "x", at=dt.datetime(2024, 1, 1, 14, 0, tzinfo=plus_two))
-    with sessions() as s:
+    with transactions() as s:
         (event,) = repo.list_events(s)
         assert event.at == dt.datetime(2024, 1, 1, 12, 0, tzinfo=dt.UTC)
         assert event.at.utcoffset() == dt.timedelta(0)
@@ -330,9 +330,9 @@ def test_event_time_is_stored_as_utc(db_engine):
 # ---------------------------------------------------------------------------------------------- batch jobs
 
 
-def test_batch_job_lifecycle(db_engine):
-    sessions = make_sessionmaker(db_engine)
-    with sessions.begin() as s:
+def test_batch_job_lifecycle(db_sql_engine):
+    transactions = transaction_factory(db_sql_engine)
+    with transactions.begin() as s:
         job = repo.create_batch_job(s, "m", 2, "both", input_path="/in/x.csv", total_rows=10)
         job_id = job.id
         assert len(job_id) == 32 and int(job_id, 16) >= 0
@@ -344,20 +344,20 @@ def test_batch_job_lifecycle(db_engine):
             None,
         )
         created_at = job.created_at
-    with sessions.begin() as s:
+    with transactions.begin() as s:
         repo.update_batch_job(s, job_id, status="running")
         repo.update_batch_job(s, job_id, processed_rows=5)
         repo.add_batch_job_errors(s, job_id, [{"row": 3, "column": "age", "reason": "not a number"}])
-    with sessions() as s:
+    with transactions() as s:
         job = repo.get_batch_job(s, job_id)
         assert (job.status, job.processed_rows, job.finished_at) == ("running", 5, None)
         assert job.errors == [{"row": 3, "column": "age", "reason": "not a number"}]
         assert job.updated_at >= created_at
-    with sessions.begin() as s:
+    with transactions.begin() as s:
         repo.update_batch_job(
             s, job_id, status="succeeded", processed_rows=10, failed_rows=1, result_path="/out/x.parquet"
         )
-    with sessions() as s:
+    with transactions() as s:
         job = repo.get_batch_job(s, job_id)
         assert job.status == "succeeded" and job.finished and job.finished_at is not None
         assert job.finished_at >= created_at and job.finished_at.tzinfo is not None
@@ -367,17 +367,17 @@ def test_batch_job_lifecycle(db_engine):
         assert repo.list_batch_jobs(s, status="queued") == []
 
 
-def test_batch_job_errors_are_capped(db_engine):
-    sessions = make_sessionmaker(db_engine)
+def test_batch_job_errors_are_capped(db_sql_engine):
+    transactions = transaction_factory(db_sql_engine)
     many = [{"row": i, "column": "x", "reason": "bad"} for i in range(2500)]
-    with sessions.begin() as s:
+    with transactions.begin() as s:
         a = repo.create_batch_job(s, "m", 1, "impute").id
         b = repo.create_batch_job(s, "m", 1, "predict").id
         repo.update_batch_job(s, a, status="failed", failed_rows=2500, errors=many, message="too many bad rows")
         repo.add_batch_job_errors(s, b, many[:600])
         repo.add_batch_job_errors(s, b, many[600:])
         repo.add_batch_job_errors(s, b, many[:5])  # full: nothing more is kept
-    with sessions() as s:
+    with transactions() as s:
         job_a, job_b = repo.get_batch_job(s, a), repo.get_batch_job(s, b)
         assert len(job_a.errors) == repo.MAX_STORED_ERRORS == 1000
         assert job_a.errors[0] == {"row": 0, "column": "x", "reason": "bad"} and job_a.errors[-1]["row"] == 999
@@ -385,35 +385,35 @@ def test_batch_job_errors_are_capped(db_engine):
         assert [e["row"] for e in job_b.errors] == list(range(1000))
 
 
-def test_batch_job_validation(db_session):
+def test_batch_job_validation(db_tx):
     with pytest.raises(ValueError, match="operation"):
-        repo.create_batch_job(db_session, "m", 1, "train")
-    job = repo.create_batch_job(db_session, "m", 1, "predict")
+        repo.create_batch_job(db_tx, "m", 1, "train")
+    job = repo.create_batch_job(db_tx, "m", 1, "predict")
     with pytest.raises(ValueError, match="status"):
-        repo.update_batch_job(db_session, job.id, status="exploded")
+        repo.update_batch_job(db_tx, job.id, status="exploded")
     with pytest.raises(ValueError, match="model_name"):
-        repo.update_batch_job(db_session, job.id, model_name="other")
+        repo.update_batch_job(db_tx, job.id, model_name="other")
     with pytest.raises(ValueError, match="negative"):
-        repo.update_batch_job(db_session, job.id, processed_rows=-1)
+        repo.update_batch_job(db_tx, job.id, processed_rows=-1)
     with pytest.raises(repo.NotFoundError):
-        repo.update_batch_job(db_session, "missing", status="running")
-    db_session.commit()
+        repo.update_batch_job(db_tx, "missing", status="running")
+    db_tx.commit()
     # The database itself refuses a bad status.
     with pytest.raises(IntegrityError):
-        db_session.execute(text("UPDATE batch_jobs SET status = 'exploded'"))
-        db_session.flush()
-    db_session.rollback()
+        db_tx.execute(text("UPDATE batch_jobs SET status = 'exploded'"))
+        db_tx.flush()
+    db_tx.rollback()
 
 
 # ------------------------------------------------------------------------------------------------ API keys
 
 
-def test_api_keys_are_hashed_at_rest(db_engine):
-    sessions = make_sessionmaker(db_engine)
-    with sessions.begin() as s:
+def test_api_keys_are_hashed_at_rest(db_sql_engine):
+    transactions = transaction_factory(db_sql_engine)
+    with transactions.begin() as s:
         record, plaintext = repo.create_api_key(s, "ops", [ADMIN])
     assert plaintext.startswith("hhv_")
-    with db_engine.connect() as conn:
+    with db_sql_engine.connect() as conn:
         rows = conn.execute(text("SELECT * FROM api_keys")).mappings().all()
     assert len(rows) == 1
     row = dict(rows[0])
@@ -423,17 +423,17 @@ def test_api_keys_are_hashed_at_rest(db_engine):
     assert row["key_hash"] == hashlib.sha256(plaintext.encode()).hexdigest()
     assert row["prefix"] == plaintext[4:12] and len(row["prefix"]) == 8
     assert row["revoked_at"] is None
-    with sessions() as s:
+    with transactions() as s:
         assert s.get(ApiKeyRecord, record.id).scopes == [ADMIN]
 
 
-def test_api_key_verify_and_revoke(db_engine):
-    sessions = make_sessionmaker(db_engine)
-    with sessions.begin() as s:
+def test_api_key_verify_and_revoke(db_sql_engine):
+    transactions = transaction_factory(db_sql_engine)
+    with transactions.begin() as s:
         infer_key, infer_secret = repo.create_api_key(s, "client", [INFER])
         admin_key, admin_secret = repo.create_api_key(s, "ops", [INFER, ADMIN, ADMIN])
     assert admin_key.scopes == [ADMIN, INFER]
-    with sessions() as s:
+    with transactions() as s:
         assert repo.verify_api_key(s, infer_secret).id == infer_key.id
         assert repo.verify_api_key(s, admin_secret).id == admin_key.id
         # Wrong keys: another random key, a tampered key with the right prefix, garbage, empty.
@@ -442,14 +442,14 @@ def test_api_key_verify_and_revoke(db_engine):
         assert repo.verify_api_key(s, infer_secret + "x") is None
         assert repo.verify_api_key(s, "not a key") is None
         assert repo.verify_api_key(s, "") is None
-    with sessions.begin() as s:
+    with transactions.begin() as s:
         revoked = repo.revoke_api_key(s, infer_key.id)
         first_revocation = revoked.revoked_at
         assert revoked.revoked and first_revocation is not None
         assert repo.revoke_api_key(s, infer_key.id).revoked_at == first_revocation  # idempotent
         with pytest.raises(repo.NotFoundError):
             repo.revoke_api_key(s, 10_000)
-    with sessions() as s:
+    with transactions() as s:
         assert repo.verify_api_key(s, infer_secret) is None
         assert repo.verify_api_key(s, admin_secret).id == admin_key.id
         assert [k.name for k in repo.list_api_keys(s)] == ["client", "ops"]
@@ -457,9 +457,9 @@ def test_api_key_verify_and_revoke(db_engine):
         assert repo.get_api_key(s, infer_key.id).revoked_at == first_revocation
 
 
-def test_api_key_scopes_are_validated(db_session):
+def test_api_key_scopes_are_validated(db_tx):
     with pytest.raises(ValueError, match="unknown scope"):
-        repo.create_api_key(db_session, "x", ["root"])
+        repo.create_api_key(db_tx, "x", ["root"])
     with pytest.raises(ValueError):
-        repo.create_api_key(db_session, "x", [])
-    assert repo.list_api_keys(db_session) == []
+        repo.create_api_key(db_tx, "x", [])
+    assert repo.list_api_keys(db_tx) == []

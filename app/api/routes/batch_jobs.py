@@ -64,8 +64,8 @@ async def create_job(
     root = state.settings.data_dir / "batch"
 
     def save_and_check():
-        with state.sessions.begin() as s:
-            job = repo.create_batch_job(s, m.name, m.version, operation, api_key_id=caller.key_id)
+        with state.database.transaction() as tx:
+            job = repo.create_batch_job(tx, m.name, m.version, operation, api_key_id=caller.key_id)
             job_id = job.id
         folder = root / job_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -77,11 +77,11 @@ async def create_job(
         except TableError as e:
             shutil.rmtree(folder, ignore_errors=True)
             reason = str(e).replace(str(path), name).replace(path.name, name)  # the user's file, not our copy
-            with state.sessions.begin() as s:
-                repo.update_batch_job(s, job_id, status="failed", message=reason)
+            with state.database.transaction() as tx:
+                repo.update_batch_job(tx, job_id, status="failed", message=reason)
             return None, reason
-        with state.sessions.begin() as s:
-            job = repo.update_batch_job(s, job_id, input_path=str(path), total_rows=len(df))
+        with state.database.transaction() as tx:
+            job = repo.update_batch_job(tx, job_id, input_path=str(path), total_rows=len(df))
             return job, df
 
     job, df = await run_in_threadpool(save_and_check)
@@ -104,14 +104,14 @@ async def _run(state, job_id: str, engine, df, operation: str, samples: int | No
     folder = state.settings.data_dir / "batch" / job_id
 
     def update(**fields):
-        with state.sessions.begin() as s:
-            repo.update_batch_job(s, job_id, **fields)
+        with state.database.transaction() as tx:
+            repo.update_batch_job(tx, job_id, **fields)
 
     def progress(done: int, total: int, new_errors: list[dict]) -> None:
-        with state.sessions.begin() as s:
+        with state.database.transaction() as tx:
             if new_errors:
-                repo.add_batch_job_errors(s, job_id, new_errors)
-            repo.update_batch_job(s, job_id, processed_rows=done)
+                repo.add_batch_job_errors(tx, job_id, new_errors)
+            repo.update_batch_job(tx, job_id, processed_rows=done)
 
     def work():
         update(status="running")
@@ -120,11 +120,11 @@ async def _run(state, job_id: str, engine, df, operation: str, samples: int | No
         out.to_csv(result, index=False)
         failed = len({e["row"] for e in errors if e["row"] is not None})
         table_notes = [e for e in errors if e["row"] is None]  # e.g. ignored extra columns, reported once
-        with state.sessions.begin() as s:
+        with state.database.transaction() as tx:
             if table_notes:
-                repo.add_batch_job_errors(s, job_id, table_notes)
+                repo.add_batch_job_errors(tx, job_id, table_notes)
             repo.update_batch_job(
-                s,
+                tx,
                 job_id,
                 status="succeeded",
                 result_path=str(result),
@@ -153,8 +153,8 @@ async def shutdown(state) -> None:
 
 async def _job(state, job_id: str, caller):
     def get():
-        with state.sessions() as s:
-            return repo.get_batch_job(s, job_id)
+        with state.database.read() as tx:
+            return repo.get_batch_job(tx, job_id)
 
     job = await run_in_threadpool(get)
     if job is None or (job.api_key_id is not None and job.api_key_id != caller.key_id):

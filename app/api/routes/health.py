@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from hhvaem.app.api.deps import State
@@ -22,12 +21,8 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: State) -> dict:
     checks: dict[str, str] = {}
 
-    def db_ok():
-        with state.db.connect() as c:
-            c.execute(text("SELECT 1"))
-
     try:
-        await run_in_threadpool(db_ok)
+        await run_in_threadpool(state.database.ping)
         checks["database"] = "ok"
     except Exception as e:
         checks["database"] = f"unreachable ({type(e).__name__})"

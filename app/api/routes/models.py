@@ -76,10 +76,10 @@ async def register_model(body: RegisterModelRequest, state: State, caller: Admin
 )
 async def activate(name: str, version: Annotated[int, Path(ge=1, le=MAX_VERSION)], state: State, caller: Admin):
     def run():
-        with state.sessions.begin() as s:
-            if repo.get_model(s, name, version) is None:
+        with state.database.transaction() as tx:
+            if repo.get_model(tx, name, version) is None:
                 return None
-            return _info(repo.activate_model(s, name, version))
+            return _info(repo.activate_model(tx, name, version))
 
     out = await run_in_threadpool(run)
     if out is None:

@@ -1,13 +1,17 @@
-"""Engines, sessions and migrations.
+"""The SQL database: connections, transactions and migrations.
+
+Words: in this project a "session" is a questionnaire session and an "engine" is the inference engine; the
+database side speaks of the database (`Database`), its SQLAlchemy engine (`sql_engine`) and transactions.
 
 Typical use::
 
     url = settings.database_url or default_database_url(settings.data_dir)
     migrate(url)                                  # Alembic upgrade head; idempotent
-    engine = make_engine(url)
-    Session = make_sessionmaker(engine)
-    with Session.begin() as s:                    # commits on success, rolls back on error
-        repository.register_model(s, ...)
+    db = Database(url)
+    with db.transaction() as tx:                  # commits on success, rolls back on error
+        repository.register_model(tx, ...)
+    with db.read() as tx:                         # reads; nothing to commit
+        repository.list_models(tx)
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ def _is_memory_sqlite(url: URL) -> bool:
     return url.database in (None, "", ":memory:") or (url.query.get("mode") == "memory")
 
 
-def make_engine(url: str | URL, **kwargs: Any) -> Engine:
-    """An engine configured for the backend.
+def sql_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """A SQLAlchemy engine configured for the backend.
 
     SQLite: usable from any thread (``check_same_thread=False``); every connection gets WAL journaling,
     foreign keys on and a busy timeout; the driver's implicit transaction handling is replaced by explicit
@@ -90,10 +94,40 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    """Session factory. ``expire_on_commit=False``: records returned by the repository stay readable after
-    the transaction commits (for building responses), without lazy reloads."""
+def transaction_factory(engine: Engine) -> sessionmaker[Session]:
+    """SQLAlchemy's session factory. ``expire_on_commit=False``: records returned by the repository stay readable
+    after the transaction commits (for building responses), without lazy reloads."""
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+
+
+class Database:
+    """One database: its SQLAlchemy engine and the transactions on it."""
+
+    def __init__(self, url: str | URL, **kwargs: Any):
+        self.sql = sql_engine(url, **kwargs)
+        self._factory = transaction_factory(self.sql)
+
+    @property
+    def url(self) -> URL:
+        return self.sql.url
+
+    def transaction(self):
+        """``with db.transaction() as tx:`` commits on success, rolls back on error."""
+        return self._factory.begin()
+
+    def read(self) -> Session:
+        """``with db.read() as tx:`` for reads (nothing is committed)."""
+        return self._factory()
+
+    def ping(self) -> None:
+        """Raises when the database cannot be reached."""
+        from sqlalchemy import text
+
+        with self.sql.connect() as c:
+            c.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.sql.dispose()
 
 
 def default_database_url(data_dir: str | os.PathLike[str]) -> str:
@@ -126,7 +160,7 @@ def migrate(url: str | URL | Engine, revision: str = "head") -> None:
     """
     from alembic import command
 
-    engine = url if isinstance(url, Engine) else make_engine(url)
+    engine = url if isinstance(url, Engine) else sql_engine(url)
     try:
         with engine.begin() as connection:
             config = alembic_config(engine.url)
