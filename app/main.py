@@ -1,4 +1,4 @@
-"""The FastAPI application: `create_app(settings)`; `uvicorn app.main:app` uses the environment."""
+"""The FastAPI application: `create_app(settings)`; `uvicorn hhvaem.app.main:app --factory` reads the environment."""
 
 from __future__ import annotations
 
@@ -28,52 +28,56 @@ log = logging.getLogger("hhvaem")
 STATIC = Path(__file__).parent / "static"
 
 
+def start(settings: Settings, backend: str = "onnx") -> AppState:
+    """Everything the service holds, from its settings: migrated database, registered and loaded models,
+    session store, batcher."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.database_url)
+    database = Database(settings.database_url)
+    registry = ModelRegistry(database, backend, settings.device, settings.threads)
+    if settings.models_dir:
+        registry.register_dir(settings.models_dir)
+    for record in [r for r in registry.records() if r.active]:
+        try:  # load what the registry says is active, checksums verified
+            registry.resolve(record.name)
+        except Exception as e:
+            log.error("model %s version %d not loaded: %s", record.name, record.version, e)
+    metrics = Metrics()
+    batcher = DynamicBatcher(
+        settings.batch_window_ms,
+        settings.max_batch_rows,
+        metrics.on_batch,
+        settings.inference_workers or os.cpu_count() or 1,
+    )
+    state = AppState(settings, database, registry, make_store(settings), batcher, metrics)
+    log.info(
+        "hhvaem %s ready: models %s, database %s, sessions %s, auth %s",
+        __version__,
+        registry.loaded() or "none",
+        settings.redacted()["database_url"],
+        state.store.kind,
+        "on" if settings.auth_enabled else "off",
+    )
+    return state
+
+
+async def stop(state: AppState) -> None:
+    await batch_jobs.shutdown(state)
+    await state.batcher.close()
+    await state.store.close()
+    state.database.dispose()
+
+
 def create_app(settings: Settings | None = None, backend: str = "onnx") -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        migrate(settings.database_url)
-        database = Database(settings.database_url)
-        registry = ModelRegistry(database, backend, settings.device, settings.threads)
-        if settings.models_dir:
-            registry.register_dir(settings.models_dir)
-        for record in [r for r in registry.records() if r.active]:
-            try:  # load what the registry says is active, checksums verified
-                registry.resolve(record.name)
-            except Exception as e:
-                log.error("model %s version %d not loaded: %s", record.name, record.version, e)
-        metrics = Metrics()
-        state = AppState(
-            settings,
-            database,
-            registry,
-            make_store(settings),
-            DynamicBatcher(
-                settings.batch_window_ms,
-                settings.max_batch_rows,
-                metrics.on_batch,
-                settings.inference_workers or os.cpu_count() or 1,
-            ),
-            metrics,
-        )
-        app.state.hhvaem = state
-        log.info(
-            "hhvaem %s ready: models %s, database %s, sessions %s, auth %s",
-            __version__,
-            registry.loaded() or "none",
-            settings.redacted()["database_url"],
-            state.store.kind,
-            "on" if settings.auth_enabled else "off",
-        )
+        app.state.hhvaem = state = start(settings, backend)
         try:
             yield
         finally:
-            await batch_jobs.shutdown(state)
-            await state.batcher.close()
-            await state.store.close()
-            database.dispose()
+            await stop(state)
 
     app = FastAPI(
         title="hhvaem",
@@ -82,19 +86,7 @@ def create_app(settings: Settings | None = None, backend: str = "onnx") -> FastA
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        state = getattr(request.app.state, "hhvaem", None)
-        if state is not None:
-            state.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-            state.metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
-
+    app.middleware("http")(observe)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
@@ -121,5 +113,18 @@ def create_app(settings: Settings | None = None, backend: str = "onnx") -> FastA
     return app
 
 
-def app() -> FastAPI:  # uvicorn app.main:app --factory
+async def observe(request: Request, call_next):
+    """Counts and times every request by method, route and status (Prometheus)."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    path = getattr(route, "path", "unmatched")
+    state = getattr(request.app.state, "hhvaem", None)
+    if state is not None:
+        state.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        state.metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
+    return response
+
+
+def app() -> FastAPI:  # uvicorn hhvaem.app.main:app --factory
     return create_app()
