@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -13,7 +14,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from hhvaem import __version__
 from hhvaem.app.api.problems import BodySizeLimit, install_problem_handlers
 from hhvaem.app.api.routes import batch_jobs, health, inference, models, sessions
 from hhvaem.app.core.config import Settings, get_settings
@@ -25,6 +25,7 @@ from hhvaem.app.services.state import AppState
 from hhvaem.app.sessions.store import make_store
 
 log = logging.getLogger("hhvaem")
+__version__ = version("hhvaem")
 STATIC = Path(__file__).parent / "static"
 
 

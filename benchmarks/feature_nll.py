@@ -3,7 +3,7 @@
     python -m benchmarks.feature_nll ../shared/data/uci/boston --variant vaem --steps 2000 --split 0
     python -m benchmarks.feature_nll ../shared/data/uci/boston --min-scale 0.001 --logit-bound 1e6
 
-Trains on split k (PROTOCOL.md), then prints, per feature, the mean over hidden test entries of
+Trains on split k (docs/protocol.md), then prints, per feature, the mean over hidden test entries of
 -log p(x_d | x_O) (a single-feature mixture over K posterior samples) and the five worst entries.
 --min-scale / --logit-bound replace the likelihoods' robustness constants for the run (1e-3 and
 1e6 reproduce the unbounded likelihoods this project started with).

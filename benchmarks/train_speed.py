@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_speed ../shared/data/uci/boston [--full] [--compile] [--threads 2]
 
-Settings are the paper's (ANCHORS.md): latent [10, 5], T=10, L=5, batch 100, 30 SKSD chains
+Settings are the paper's: latent [10, 5], T=10, L=5, batch 100, 30 SKSD chains
 (SKSD every 10 steps, as the paper's code backpropagates it). The paper's code on this
 machine kind: stage 1 3.8 ms, stage 2 20.7 ms, stage 3 2.84 s per step, full recipe ~1 h 47 min;
 those anchors are printed beside ours as ratios.

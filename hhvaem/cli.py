@@ -166,14 +166,9 @@ def evaluate(
     threads: ThreadsOpt = 0,
     compile: CompileOpt = None,
 ) -> None:
-    """Train and test on PROTOCOL.md splits; print NLL_xu, NLL_y, RMSE_xu, ACC_xu and the target error."""
+    """Train and test on docs/protocol.md splits; print NLL_xu, NLL_y, RMSE_xu, ACC_xu and the target error."""
     _check_variant(variant)
-    try:
-        split_list = [int(s) for s in splits.split(",") if s.strip()]
-    except ValueError:
-        fail(f"--splits: {splits!r} is not a comma-separated list of integers")
-    if not split_list or any(not 0 <= s < 10 for s in split_list):
-        fail(f"--splits: {splits!r} must name splits between 0 and 9")
+    split_list = _split_list(splits)
     _setup(threads, seed)
     with user_errors():
         from hhvaem.training.evaluate import evaluate_split, summarise
@@ -377,7 +372,7 @@ def saia(
     target: TargetOpt = None,
     methods: Annotated[
         str,
-        typer.Option("--methods", help="Comma-separated: random, kl, kl-latent, histogram, mixture, mixture-xy."),
+        typer.Option("--methods", help="Comma-separated: random, kl, kl-latent, histogram, mixture."),
     ] = "random,kl,histogram,mixture",
     splits: Annotated[str, typer.Option("--splits", help="Comma-separated split indices in 0..9.")] = "0,1,2",
     steps: Annotated[int, typer.Option("--steps", min=10, help="Training steps per split.")] = 3000,
@@ -392,7 +387,7 @@ def saia(
     threads: Annotated[int, typer.Option("--threads", help="Torch and ONNX Runtime CPU threads.")] = 1,
     compile: CompileOpt = None,
 ) -> None:
-    """Sequential active information acquisition (PROTOCOL.md): train per split, acquire features one by one.
+    """Sequential active information acquisition (docs/protocol.md): train per split, acquire features one by one.
 
     Prints the area under the target-error and NLL_y curves (mean ± std over splits) per method. The target is
     the first --target (or the schema's first target).

@@ -1,6 +1,6 @@
 """Maps table values to the model's normalised scale and back (numpy only).
 
-Normalised scale (PROTOCOL.md): real -> standardised; positive -> log(1 + x),
+Normalised scale (docs/protocol.md): real -> standardised; positive -> log(1 + x),
 standardised; count -> the raw count (its likelihood is a probability mass);
 binary / categorical -> the category's index. Missing cells are encoded as 0
 with mask 0. Statistics come from the training rows only.

@@ -1,4 +1,4 @@
-"""Evaluation exactly as PROTOCOL.md: 10-fold splits, MCAR(0.5) test masks, K posterior samples.
+"""Evaluation exactly as docs/protocol.md: 10-fold splits, MCAR(0.5) test masks, K posterior samples.
 
 Metrics per split: NLL_xu, NLL_y, RMSE_xu, ACC_xu (normalised scale) and the target
 error in original units (RMSE, or accuracy for classification targets).

@@ -1,4 +1,4 @@
-"""Sequential active information acquisition (SAIA) as PROTOCOL.md, on the served code path.
+"""Sequential active information acquisition (SAIA) as docs/protocol.md, on the served code path.
 
 For one split: train on the split's training rows, write the artifact and open it with the
 inference `Engine` (ONNX Runtime, one thread) - the code that serves `next_features` is what

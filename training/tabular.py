@@ -1,6 +1,6 @@
 """User tables: read a CSV/parquet file, infer or apply a schema, and check the table before training.
 
-Inference follows PROTOCOL.md ("Data"): on the observed values of a column, text -> binary (2 levels) or
+Inference follows docs/protocol.md ("Data"): on the observed values of a column, text -> binary (2 levels) or
 categorical; numeric with fewer than 10 distinct values -> binary (2) or categorical; otherwise all
 values >= 0 -> positive, else real. Every problem is a `TableError` whose one-line message names the
 column (and the 1-based data row, i.e. the row after the header) so it can be shown to the user as is.

@@ -1,4 +1,4 @@
-"""The three training stages of HH-VAEM (DESIGN.md "Model").
+"""The three training stages of HH-VAEM (README, "Design notes").
 
 Stage 1 trains the marginal VAEs on observed entries. Stage 2 trains the
 dependency VAE on the ELBO (the importance-weighted bound for MIWAEM) with a fresh

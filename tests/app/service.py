@@ -1,12 +1,12 @@
 """Helpers for the real-HTTP service tests (`test_api*.py`): the REAL service (`create_app`) served by uvicorn on a
 free loopback port in a background thread, called with httpx, backed by real PostgreSQL and Redis.
 
-Nothing here is a pytest fixture (fixtures imported into a test module trip ruff's F811): the test modules build
-their module-scoped fixtures from `running_service(...)` (a server for one module) and `shared_service(...)` (one
-server per configuration for all the `SHARING_MODULES`: `main_service`, PostgreSQL + Redis; `lite_service`, SQLite
-+ in-process sessions), so that a run starts few servers; each sharing module calls `release_shared_services` at
-its end, which stops the shared servers after the last of them. While a server runs, `LogCapture` records every log
-line of the process (the service's log output, checked for secrets).
+Nothing here is a pytest fixture (fixtures imported into a test module trip ruff's F811): `tests/app/api/conftest.py`
+and the test modules build their fixtures from `running_service(...)` (a server for one module) and
+`shared_service(...)` (one server per configuration for all the modules of `tests/app/api/`: `main_service`,
+PostgreSQL + Redis; `lite_service`, SQLite + in-process sessions), so that a run starts few servers; at the end of
+each of those modules `release_shared_services` stops the shared servers after the last of them. While a server
+runs, `LogCapture` records every log line of the process (the service's log output, checked for secrets).
 
 Backing stores:
 
@@ -540,13 +540,11 @@ def variant_copy(artifact: Path, dest: Path, note: str) -> Path:
 
 _SHARED: dict[str, tuple[Service, contextlib.ExitStack]] = {}
 # The test modules that share services (and call `release_shared_services` when they end).
-SHARING_MODULES = frozenset(
-    {"test_api.py", "test_api_batch.py", "test_api_fuzz.py", "test_api_security.py", "test_api_sessions.py"}
-)
+SHARING_FOLDER = Path(__file__).parent / "api"  # its modules share the services (tests/app/api/conftest.py)
 
 
 def shared_service(request: pytest.FixtureRequest, name: str, **kwargs: Any) -> Service:
-    """A service started once under `name` (first caller's `kwargs` win) for all the `SHARING_MODULES` of this run:
+    """A service started once under `name` (first caller's `kwargs` win) for all the modules of `tests/app/api/`:
     they share one start-up per configuration (each costs seconds, mostly loading the model's sampler graph).
     `release_shared_services` stops it after the last of those modules, so that its threads and logging hooks do
     not outlive them; pytest's own clean-up stops it at the latest."""
@@ -571,7 +569,7 @@ def release_shared_services(request: pytest.FixtureRequest) -> None:
     items = request.session.items
     mine = [i for i, item in enumerate(items) if getattr(item, "module", None) is request.module]
     later = items[max(mine) + 1 :] if mine else []
-    if not any(Path(str(item.fspath)).name in SHARING_MODULES for item in later):
+    if not any(Path(str(item.fspath)).parent == SHARING_FOLDER for item in later):
         for name in reversed(list(_SHARED)):
             _stop_shared(name)
 

@@ -33,9 +33,9 @@ from hhvaem.app.sessions.store import (
     StoreUnavailable,
     make_store,
 )
+from tests.app.service import require_redis
 
 REDIS_URL = os.environ.get("HHVAEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-REQUIRE_REDIS = os.environ.get("HHVAEM_REQUIRE_REDIS", "") not in ("", "0", "false", "no")
 
 StoreFactory = Callable[..., SessionStore]
 
@@ -46,18 +46,7 @@ def run(coro: Awaitable[Any]) -> Any:
 
 @pytest.fixture(scope="module")
 def redis_url() -> str:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        client.ping()
-        client.close()
-    except redis.RedisError as exc:
-        message = f"Redis not reachable at {REDIS_URL}: {exc}"
-        if REQUIRE_REDIS:
-            pytest.fail(message)
-        pytest.skip(message)
-    return REDIS_URL
+    return require_redis(REDIS_URL)
 
 
 @pytest.fixture

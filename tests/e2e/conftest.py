@@ -21,27 +21,16 @@ from typing import Any
 
 import pytest
 
+from tests.app.service import require_redis
 from tests.e2e import CHROMIUM, HAVE_CHROMIUM, SKIP_REASON
 
 REDIS_URL = os.environ.get("HHVAEM_E2E_REDIS_URL", "redis://127.0.0.1:6379/13")
-REQUIRE_REDIS = os.environ.get("HHVAEM_REQUIRE_REDIS", "") not in ("", "0", "false", "no")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="session")
 def e2e_redis() -> str:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        client.ping()
-        client.close()
-    except redis.RedisError as exc:
-        message = f"Redis not reachable at {REDIS_URL}: {exc}"
-        if REQUIRE_REDIS:
-            pytest.fail(message)
-        pytest.skip(message)
-    return REDIS_URL
+    return require_redis(REDIS_URL)
 
 
 class LiveService:

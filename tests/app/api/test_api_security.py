@@ -18,16 +18,8 @@ from tests.app.service import (
     artifact_dir,
     lite_service,
     problem,
-    release_shared_services,
     running_service,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_shared_services(request: pytest.FixtureRequest):
-    yield
-    release_shared_services(request)
-
 
 ALLOWED = "https://questionnaire.example"
 # Distinctive raw values: none of them may appear in the logs or (by default) in the audit trail.

@@ -20,14 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.app.service import Service, artifact_dir, release_shared_services, running_service
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_shared_services(request: pytest.FixtureRequest):
-    yield
-    release_shared_services(request)
-
+from tests.app.service import Service, artifact_dir, running_service
 
 MAX_EXAMPLES = 20
 LIMITS = {

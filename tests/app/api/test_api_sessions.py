@@ -18,38 +18,13 @@ from tests.app.service import (
     Service,
     ThrowawayRedis,
     activate,
-    lite_service,
-    main_service,
     problem,
     reason,
-    release_shared_services,
     running_service,
     second_version,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_shared_services(request: pytest.FixtureRequest):
-    yield
-    release_shared_services(request)
-
-
 Q = {"samples": SAMPLES, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def svc(request: pytest.FixtureRequest) -> Service:
-    return main_service(request)
-
-
-@pytest.fixture(params=["redis", "memory"])
-def any_svc(request: pytest.FixtureRequest) -> Service:
-    return main_service(request) if request.param == "redis" else lite_service(request)
-
-
-@pytest.fixture(scope="module")
-def c(svc: Service) -> httpx.Client:
-    return svc.client()
 
 
 @pytest.fixture(scope="module")

@@ -20,36 +20,11 @@ from tests.app.service import (
     Service,
     declared_length_request,
     http_client,
-    lite_service,
-    main_service,
     problem,
     reason,
-    release_shared_services,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_shared_services(request: pytest.FixtureRequest):
-    yield
-    release_shared_services(request)
-
-
 JOBS = "/v1/batch-jobs"
-
-
-@pytest.fixture(scope="module")
-def svc(request: pytest.FixtureRequest) -> Service:
-    return main_service(request)
-
-
-@pytest.fixture(scope="module")
-def lite(request: pytest.FixtureRequest) -> Service:
-    return lite_service(request)
-
-
-@pytest.fixture(scope="module")
-def c(svc: Service) -> httpx.Client:
-    return svc.client()
 
 
 def table(n: int, seed: int = 0, holes: float = 0.2) -> pd.DataFrame:

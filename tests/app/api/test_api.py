@@ -29,42 +29,13 @@ from tests.app.service import (
     problem,
     reason,
     register_in_db,
-    release_shared_services,
     running_service,
     second_version,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_shared_services(request: pytest.FixtureRequest):
-    yield
-    release_shared_services(request)
-
-
 IMPUTE = f"/v1/models/{MODEL}/impute"
 PREDICT = f"/v1/models/{MODEL}/predict"
 NEXT = f"/v1/models/{MODEL}/next-features"
-
-
-@pytest.fixture(scope="module")
-def svc(request: pytest.FixtureRequest) -> Service:
-    return main_service(request)
-
-
-@pytest.fixture(scope="module")
-def lite(request: pytest.FixtureRequest) -> Service:
-    return lite_service(request)
-
-
-@pytest.fixture(params=["postgresql+redis", "sqlite+memory"])
-def any_svc(request: pytest.FixtureRequest) -> Service:
-    """The smoke subset runs on both configurations."""
-    return main_service(request) if request.param == "postgresql+redis" else lite_service(request)
-
-
-@pytest.fixture(scope="module")
-def c(svc: Service) -> httpx.Client:
-    return svc.client()
 
 
 def fresh(svc: Service) -> httpx.Client:
