@@ -4,7 +4,6 @@ torch, one `hhvaem` namespace in the wheel."""
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 import tomllib

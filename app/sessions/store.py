@@ -99,6 +99,24 @@ class SessionState:
     updated_at: str
     observations: tuple[Observation, ...] = field(default_factory=tuple)
 
+    @classmethod
+    def new(
+        cls, session_id: str, model_name: str, model_version: int, owner: str | None, observations: Mapping[str, Any]
+    ) -> SessionState:
+        """A session created now, with `observations` as its first answers (in their order)."""
+        now = utc_now()
+        return cls(
+            id=session_id,
+            model_name=model_name,
+            model_version=int(model_version),
+            owner=owner,
+            created_at=now,
+            updated_at=now,
+            observations=tuple(
+                Observation(feature=str(f), value=v, at=now, seq=i) for i, (f, v) in enumerate(observations.items())
+            ),
+        )
+
     @property
     def current(self) -> dict[str, Any]:
         """The latest value of every feature, in order of first observation; retracted features left out."""
@@ -297,28 +315,16 @@ class RedisSessionStore:
     async def create(
         self, model_name: str, model_version: int, owner: str | None, observations: Mapping[str, Any]
     ) -> SessionState:
-        session_id = new_session_id()
-        now = utc_now()
-        state = SessionState(
-            id=session_id,
-            model_name=model_name,
-            model_version=int(model_version),
-            owner=owner,
-            created_at=now,
-            updated_at=now,
-            observations=tuple(
-                Observation(feature=str(f), value=v, at=now, seq=i) for i, (f, v) in enumerate(observations.items())
-            ),
-        )
+        state = SessionState.new(new_session_id(), model_name, model_version, owner, observations)
         meta = {k: v for k, v in state.to_dict().items() if k not in ("observations", "updated_at")}
         mapping = {
             "meta": _dumps(meta),
             "obs": _dumps([o.to_dict() for o in state.observations]),
             "n": str(len(state.observations)),
-            "updated_at": now,
+            "updated_at": state.updated_at,
             "op": "",
         }
-        key = self._key(session_id)
+        key = self._key(state.id)
 
         async def run():
             async with self._client.pipeline(transaction=True) as pipe:
@@ -413,21 +419,10 @@ class MemorySessionStore:
         async with self._lock:
             now = self._clock()
             self._purge(now)
-            ts = utc_now()
             session_id = new_session_id()
             while session_id in self._sessions:
                 session_id = new_session_id()
-            state = SessionState(
-                id=session_id,
-                model_name=model_name,
-                model_version=int(model_version),
-                owner=owner,
-                created_at=ts,
-                updated_at=ts,
-                observations=tuple(
-                    Observation(feature=str(f), value=v, at=ts, seq=i) for i, (f, v) in enumerate(observations.items())
-                ),
-            )
+            state = SessionState.new(session_id, model_name, model_version, owner, observations)
             self._sessions[session_id] = (state, now + self.ttl_seconds)
             return state
 

@@ -398,3 +398,11 @@ def test_hmc_objective_returns_sampler_and_model_objectives():
 def test_hmc_sampler_objective_does_not_reach_generative_parameters():
     _, _, _, info, g_sampler, _ = hmc_objective_grads()
     assert all(is_zero(g) for g in g_sampler[1:])
+
+
+def test_config_builds_the_named_variant_however_it_is_constructed():
+    """ModelConfig(variant=...) alone gives the variant's sampler settings (not only ModelConfig.for_table)."""
+    assert ModelConfig(variant="miwaem").importance_samples == VARIANTS["miwaem"][2] > 0
+    assert ModelConfig(variant="hhvaem").importance_samples == 0 and ModelConfig(variant="hhvaem").uses_hmc
+    assert ModelConfig(variant="vaem", latent_dims=(10, 5)).latent_dims == (10,)  # one layer without hierarchy
+    assert ModelConfig(variant="miwaem", importance_samples=3).importance_samples == 3  # an explicit value wins
