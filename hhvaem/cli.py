@@ -121,7 +121,7 @@ def train(
     threads: ThreadsOpt = 0,
     compile: CompileOpt = None,
 ) -> None:
-    """Fit a model on DATA and write an artifact directory (manifest.json, sampler.onnx, model.pt)."""
+    """Fit a model on DATA and write an artifact directory (manifest.json, the ONNX graphs, model.pt)."""
     _check_variant(variant)
     _setup(threads, seed)
     with user_errors():
@@ -299,7 +299,7 @@ def score(
     if len(errors) > 20:
         typer.echo(f"warning: ... and {len(errors) - 20} more", err=True)
     bad = len({e["row"] for e in errors if e["row"] is not None})
-    typer.echo(f"wrote {output}: {len(df) - bad} rows scored, {bad} rejected ({operation}, {engine.backend.name})")
+    typer.echo(f"wrote {output}: {len(df) - bad} rows scored, {bad} rejected ({operation}, {engine.backend_name})")
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; the key is shown once, at creation).")

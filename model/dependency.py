@@ -20,27 +20,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hhvaem.model.likelihoods import LOG_2PI, MIN_SCALE, ColumnLikelihoods, Gaussian, likelihood_class
+from hhvaem.model.likelihoods import LOG_2PI, ColumnLikelihoods, Gaussian, likelihood_class, positive_scale
 from hhvaem.model.nets import MLP
 from hhvaem.model.schema import Column
 
 
 class Observed(NamedTuple):
-    """What is known about a batch of rows, broadcastable against eps [..., E]."""
+    """What is known about a batch of rows, broadcastable against eps [..., E].
+
+    `y` and `my` are None when no row observes a target (every impute, predict and next-features request):
+    the predictor then has no term in log p* and is not evaluated inside the sampler at all.
+    """
 
     z: Tensor  # [..., D] marginal codes (0 where missing)
     m: Tensor  # [..., D] 1.0 where observed
-    y: Tensor  # [..., P] normalised targets (0 where missing)
-    my: Tensor  # [..., P] 1.0 where observed
+    y: Tensor | None  # [..., P] normalised targets (0 where missing)
+    my: Tensor | None  # [..., P] 1.0 where observed
 
     def unsqueeze(self, dim: int) -> Observed:
-        return Observed(*(t.unsqueeze(dim) for t in self))
+        return Observed(*(None if t is None else t.unsqueeze(dim) for t in self))
 
 
 class Forward(NamedTuple):
     log_lik: Tensor  # [...] log p(z_O | h_1) + log p(y_O | .)
     h1: Tensor
-    y_raw: Tensor  # [..., P, width]
+    y_raw: Tensor | None  # [..., P, width] (None when no target is observed)
 
 
 class DependencyVAE(nn.Module):
@@ -53,8 +57,8 @@ class DependencyVAE(nn.Module):
         self.target_likelihood = ColumnLikelihoods(targets)
         d1 = self.latent_dims[0]
         self.target_inputs = [(likelihood_class(c), c.n_categories) for c in targets]
-        y_width = sum(fam.input_width or k for fam, k in self.target_inputs)
-        enc_in = 2 * n_codes + y_width + len(targets)
+        self.y_width = sum(fam.input_width or k for fam, k in self.target_inputs) + len(targets)
+        enc_in = 2 * n_codes + self.y_width
         self.trunks = nn.ModuleList(
             MLP([enc_in if i == 0 else hidden, hidden, hidden]) for i in range(len(self.latent_dims))
         )
@@ -73,13 +77,17 @@ class DependencyVAE(nn.Module):
 
     def encode(self, obs: Observed) -> tuple[Tensor, Tensor]:
         """Mean and scale of q(eps | z_O, y_O), each [..., E]."""
-        r = torch.cat([obs.z * obs.m, obs.m, self.target_input(obs.y, obs.my), obs.my], -1)
+        if obs.y is None:  # built from the mask, so the batch axis stays symbolic in the exported graph
+            ys = (obs.m[..., :1] * 0.0).expand(*obs.m.shape[:-1], self.y_width)
+        else:
+            ys = torch.cat([self.target_input(obs.y, obs.my), obs.my], -1)
+        r = torch.cat([obs.z * obs.m, obs.m, ys], -1)
         mus, sigmas = [], []
         for trunk, head in zip(self.trunks, self.heads):
             r = F.silu(trunk(r))
             mu, raw = head(r).chunk(2, -1)
             mus.append(mu)
-            sigmas.append(F.softplus(raw) + 1e-4)
+            sigmas.append(positive_scale(raw, 1e-4)[0])
         return torch.cat(mus, -1), torch.cat(sigmas, -1)
 
     # ---- generative ---------------------------------------------------------------------
@@ -94,8 +102,8 @@ class DependencyVAE(nn.Module):
         for level in range(len(self.latent_dims) - 2, -1, -1):
             out, slopes = self.priors[level].forward_cached(h)
             mu, raw = out.chunk(2, -1)
-            sigma = F.softplus(raw) + MIN_SCALE
-            cache.append((level, slopes, raw, sigma, parts[level]))
+            sigma, sigma_slope = positive_scale(raw)
+            cache.append((level, slopes, sigma_slope, sigma, parts[level]))
             h = mu + sigma * parts[level]
         return h, cache
 
@@ -111,8 +119,7 @@ class DependencyVAE(nn.Module):
         Slicing, not reshaping: the exported sampler evaluates this ~50 times per call, and every
         reshape of a dynamic-shape tensor costs a chain of shape nodes in the ONNX graph.
         """
-        raw_scale = dec_out[..., self.n_codes :]
-        return Gaussian(dec_out[..., : self.n_codes], F.softplus(raw_scale) + MIN_SCALE, raw_scale)
+        return Gaussian(dec_out[..., : self.n_codes], *positive_scale(dec_out[..., self.n_codes :]))
 
     def target_params(self, pred_out: Tensor) -> Tensor:
         """Predictor output -> [..., P, width] (a plain unsqueeze for the usual single target)."""
@@ -120,42 +127,58 @@ class DependencyVAE(nn.Module):
             return pred_out.unsqueeze(-2)
         return pred_out.unflatten(-1, (len(self.targets), self.target_likelihood.width))
 
+    def predictor_pass(self, h1: Tensor, loc: Tensor, obs: Observed) -> tuple[Tensor, list[Tensor]]:
+        """p(y | x_hat, m, h_1): raw parameters [..., P, width] and the slopes the backward pass needs; the
+        predictor reads the observed codes and the decoder's mean code `loc` in the holes."""
+        z_hat = obs.m * obs.z + (1.0 - obs.m) * loc
+        pred_out, pred_slopes = self.predictor.forward_cached(torch.cat([z_hat, obs.m.expand_as(z_hat), h1], -1))
+        return self.target_params(pred_out), pred_slopes
+
+    def predict_target(self, eps: Tensor, obs: Observed) -> Tensor:
+        """Raw parameters of p(y | eps, observed features) [..., P, width]."""
+        h1, _ = self.top_down(eps)
+        loc = self.decoder(h1)[..., : self.n_codes]
+        return self.predictor_pass(h1, loc, obs)[0]
+
     def forward_pass(self, eps: Tensor, obs: Observed, caches: bool = False):
         h1, td_cache = self.top_down(eps)
         dec_out, dec_slopes = self.decoder.forward_cached(h1)
         z_dist = self.code_distribution(dec_out)
-        lp_z = (z_dist.log_prob(obs.z) * obs.m).sum(-1)
-        z_hat = obs.m * obs.z + (1.0 - obs.m) * z_dist.loc
-        m = obs.m.expand_as(z_hat)
-        pred_out, pred_slopes = self.predictor.forward_cached(torch.cat([z_hat, m, h1], -1))
-        y_raw = self.target_params(pred_out)
-        lp_y_each, y_score = self.target_likelihood.log_prob_and_score(y_raw, obs.y)
-        log_lik = lp_z + (lp_y_each * obs.my).sum(-1)
+        lp_z, d_loc, d_scale = z_dist.log_prob_and_scores(obs.z)
+        log_lik = (lp_z * obs.m).sum(-1)
+        y_raw = pred_slopes = y_score = None
+        if obs.y is not None:
+            y_raw, pred_slopes = self.predictor_pass(h1, z_dist.loc, obs)
+            lp_y_each, y_score = self.target_likelihood.log_prob_and_score(y_raw, obs.y)
+            log_lik = log_lik + (lp_y_each * obs.my).sum(-1)
         fwd = Forward(log_lik, h1, y_raw)
         if not caches:
             return fwd
-        return fwd, (td_cache, z_dist, dec_slopes, pred_slopes, y_score)
+        return fwd, (td_cache, (d_loc, d_scale), dec_slopes, pred_slopes, y_score)
 
     def log_joint_and_grad(self, eps: Tensor, obs: Observed) -> tuple[Tensor, Tensor]:
         """log p*(eps) [...] and d log p*/d eps [..., E]."""
-        fwd, (td_cache, z_dist, dec_slopes, pred_slopes, y_score) = self.forward_pass(eps, obs, caches=True)
+        fwd, (td_cache, (d_loc, d_scale), dec_slopes, pred_slopes, y_score) = self.forward_pass(eps, obs, caches=True)
         logp = fwd.log_lik + self.log_prior(eps)
-        # predictor -> (z_hat, m, h1)
-        g_pred = y_score * obs.my.unsqueeze(-1)
-        g_pred = g_pred.squeeze(-2) if len(self.targets) == 1 else g_pred.flatten(-2)
-        g_in = self.predictor.vjp(pred_slopes, g_pred)
-        d, d1 = self.n_codes, self.latent_dims[0]
-        g_zhat, g_h1 = g_in[..., :d], g_in[..., 2 * d : 2 * d + d1]
-        # decoder -> h1: the likelihood of the observed codes, plus z_hat's dependence on the mean in holes
-        d_loc, d_scale = z_dist.raw_scores(obs.z)
-        g_loc = d_loc * obs.m + (1.0 - obs.m) * g_zhat
+        g_loc = d_loc * obs.m
+        g_h = None
+        if obs.y is not None:
+            # predictor -> (z_hat, m, h1)
+            g_pred = y_score * obs.my.unsqueeze(-1)
+            g_pred = g_pred.squeeze(-2) if len(self.targets) == 1 else g_pred.flatten(-2)
+            g_in = self.predictor.vjp(pred_slopes, g_pred)
+            d, d1 = self.n_codes, self.latent_dims[0]
+            g_h = g_in[..., 2 * d : 2 * d + d1]
+            g_loc = g_loc + (1.0 - obs.m) * g_in[..., :d]  # z_hat's dependence on the mean in the holes
+        # decoder -> h1: the likelihood of the observed codes (and the predictor's path through z_hat)
         g_dec = torch.cat([g_loc, d_scale * obs.m], -1)  # same layout as dec_out
-        g_h = g_h1 + self.decoder.vjp(dec_slopes, g_dec)
+        g_dec_h = self.decoder.vjp(dec_slopes, g_dec)
+        g_h = g_dec_h if g_h is None else g_h + g_dec_h
         # top-down hierarchy, from h_1 upwards
         grads = []
-        for level, slopes, raw, sigma, eps_l in reversed(td_cache):
+        for level, slopes, sigma_slope, sigma, eps_l in reversed(td_cache):
             grads.append(g_h * sigma)
-            g_out = torch.cat([g_h, g_h * eps_l * torch.sigmoid(raw)], -1)
+            g_out = torch.cat([g_h, g_h * eps_l * sigma_slope], -1)
             g_h = self.priors[level].vjp(slopes, g_out)
         grads.append(g_h)
         return logp, torch.cat(grads, -1) - eps

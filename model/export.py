@@ -28,15 +28,15 @@ from torch import Tensor, nn
 from hhvaem.model.dependency import Observed
 from hhvaem.model.hhvaem import HHVAEM
 from hhvaem.model.hmc import ChainNoise
-from hhvaem.model.io.contract import Dims, GraphSpec, draw_noise, natural_width, sampler_graph
+from hhvaem.model.io.contract import Dims, GraphSpec, draw_noise, natural_width, sampler_graphs
 from hhvaem.model.posterior import PosteriorNoise, sample_posterior
 
 OPSET = 17
 
 
-def graph_of(model: HHVAEM) -> GraphSpec:
-    """The contract's sampler graph for this model's variant."""
-    return sampler_graph(model.config.uses_hmc, bool(model.config.importance_samples))
+def graphs_of(model: HHVAEM) -> dict[str, GraphSpec]:
+    """The contract's graphs for this model's variant."""
+    return sampler_graphs(model.config.uses_hmc, bool(model.config.importance_samples))
 
 
 def dims_of(model: HHVAEM) -> Dims:
@@ -61,23 +61,24 @@ class PredictiveGraph(nn.Module):
     that path (on yacht, the Froude number: 0.0005 nats instead of most of the target).
     """
 
-    def __init__(self, model: HHVAEM, graph: GraphSpec | None = None):
+    def __init__(self, model: HHVAEM, graph: GraphSpec):
         super().__init__()
         self.model = model
-        self.graph = graph or graph_of(model)
+        self.graph = graph
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         m, dep = self.model, self.model.dependency
         given = dict(zip(self.graph.input_names, inputs))
-        obs = m.observed(given["x"], given["mask"], given["y"], given["y_mask"])
+        obs = m.observed(given["x"], given["mask"], given.get("y"), given.get("y_mask"))
         chain = ChainNoise(given["momentum"], given["log_u"]) if "momentum" in given else None
-        post = sample_posterior(m, obs, PosteriorNoise(given["eps_noise"], chain, given.get("gumbel")))
+        post = sample_posterior(m, obs, PosteriorNoise(given["eps_noise"], chain, given.get("gumbel")), flat=True)
         h1, _ = dep.top_down(post.eps)
         code = dep.code_distribution(dep.decoder(h1))
         z = code.loc + code.scale * given["code_noise"]
         make = {
+            "eps": lambda: post.eps,
             "features": lambda: m.marginal.likelihood.natural(m.marginal.decode(z)),
-            "target": lambda: dep.target_likelihood.natural(dep.forward_pass(post.eps, obs.unsqueeze(-2)).y_raw),
+            "target": lambda: dep.target_likelihood.natural(dep.predictor_pass(h1, code.loc, obs.unsqueeze(-2))[0]),
             "acceptance": lambda: (
                 post.info.acceptance_rate.mean(-1) if post.info is not None else torch.ones_like(post.mu[..., 0])
             ),
@@ -112,10 +113,12 @@ class LogDensityGraph(nn.Module):
         return self.model.dependency.log_joint_and_grad(eps, obs)
 
 
-def example_inputs(model: HHVAEM, rows: int = 2, samples: int = 3, seed: int = 0) -> dict[str, Tensor]:
-    """Valid random inputs of the model's graph, in the contract's order (a few features unobserved)."""
+def example_inputs(
+    model: HHVAEM, graph: GraphSpec | None = None, rows: int = 2, samples: int = 3, seed: int = 0
+) -> dict[str, Tensor]:
+    """Valid random inputs of one of the model's graphs (default: the conditional one), in the contract's order."""
     rng = np.random.default_rng(seed)
-    schema, graph = model.schema, graph_of(model)
+    schema, graph = model.schema, graph or graphs_of(model)["conditional"]
 
     def values(cols) -> np.ndarray:
         return np.stack([c.family.example(rng, rows, c.n_categories) for c in cols], -1)
@@ -130,11 +133,14 @@ def example_inputs(model: HHVAEM, rows: int = 2, samples: int = 3, seed: int = 0
     return {name: torch.as_tensor(data[name], dtype=torch.float32) for name in graph.input_names}
 
 
-def export_predictive(model: HHVAEM, path: str | Path) -> dict[str, Any]:
-    """Writes the predictive graph to `path` (ONNX); returns its entry for the manifest's `graphs`."""
-    graph = graph_of(model)
+def export_graphs(model: HHVAEM, out: str | Path) -> dict[str, dict[str, Any]]:
+    """Writes every graph of the model into the directory `out` (ONNX); returns the manifest's `graphs` entries."""
+    return {name: export_graph(model, graph, Path(out) / graph.file) for name, graph in graphs_of(model).items()}
+
+
+def export_graph(model: HHVAEM, graph: GraphSpec, path: Path) -> dict[str, Any]:
     module = PredictiveGraph(model, graph).eval()
-    inputs = example_inputs(model)
+    inputs = example_inputs(model, graph)
     started = time.perf_counter()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
@@ -149,14 +155,12 @@ def export_predictive(model: HHVAEM, path: str | Path) -> dict[str, Any]:
             dynamo=False,  # the legacy exporter: 6-15 s for T=10, L=5 against 60-100 s with dynamo
             do_constant_folding=True,
         )
-    entry = graph.to_dict()
-    entry["file"] = Path(path).name
-    return {**entry, "opset": OPSET, "export_seconds": round(time.perf_counter() - started, 2)}
+    return {**graph.to_dict(), "opset": OPSET, "export_seconds": round(time.perf_counter() - started, 2)}
 
 
 def export_log_density(model: HHVAEM, path: str | Path, rows: int = 2, samples: int = 3) -> None:
     """Writes `LogDensityGraph` to ONNX (diagnostics and the exported-gradient test)."""
-    ex = example_inputs(model, rows, samples)
+    ex = example_inputs(model, rows=rows, samples=samples)
     eps = torch.randn(rows, samples, model.latent_size)
     args = (eps, ex["x"], ex["mask"], ex["y"], ex["y_mask"])
     with torch.no_grad(), warnings.catch_warnings():

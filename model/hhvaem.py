@@ -136,8 +136,9 @@ class HHVAEM(nn.Module):
         mu, _ = self.marginal.encode(x)
         return mu * mask.to(mu.dtype)
 
-    def observed(self, x: Tensor, mx: Tensor, y: Tensor, my: Tensor) -> Observed:
-        return Observed(self.codes(x, mx), mx.to(x.dtype), y, my.to(y.dtype))
+    def observed(self, x: Tensor, mx: Tensor, y: Tensor | None = None, my: Tensor | None = None) -> Observed:
+        """What the dependency VAE conditions on; no `y` (None): no row observes a target."""
+        return Observed(self.codes(x, mx), mx.to(x.dtype), y, None if my is None else my.to(y.dtype))
 
     def compile_sampler(self, enabled: bool = True) -> None:
         """torch.compile one HMC transition (L leapfrog steps + accept/reject) for training speed.
@@ -208,7 +209,7 @@ class HHVAEM(nn.Module):
         dep = self.dependency
         code = Gaussian.from_raw(dep.code_params(eps))
         lp = (code.log_prob(z.unsqueeze(-2)) * hidden.unsqueeze(-2)).sum(-1)
-        y_raw = dep.forward_pass(eps, obs.unsqueeze(-2)).y_raw
+        y_raw = dep.predict_target(eps, obs.unsqueeze(-2))
         lp = lp + (dep.target_likelihood.log_prob(y_raw, y.unsqueeze(-2)) * hidden_y.unsqueeze(-2)).sum(-1)
         return torch.logsumexp(lp, -1) - torch.log(torch.tensor(float(n_samples)))
 
@@ -288,4 +289,4 @@ class HHVAEM(nn.Module):
 
     def target_params(self, eps: Tensor, obs: Observed) -> Tensor:
         """Raw likelihood parameters of the targets [..., P, width] (targets taken as unobserved)."""
-        return self.dependency.forward_pass(eps, obs).y_raw
+        return self.dependency.predict_target(eps, obs)

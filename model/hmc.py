@@ -97,8 +97,9 @@ def leapfrog(
     """`n_steps` velocity-Verlet steps; one gradient evaluation per step."""
     position, logp, grad = state
     p = momentum + 0.5 * step_size * grad
+    move = step_size * inv_mass  # once per trajectory, not per step
     for i in range(n_steps):
-        position = position + step_size * inv_mass * p
+        position = position + move * p
         logp, grad = logp_and_grad(position)
         p = p + (step_size if i < n_steps - 1 else 0.5 * step_size) * grad
     return HMCState(position, logp, grad), p

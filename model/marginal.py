@@ -7,10 +7,9 @@ observed entries only, so stage 1 costs one step per batch, not one per feature.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hhvaem.model.likelihoods import MIN_SCALE, ColumnLikelihoods
+from hhvaem.model.likelihoods import ColumnLikelihoods, positive_scale
 from hhvaem.model.nets import GroupedMLP
 from hhvaem.model.schema import Column
 
@@ -27,7 +26,7 @@ class MarginalVAEs(nn.Module):
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """q(z_d | x_d) for every feature: means and scales [..., D] from normalised values [..., D]."""
         out = self.encoder(self.likelihood.as_input(x))
-        return out[..., 0], F.softplus(out[..., 1]) + MIN_SCALE
+        return out[..., 0], positive_scale(out[..., 1])[0]
 
     def decode(self, z: Tensor) -> Tensor:
         """Codes [..., D] -> raw likelihood parameters [..., D, width]."""

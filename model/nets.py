@@ -15,8 +15,10 @@ from torch import Tensor, nn
 
 
 def silu_and_slope(x: Tensor) -> tuple[Tensor, Tensor]:
+    """SiLU and its derivative s (1 + x (1 - s)), written as s + silu (1 - s): one elementwise op fewer."""
     s = torch.sigmoid(x)
-    return x * s, s * (1.0 + x * (1.0 - s))
+    y = x * s
+    return y, s + y * (1.0 - s)
 
 
 class MLP(nn.Module):
@@ -67,9 +69,14 @@ class GroupedMLP(nn.Module):
             self.biases.append(nn.Parameter(torch.empty(groups, b).uniform_(-bound, bound)))
 
     def forward(self, x: Tensor) -> Tensor:
+        """[..., G, in] -> [..., G, out]: one batched matrix product per layer over [G, N, in] (an einsum here
+        exports to ONNX Runtime's Einsum, about 6x slower on these shapes)."""
+        lead, g = x.shape[:-2], x.shape[-2]
+        h = x.reshape(-1, g, x.shape[-1]).transpose(0, 1)  # [G, N, in]
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.einsum("...gi,gio->...go", x, w) + b
+            h = h * w[:, :1, :] if w.shape[1] == 1 else torch.bmm(h, w)  # a 1-wide input: a broadcast multiply
+            h = h + b.unsqueeze(1)
             if i < last:
-                x = torch.nn.functional.silu(x)
-        return x
+                h = torch.nn.functional.silu(h)
+        return h.transpose(0, 1).reshape(*lead, g, h.shape[-1])

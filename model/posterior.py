@@ -67,12 +67,19 @@ class Posterior(NamedTuple):
 
 
 def sample_posterior(
-    model: HHVAEM, obs: Observed, noise: PosteriorNoise, learn: str | None = None, use_sampler: bool = True
+    model: HHVAEM,
+    obs: Observed,
+    noise: PosteriorNoise,
+    learn: str | None = None,
+    use_sampler: bool = True,
+    flat: bool = False,
 ) -> Posterior:
     """Samples eps [B, C, E] from the variant's approximate posterior (`use_sampler=False`: the plain encoder's).
 
     With `learn` set the encoder's output is detached and the generative networks are frozen inside the chain, so
-    that gradients reach only the sampler parameter being learnt (see LEARN).
+    that gradients reach only the sampler parameter being learnt (see LEARN). `flat` runs the chains as one
+    [B * C, ...] batch (same numbers): in the exported graph every matrix product is then 2-D, which ONNX Runtime
+    fuses with its bias into one Gemm.
     """
     if learn not in LEARN:
         raise ValueError(f"learn must be one of {LEARN}, got {learn!r}")
@@ -84,7 +91,8 @@ def sample_posterior(
         step_sizes = model.step_sizes if learn != "inflation" else model.step_sizes.detach()
         eps0 = encoder_draw(mu, sigma * inflation, noise.initial)
         with frozen(model.generative_parameters()) if learn else nullcontext():
-            state, info = run_chain(model, eps0, obs, sigma, noise.chain, step_sizes)
+            run = run_flat_chain if flat else run_chain
+            state, info = run(model, eps0, obs, sigma, noise.chain, step_sizes)
         return Posterior(state.position, mu, sigma, state, info)
     eps = encoder_draw(mu, sigma, noise.initial)
     if model.config.importance_samples and use_sampler:
@@ -122,6 +130,34 @@ def run_chain(
         noise,
         transition=model.transition_for(obs_c),
     )
+
+
+def run_flat_chain(
+    model: HHVAEM, eps0: Tensor, obs: Observed, sigma: Tensor, noise: ChainNoise, step_sizes: Tensor
+) -> tuple[HMCState, ChainInfo]:
+    """`run_chain` with rows and chains folded into one axis: every tensor in the chain is [B * C, ...]."""
+    b, c, e = eps0.shape
+    per_chain = Observed(*(None if t is None else _repeat(t, c) for t in obs))
+    target = model.log_joint_and_grad(per_chain)
+    flat_noise = ChainNoise(noise.momentum.flatten(1, 2), noise.log_u.flatten(1, 2))
+    state, info = hmc_chain(
+        init_state(eps0.reshape(-1, e), target),
+        target,
+        step_sizes,
+        model.config.leapfrog_steps,
+        inverse_mass(model, _repeat(sigma, c)).squeeze(-2),
+        flat_noise,
+        transition=model.transition_for(per_chain),
+    )
+    return (
+        HMCState(state.position.reshape(b, c, e), state.logp.reshape(b, c), state.grad.reshape(b, c, e)),
+        ChainInfo(*(t.reshape(b, c) for t in info)),
+    )
+
+
+def _repeat(t: Tensor, c: int) -> Tensor:
+    """[B, K] -> [B * C, K]: each row's values once per chain."""
+    return t.unsqueeze(1).expand(-1, c, -1).reshape(-1, t.shape[-1])
 
 
 def importance_log_weights(model: HHVAEM, eps: Tensor, mu: Tensor, sigma: Tensor, obs: Observed) -> Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hhvaem.model.export import export_predictive
+from hhvaem.model.export import export_graphs
 from hhvaem.model.hhvaem import HHVAEM
 from hhvaem.model.io.artifact import CHECKPOINT, FORMAT_VERSION, MANIFEST, ArtifactError, read_manifest, sha256_file
 from hhvaem.model.preprocessing import Preprocessor
@@ -39,7 +39,6 @@ def data_fingerprint(df: pd.DataFrame) -> dict[str, Any]:
 
 # The architecture section: the networks' shape. The sampler's settings live in the sampler section only.
 ARCHITECTURE_KEYS = ("variant", "latent_dims", "hidden", "marginal_hidden")
-SAMPLER_FILE = "sampler.onnx"
 
 
 def architecture_manifest(model: HHVAEM) -> dict[str, Any]:
@@ -108,9 +107,9 @@ def write_artifact(
 def _add_predictive_graph(out: Path, model: HHVAEM, manifest: dict[str, Any]) -> None:
     import onnx
 
-    entry = export_predictive(model, out / SAMPLER_FILE)
-    manifest["graphs"] = {"sampler": entry}
-    manifest["files"][SAMPLER_FILE] = sha256_file(out / SAMPLER_FILE)
+    manifest["graphs"] = export_graphs(model, out)
+    for entry in manifest["graphs"].values():
+        manifest["files"][entry["file"]] = sha256_file(out / entry["file"])
     manifest["versions"]["onnx"] = onnx.__version__
 
 

@@ -271,7 +271,9 @@ def _requests(engine: Engine, tracks, table: _Table, tcol: Column, settings: Sai
             if tr.method in ENGINE_METHODS and step < d:
                 query = NextFeaturesQuery(row, samples=settings.samples, seed=seed, target=tcol.name, method=tr.method)
             else:
-                query = PredictQuery([row], samples=settings.samples, seed=seed)
+                # the KL reward draws its joint (x_i, y) from the graph's target_given
+                extra = frozenset({"target_given"}) if tr.method.startswith("kl") else frozenset()
+                query = PredictQuery([row], samples=settings.samples, seed=seed, extra_outputs=extra)
             requests.append((tr, r, _capture(query.prepare(engine))))
     return requests
 

@@ -121,7 +121,7 @@ class ModelDetail(ModelInfo):
 
 
 class RegisterModelRequest(_Strict):
-    path: str = Field(description="Artifact directory on the server (manifest.json + sampler.onnx).")
+    path: str = Field(description="Artifact directory on the server (manifest.json + the ONNX graphs).")
     name: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
     activate: bool = True
 

@@ -20,7 +20,7 @@ from hhvaem.app.engine.backends import Backend, OnnxBackend, TorchBackend
 from hhvaem.app.engine.errors import FieldError, InputError
 from hhvaem.app.engine.queries import ImputeQuery, NextFeaturesQuery, PredictQuery
 from hhvaem.model.io.artifact import ArtifactError, manifest_checksum, read_manifest
-from hhvaem.model.io.contract import ContractError, Dims, draw_noise, graphs_from_manifest
+from hhvaem.model.io.contract import ContractError, Dims, draw_noise, graph_for, graphs_from_manifest
 from hhvaem.model.preprocessing import EncodingError, Preprocessor, is_missing
 from hhvaem.model.schema import Column, Schema
 
@@ -38,6 +38,7 @@ class Prepared:
     samples: int
     finish: Callable[[dict[str, np.ndarray]], Any]
     rng: np.random.Generator = field(repr=False, default_factory=np.random.default_rng)
+    graph: str = "conditional"  # the graph that answers it (`contract.graph_for`)
 
 
 class Engine:
@@ -48,25 +49,37 @@ class Engine:
         self.schema = Schema.from_dict(self.manifest["schema"])
         self.preprocessor = Preprocessor.from_dict(self.schema, self.manifest["preprocessing"])
         try:
-            self.graph = graphs_from_manifest(self.manifest)["sampler"]
+            self.graphs = graphs_from_manifest(self.manifest)
             self.dims = Dims.from_manifest(self.manifest)
+            missing = {"impute", "acquire", "conditional"} - set(self.graphs)
+            if missing:
+                raise ContractError(f"no {sorted(missing)[0]!r} graph")
         except (ContractError, KeyError) as e:
             raise ArtifactError(f"{self.path}: the manifest's graphs do not fit the graph contract ({e})") from None
         self.default_samples = int(self.manifest["sampler"].get("default_chains", 100))
-        if backend == "onnx":
-            self.backend: Backend = OnnxBackend(self.path / self.graph.file, self.graph, self.dims, device, threads)
-        elif backend == "torch":
-            self.backend = TorchBackend(self.path, self.graph, device, threads)
-        else:
+        if backend not in ("onnx", "torch"):
             raise ArtifactError(f"unknown backend {backend!r} (expected onnx or torch)")
+        self.backends: dict[str, Backend] = {
+            name: OnnxBackend(self.path / g.file, g, self.dims, device, threads)
+            if backend == "onnx"
+            else TorchBackend(self.path, g, device, threads)
+            for name, g in self.graphs.items()
+        }
         self.columns = {c.name: c for c in self.schema.columns}
         self.feature_index = {c.name: j for j, c in enumerate(self.schema.features)}
         self.target_index = {c.name: j for j, c in enumerate(self.schema.targets)}
+        # Every graph's noise inputs are the conditional graph's (the others take fewer data inputs only).
+        self.graph = self.graphs["conditional"]
         self._rows_axis = {t.name: t.rows_axis for t in self.graph.inputs}
 
     @property
     def name(self) -> str:
         return str(self.manifest.get("name", self.path.name))
+
+    @property
+    def backend_name(self) -> str:
+        """Where the graphs run, e.g. "onnxruntime:CPUExecutionProvider" or "torch:cuda"."""
+        return self.backends["impute"].name
 
     # ---- encoding -------------------------------------------------------------------------
     def encode_rows(self, rows: Sequence[Mapping[str, Any]], strict: bool = True):
@@ -123,13 +136,16 @@ class Engine:
         """The graph's noise inputs for `rows` x `samples`, as the contract shapes them."""
         return draw_noise(self.graph, self.dims, rows, samples, rng)
 
-    def prepare(self, rows, samples: int | None, seed: int | None, finish, strict: bool = True) -> Prepared:
-        """Encodes `rows` and draws their noise; `finish(prepared, outputs by name)` makes the answer."""
+    def prepare(
+        self, rows, samples: int | None, seed: int | None, finish, strict: bool = True, needs: frozenset = frozenset()
+    ) -> Prepared:
+        """Encodes `rows` and draws their noise; `finish(prepared, outputs by name)` makes the answer.
+        `needs`: graph outputs the answer reads beyond features, target and acceptance."""
         samples = self._check_samples(samples)
         x, mx, y, my = self.encode_rows(rows, strict)
         rng = np.random.default_rng(seed)
         feeds = {"x": x, "mask": mx, "y": y, "y_mask": my, **self.noise(len(x), samples, rng)}
-        prepared = Prepared(feeds, len(x), samples, finish, rng)
+        prepared = Prepared(feeds, len(x), samples, finish, rng, graph_for(bool(my.any()), set(needs)))
         prepared.finish = lambda outputs: finish(prepared, outputs)
         return prepared
 
@@ -141,16 +157,26 @@ class Engine:
 
     # ---- running --------------------------------------------------------------------------
     def run(self, batch: Sequence[Prepared]) -> list[Any]:
-        """Runs prepared requests with the same sample count through ONE sampler call; finishes each."""
+        """Runs prepared requests with the same sample count through one sampler call per graph; finishes each."""
         if len({p.samples for p in batch}) > 1:
             raise ValueError("requests in one sampler call must ask for the same number of samples")
-        feeds = {k: np.concatenate([p.feeds[k] for p in batch], axis=self._rows_axis[k]) for k in batch[0].feeds}
-        outputs = self.graph.named(self.backend.run(feeds))
-        results, start = [], 0
-        for p in batch:
-            results.append(p.finish({k: v[start : start + p.rows] for k, v in outputs.items()}))
-            start += p.rows
-        return results
+        results: dict[int, Any] = {}
+        for name in dict.fromkeys(p.graph for p in batch):
+            group = [(i, p) for i, p in enumerate(batch) if p.graph == name]
+            outputs = self.call(name, [p for _, p in group])
+            start = 0
+            for i, p in group:
+                results[i] = p.finish({k: v[start : start + p.rows] for k, v in outputs.items()})
+                start += p.rows
+        return [results[i] for i in range(len(batch))]
+
+    def call(self, graph: str, batch: Sequence[Prepared]) -> dict[str, np.ndarray]:
+        """One call of `graph` on the concatenated feeds of `batch`; its outputs by name."""
+        spec = self.graphs[graph]
+        feeds = {
+            t.name: np.concatenate([p.feeds[t.name] for p in batch], axis=self._rows_axis[t.name]) for t in spec.inputs
+        }
+        return spec.named(self.backends[graph].run(feeds))
 
     def answer(self, query: Query) -> Any:
         """One query on its own (the service batches prepared queries through `run` instead)."""
@@ -203,6 +229,6 @@ class Engine:
             "variant": m["architecture"].get("variant"),
             "sampler": m["sampler"],
             "metrics": m.get("metrics", {}),
-            "backend": self.backend.name,
+            "backend": self.backend_name,
             "created_at": m.get("created_at"),
         }

@@ -88,6 +88,63 @@ class ImputeQuery:
 
 
 @dataclass(frozen=True)
+class MultipleImputeQuery:
+    """`imputations` completed copies of each of `rows`, each a proper draw from the posterior predictive.
+
+    Imputation m takes posterior sample m (the graph's natural parameters `features[:, m]` and `target[:, m]`,
+    which come from one latent draw eps_m and one code draw) and draws every hole of the row from that sample's
+    likelihood, so the holes of one row are drawn jointly, through the same eps_m; it is not the mean plus noise.
+    The answer is, per row, a list of `imputations` completed rows (observed values as given).
+    """
+
+    rows: Sequence[Row]
+    imputations: int
+    samples: int | None = None  # posterior samples drawn (None: the model's default); at least `imputations`
+    seed: int | None = None
+    strict: bool = True
+
+    def prepare(self, engine: Engine) -> Prepared:
+        m = self.imputations
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            raise InputError([FieldError("imputations", f"must be a positive integer, got {m!r}")])
+        samples = engine.default_samples if self.samples is None else self.samples
+        if isinstance(samples, int) and not isinstance(samples, bool) and m > samples:
+            reason = f"at most the number of posterior samples ({samples}), got {m}"
+            raise InputError([FieldError("imputations", reason)])
+        return engine.prepare(self.rows, self.samples, self.seed, lambda p, o: self.finish(engine, p, o), self.strict)
+
+    def finish(self, engine: Engine, prep: Prepared, out: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
+        m = self.imputations
+        observed = np.concatenate([prep.feeds["mask"], prep.feeds["y_mask"]], axis=1) > 0
+        features, target = out["features"][:, :m], out["target"][:, :m]
+        n_features = len(engine.schema.features)
+        draws = {}  # column -> [B, M] values in the user's units, only for columns with a hole in some row
+        for j, col in enumerate(engine.schema.columns):
+            if observed[:, j].all():
+                continue
+            natural = features[:, :, j] if j < n_features else target[:, :, j - n_features]
+            drawn = col.family.sample(col.family.component_params(natural, col.n_categories), prep.rng)
+            if col.is_discrete:
+                draws[col.name] = np.asarray(col.categories, dtype=object)[drawn.astype(int)]
+            else:
+                draws[col.name] = engine.preprocessor.to_original(col, drawn)
+        answer = []
+        for i, row in enumerate(self.rows):
+            completed = []
+            for k in range(m):
+                values = {}
+                for j, col in enumerate(engine.schema.columns):
+                    if observed[i, j]:
+                        values[col.name] = row[col.name]
+                    else:
+                        v = draws[col.name][i, k]
+                        values[col.name] = v if col.is_discrete else col.family.to_json(v)
+                completed.append(values)
+            answer.append(completed)
+        return answer
+
+
+@dataclass(frozen=True)
 class PredictQuery:
     """The targets' predictive distribution for each of `rows`, from whatever the row holds."""
 
@@ -97,11 +154,12 @@ class PredictQuery:
     seed: int | None = None
     return_samples: bool = False
     strict: bool = True
+    extra_outputs: frozenset[str] = frozenset()  # graph outputs a caller reads besides the answer (SAIA: target_given)
 
     def prepare(self, engine: Engine) -> Prepared:
         quantiles = check_quantiles(self.quantiles)
         finish = lambda p, o: self.finish(engine, p, o, quantiles)  # noqa: E731
-        return engine.prepare(self.rows, self.samples, self.seed, finish, self.strict)
+        return engine.prepare(self.rows, self.samples, self.seed, finish, self.strict, self.extra_outputs)
 
     def finish(self, engine: Engine, prep: Prepared, out: dict[str, np.ndarray], quantiles) -> list[dict[str, Any]]:
         per_target = {
@@ -162,7 +220,7 @@ class NextFeaturesQuery:
         if errors:
             raise InputError(errors)
         finish = lambda p, o: self.finish(engine, p, o, tcol, pool, quantiles)  # noqa: E731
-        return engine.prepare([self.row], self.samples, self.seed, finish)
+        return engine.prepare([self.row], self.samples, self.seed, finish, needs=frozenset({"target_given"}))
 
     def finish(self, engine: Engine, prep: Prepared, out, tcol, pool, quantiles) -> dict[str, Any]:
         ti = engine.target_index[tcol.name]

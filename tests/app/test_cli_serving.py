@@ -61,13 +61,15 @@ def test_export_regenerates_the_graph_and_upgrades_old_manifests(demo_artifact, 
     shutil.copytree(demo_artifact, copy)
     m = json.loads((copy / "manifest.json").read_text())
     m["format_version"] = 1
-    del m["files"]["sampler.onnx"]
-    (copy / "sampler.onnx").unlink()
+    for graph in m.pop("graphs").values():
+        del m["files"][graph["file"]]
+        (copy / graph["file"]).unlink()
     (copy / "manifest.json").write_text(json.dumps(m))
     res = runner.invoke(app, ["export", str(copy)])
     assert res.exit_code == 0, res.output
     fresh = read_manifest(copy, require_graphs=True)
-    assert fresh["format_version"] == 3 and fresh["graphs"]["sampler"]["opset"] == 17
+    assert fresh["format_version"] == 3 and {g["opset"] for g in fresh["graphs"].values()} == {17}
+    assert set(fresh["graphs"]) == {"impute", "acquire", "conditional"}
     with open(copy / "model.pt", "ab") as f:
         f.write(b"x")
     res = runner.invoke(app, ["export", str(copy)])

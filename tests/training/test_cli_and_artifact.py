@@ -46,8 +46,10 @@ def artifact(table, tmp_path_factory) -> str:
 def test_train_writes_a_complete_manifest(artifact):
     m = read_manifest(artifact)
     assert m["format_version"] == 3
-    assert set(m["files"]) == {"model.pt", "sampler.onnx"} and m["graphs"]["sampler"]["file"] == "sampler.onnx"
-    momentum = next(t for t in m["graphs"]["sampler"]["inputs"] if t["name"] == "momentum")
+    assert set(m["files"]) == {"model.pt", "impute.onnx", "acquire.onnx", "conditional.onnx"}
+    assert {n: g["file"] for n, g in m["graphs"].items()} == {n: f"{n}.onnx" for n in m["graphs"]}
+    assert [t["name"] for t in m["graphs"]["impute"]["inputs"]][:2] == ["x", "mask"]  # no targets: none observed
+    momentum = next(t for t in m["graphs"]["conditional"]["inputs"] if t["name"] == "momentum")
     assert momentum["axes"] == ["steps", "rows", "samples", "latent"] and m["sampler"]["hmc_steps"] == 5  # T, once
     assert "hmc_steps" not in m["architecture"]
     assert [c["name"] for c in m["schema"]["targets"]] == ["y"]

@@ -134,8 +134,8 @@ def test_kl_reward_is_zero_for_a_feature_the_encoder_ignores(artifact):
         model.dependency.trunks[0].layers[0].weight[:, [j, D + j]] = 0.0
     engine = Engine(artifact, backend="onnx", threads=1)
     row = {"a": 0.3}
-    prep = PredictQuery([row], samples=16, seed=0).prepare(engine)
-    out = engine.graph.named(engine.backend.run(prep.feeds))
+    prep = PredictQuery([row], samples=16, seed=0, extra_outputs=frozenset({"target_given"})).prepare(engine)
+    out = engine.call(prep.graph, [prep])
     for with_target in (True, False):
         rewards = kl_rewards(
             model,

@@ -180,13 +180,13 @@ def test_register_refuses_what_is_not_an_artifact(svc: Service, c: httpx.Client,
 def test_register_refuses_a_tampered_artifact(svc: Service, c: httpx.Client, tmp_path) -> None:
     tampered = tmp_path / "tampered"
     shutil.copytree(svc.artifact, tampered)
-    with open(tampered / "sampler.onnx", "r+b") as f:
+    with open(tampered / "impute.onnx", "r+b") as f:
         f.seek(100)
         byte = f.read(1)
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
     body = problem(c.post("/v1/models", json={"path": str(tampered)}), 422, "path")
-    assert "checksum mismatch for sampler.onnx" in reason(body, "path")
+    assert "checksum mismatch for impute.onnx" in reason(body, "path")
 
 
 def test_service_loads_what_the_registry_says(lite: Service) -> None:
@@ -203,7 +203,7 @@ def test_a_tampered_registered_version_is_refused_with_a_clear_message(lite: Ser
     # The registry (written by another process) lists a version whose artifact was changed after registration.
     tampered = tmp_path / "tampered"
     shutil.copytree(lite.artifact, tampered)
-    with open(tampered / "sampler.onnx", "ab") as f:
+    with open(tampered / "impute.onnx", "ab") as f:
         f.write(b"\0")
     version = lite.memo.get("tampered_version")
     if version is None:
