@@ -64,11 +64,13 @@ import numpy as np
 from hhvaem.model.families import Family, family, logsumexp
 
 __all__ = [
+    "Gain",
     "Mixture",
     "RankedFeature",
     "StoppingAdvice",
     "batch_information",
     "histogram_information",
+    "mixture_gain",
     "mixture_information",
     "rank_features",
     "stopping_advice",
@@ -214,23 +216,30 @@ class Mixture:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """One variable's log-likelihood table: over its support (discrete) or at one draw per component (gaussian)."""
+    """One variable's log-likelihood table: over its support (discrete, [S, K]) or at one draw per component
+    (gaussian, [K, K]: row j = the draw from component j)."""
 
-    mixture: Mixture
-    logp: np.ndarray  # discrete: [S, K] at the support points; gaussian: [K, K], row j = draw from component j
-    entropy: float | None  # discrete only: exact entropy of the mixture
+    logp: np.ndarray
+    discrete: bool
+
+    @property
+    def k(self) -> int:
+        return self.logp.shape[1]
+
+    def only(self, keep: np.ndarray) -> _Prepared:
+        """The table of the mixture of the components `keep` (and their draws) alone."""
+        logp = self.logp[:, keep] if self.discrete else self.logp[np.ix_(keep, keep)]
+        return _Prepared(logp, self.discrete)
 
 
 def _prepare(m: Mixture, rng: np.random.Generator) -> _Prepared:
     if m.discrete:
-        logp = m.log_prob(m.support())
-        log_marginal = logsumexp(logp, axis=1) - math.log(m.k)
-        return _Prepared(m, logp, float(_entropy_of_log_probs(log_marginal)))
-    return _Prepared(m, m.log_prob(m.sample(rng)), None)
+        return _Prepared(m.log_prob(m.support()), True)
+    return _Prepared(m.log_prob(m.sample(rng)), False)
 
 
 def _discrete_discrete(a: _Prepared, b: _Prepared) -> float:
-    k = a.mixture.k
+    k = a.k
     log_joint = _log_matmul_exp(a.logp, b.logp) - math.log(k)  # [Sa, Sb]
     log_pa = logsumexp(a.logp, axis=1) - math.log(k)
     log_pb = logsumexp(b.logp, axis=1) - math.log(k)
@@ -243,12 +252,12 @@ def _discrete_discrete(a: _Prepared, b: _Prepared) -> float:
 def _discrete_gaussian(d: _Prepared, g: _Prepared) -> float:
     log_joint = _log_matmul_exp(d.logp, g.logp)  # [S, J]: log sum_k p_k(a) q_k(g_j) (up to 1/K)
     log_cond = log_joint - logsumexp(log_joint, axis=0)[None, :]  # log P(D = a | g_j)
-    cond_entropy = float(np.mean(_entropy_of_log_probs(log_cond, axis=0)))
-    return d.entropy - cond_entropy
+    entropy = float(_entropy_of_log_probs(logsumexp(d.logp, axis=1) - math.log(d.k)))
+    return entropy - float(np.mean(_entropy_of_log_probs(log_cond, axis=0)))
 
 
 def _gaussian_gaussian(a: _Prepared, b: _Prepared) -> float:
-    k = a.mixture.k
+    k = a.k
     total = 0.0
     step = max(1, _CHUNK_ELEMENTS // k)
     for s in range(0, k, step):
@@ -265,20 +274,85 @@ def _gaussian_gaussian(a: _Prepared, b: _Prepared) -> float:
     return total / k + math.log(k)
 
 
-def _information(a: _Prepared, b: _Prepared) -> float:
-    if a.mixture.k != b.mixture.k:
-        raise ValueError(f"mixtures must have the same number of components; got {a.mixture.k} and {b.mixture.k}")
-    if a.mixture.discrete and b.mixture.discrete:
+def _estimate(a: _Prepared, b: _Prepared) -> float:
+    """The MI estimate of the two tables (unclipped)."""
+    if a.k != b.k:
+        raise ValueError(f"mixtures must have the same number of components; got {a.k} and {b.k}")
+    if a.discrete and b.discrete:
         mi = _discrete_discrete(a, b)
-    elif a.mixture.discrete:
+    elif a.discrete:
         mi = _discrete_gaussian(a, b)
-    elif b.mixture.discrete:
+    elif b.discrete:
         mi = _discrete_gaussian(b, a)
     else:
         mi = _gaussian_gaussian(a, b)
     if not math.isfinite(mi):
         raise FloatingPointError(f"mutual information estimate is not finite ({mi})")
-    return max(mi, 0.0)
+    return mi
+
+
+def _information(a: _Prepared, b: _Prepared) -> float:
+    return max(_estimate(a, b), 0.0)
+
+
+# The Monte Carlo error of a gain comes from its K posterior samples (independent chains) and their draws. Batch
+# means: the gain is estimated again on each of this many disjoint groups of the samples; the groups' spread over
+# sqrt(groups) is the standard error of the whole estimate (checked against repeated posteriors in the tests), at
+# 1/groups of the cost of the estimate itself.
+SE_GROUPS = 10
+
+
+@dataclass(frozen=True, eq=False)
+class Gain:
+    """An information gain estimate: `value` (clipped at >= 0), its Monte Carlo standard error `se`, and the
+    estimates on the groups of samples (compare two gains on the same samples with `difference_se`)."""
+
+    value: float
+    se: float
+    groups: np.ndarray
+
+    @classmethod
+    def of(cls, a: _Prepared, b: _Prepared) -> Gain:
+        estimates = _group_estimates(a, b, min(SE_GROUPS, a.k // 2)) if a.k >= 4 else np.zeros(0)
+        return cls(max(_estimate(a, b), 0.0), batch_se(estimates), estimates)
+
+    def difference_se(self, other: Gain) -> float:
+        """Standard error of self - other, paired over the common posterior samples (common random numbers)."""
+        return batch_se(self.groups - other.groups)
+
+
+def _group_estimates(a: _Prepared, b: _Prepared, g: int) -> np.ndarray:
+    """[g] MI estimates, one per disjoint group of m = K // g components (and their draws), all at once."""
+    m = a.k // g
+
+    def blocks(t: _Prepared) -> np.ndarray:  # discrete: [g, S, m]; gaussian (draws x components): [g, m, m]
+        if t.discrete:
+            return t.logp[:, : g * m].reshape(-1, g, m).transpose(1, 0, 2)
+        square = t.logp[: g * m, : g * m].reshape(g, m, g, m)
+        return square[np.arange(g), :, np.arange(g), :]
+
+    la, lb, log_m = blocks(a), blocks(b), math.log(m)
+    if a.discrete and b.discrete:
+        pa, pb = np.exp(la), np.exp(lb)
+        joint = np.einsum("gak,gbk->gab", pa, pb) / m
+        outer = pa.mean(2)[:, :, None] * pb.mean(2)[:, None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(joint > 0, joint * np.log(joint / outer), 0.0)
+        return terms.sum((1, 2))
+    if a.discrete or b.discrete:
+        d, gs = (la, lb) if a.discrete else (lb, la)
+        log_joint = logsumexp(d[:, :, None, :] + gs[:, None, :, :], axis=-1)  # [g, S, m draws]
+        log_cond = log_joint - logsumexp(log_joint, axis=1)[:, None, :]
+        entropy = _entropy_of_log_probs(logsumexp(d, axis=2) - log_m, axis=1)  # [g]
+        return entropy - _entropy_of_log_probs(log_cond, axis=1).mean(1)
+    terms = logsumexp(la + lb, axis=2) - logsumexp(la, axis=2) - logsumexp(lb, axis=2) + log_m
+    return terms.mean(1)
+
+
+def batch_se(estimates: np.ndarray) -> float:
+    """sd / sqrt(groups) of the groups' estimates (inf with fewer than 2)."""
+    g = len(estimates)
+    return float(estimates.std(ddof=1) / math.sqrt(g)) if g >= 2 else float("inf")
 
 
 def mixture_information(x: Mixture, y: Mixture, rng: np.random.Generator | None = None) -> float:
@@ -288,10 +362,15 @@ def mixture_information(x: Mixture, y: Mixture, rng: np.random.Generator | None 
     component (see the module docstring). Clipped at >= 0. ``rng=None`` uses a fixed seed (reproducible results);
     ``rng`` is not used at all when both variables are discrete.
     """
+    return mixture_gain(x, y, rng).value
+
+
+def mixture_gain(x: Mixture, y: Mixture, rng: np.random.Generator | None = None) -> Gain:
+    """`mixture_information` with its Monte Carlo standard error (over the K posterior samples, and the draws)."""
     if x.k != y.k:
         raise ValueError(f"mixtures must have the same number of components; got {x.k} and {y.k}")
     rng = _default_rng(rng)
-    return _information(_prepare(x, rng), _prepare(y, rng))
+    return Gain.of(_prepare(x, rng), _prepare(y, rng))
 
 
 def batch_information(features: Sequence[Mixture], y: Mixture, rng: np.random.Generator | None = None) -> np.ndarray:

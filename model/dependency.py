@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hhvaem.model.likelihoods import LOG_2PI, ColumnLikelihoods, Gaussian, likelihood_class, positive_scale
@@ -44,11 +43,14 @@ class Observed(NamedTuple):
 class Forward(NamedTuple):
     log_lik: Tensor  # [...] log p(z_O | h_1) + log p(y_O | .)
     h1: Tensor
-    y_raw: Tensor | None  # [..., P, width] (None when no target is observed)
+    y_raw: Tensor | None  # [..., P, width] (None when no target is observed and none is hidden)
+    hidden_log_lik: Tensor | None = None  # [...] log p(z_H | h_1) + log p(y_H | .) of the `hidden` entries
 
 
 class DependencyVAE(nn.Module):
-    def __init__(self, n_codes: int, targets: tuple[Column, ...], latent_dims: tuple[int, ...], hidden: int):
+    def __init__(
+        self, n_codes: int, targets: tuple[Column, ...], latent_dims: tuple[int, ...], hidden: int, activation="silu"
+    ):
         super().__init__()
         self.n_codes = n_codes
         self.latent_dims = tuple(latent_dims)
@@ -60,14 +62,16 @@ class DependencyVAE(nn.Module):
         self.y_width = sum(fam.input_width or k for fam, k in self.target_inputs) + len(targets)
         enc_in = 2 * n_codes + self.y_width
         self.trunks = nn.ModuleList(
-            MLP([enc_in if i == 0 else hidden, hidden, hidden]) for i in range(len(self.latent_dims))
+            MLP([enc_in if i == 0 else hidden, hidden, hidden], activation) for i in range(len(self.latent_dims))
         )
         self.heads = nn.ModuleList(nn.Linear(hidden, 2 * d) for d in self.latent_dims)
         self.priors = nn.ModuleList(
-            MLP([self.latent_dims[i + 1], hidden, 2 * self.latent_dims[i]]) for i in range(len(self.latent_dims) - 1)
+            MLP([self.latent_dims[i + 1], hidden, 2 * self.latent_dims[i]], activation)
+            for i in range(len(self.latent_dims) - 1)
         )
-        self.decoder = MLP([d1, hidden, hidden, 2 * n_codes])
-        self.predictor = MLP([2 * n_codes + d1, hidden, hidden, len(targets) * self.target_likelihood.width])
+        self.decoder = MLP([d1, hidden, hidden, 2 * n_codes], activation)
+        width = len(targets) * self.target_likelihood.width
+        self.predictor = MLP([2 * n_codes + d1, hidden, hidden, width], activation)
 
     # ---- encoder ------------------------------------------------------------------------
     def target_input(self, y: Tensor, my: Tensor) -> Tensor:
@@ -84,7 +88,7 @@ class DependencyVAE(nn.Module):
         r = torch.cat([obs.z * obs.m, obs.m, ys], -1)
         mus, sigmas = [], []
         for trunk, head in zip(self.trunks, self.heads):
-            r = F.silu(trunk(r))
+            r = trunk.activation(trunk(r))[0]
             mu, raw = head(r).chunk(2, -1)
             mus.append(mu)
             sigmas.append(positive_scale(raw, 1e-4)[0])
@@ -140,18 +144,27 @@ class DependencyVAE(nn.Module):
         loc = self.decoder(h1)[..., : self.n_codes]
         return self.predictor_pass(h1, loc, obs)[0]
 
-    def forward_pass(self, eps: Tensor, obs: Observed, caches: bool = False):
+    def forward_pass(self, eps: Tensor, obs: Observed, caches: bool = False, hidden: Observed | None = None):
+        """log p(z_O, y_O | eps) (and, given `hidden` entries' true codes and targets with their masks, their
+        predictive log-likelihood log p(z_H, y_H | eps, observed), from the same pass)."""
         h1, td_cache = self.top_down(eps)
         dec_out, dec_slopes = self.decoder.forward_cached(h1)
         z_dist = self.code_distribution(dec_out)
         lp_z, d_loc, d_scale = z_dist.log_prob_and_scores(obs.z)
         log_lik = (lp_z * obs.m).sum(-1)
         y_raw = pred_slopes = y_score = None
-        if obs.y is not None:
+        if obs.y is not None or (hidden is not None and hidden.y is not None):
             y_raw, pred_slopes = self.predictor_pass(h1, z_dist.loc, obs)
+        if obs.y is not None:
             lp_y_each, y_score = self.target_likelihood.log_prob_and_score(y_raw, obs.y)
             log_lik = log_lik + (lp_y_each * obs.my).sum(-1)
-        fwd = Forward(log_lik, h1, y_raw)
+        hidden_log_lik = None
+        if hidden is not None:
+            hidden_log_lik = (z_dist.log_prob(hidden.z) * hidden.m).sum(-1)
+            if hidden.y is not None:
+                lp_y = self.target_likelihood.log_prob(y_raw, hidden.y)
+                hidden_log_lik = hidden_log_lik + (lp_y * hidden.my).sum(-1)
+        fwd = Forward(log_lik, h1, y_raw, hidden_log_lik)
         if not caches:
             return fwd
         return fwd, (td_cache, (d_loc, d_scale), dec_slopes, pred_slopes, y_score)

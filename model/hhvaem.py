@@ -47,12 +47,15 @@ class ModelConfig:
     # mass on eps; with the encoder mass (steps relative to sigma_q) the same moves are ~5x larger.
     step_size_range: tuple[float, float] = (0.1, 0.25)
     importance_samples: int | None = None  # None: the variant's (VARIANTS)
+    # Weight of the predictive log-likelihood of the entries the training mask hides (0: the ELBO alone).
+    predictive_weight: float = 0.0
     sksd_chains: int = 30
     # "encoder": diagonal mass matrix M = 1 / sigma_q^2 per row, so step sizes are relative to the
     # encoder's posterior scale (robust when the posterior is much narrower than the prior);
     # "identity": M = I as in the paper.
     mass: str = "encoder"
     default_chains: int = 100
+    activation: str = "silu"  # of the dependency VAE's networks (model.nets.ACTIVATIONS)
 
     def __post_init__(self) -> None:
         if self.mass not in ("encoder", "identity"):
@@ -93,7 +96,9 @@ class HHVAEM(nn.Module):
             raise ValueError("the model needs at least one target column")
         self.schema, self.config = schema, config
         self.marginal = MarginalVAEs(schema.features, config.marginal_hidden)
-        self.dependency = DependencyVAE(len(schema.features), schema.targets, config.latent_dims, config.hidden)
+        self.dependency = DependencyVAE(
+            len(schema.features), schema.targets, config.latent_dims, config.hidden, config.activation
+        )
         e = self.dependency.latent_size
         lo, hi = config.step_size_range
         steps = torch.empty(config.hmc_steps, e).uniform_(lo, hi)
@@ -192,25 +197,18 @@ class HHVAEM(nn.Module):
     def held_out_log_lik(
         self,
         obs: Observed,
-        z: Tensor,
-        hidden: Tensor,
-        y: Tensor,
-        hidden_y: Tensor,
+        hidden: Observed,
         n_samples: int,
         generator: torch.Generator | None = None,
         use_sampler: bool = True,
     ) -> Tensor:
-        """log p(z_H, y_H | z_O, y_O) per row [B] for the hidden codes/targets (masks `hidden`, `hidden_y`).
+        """log p(z_H, y_H | z_O, y_O) per row [B] of the `hidden` entries (their true codes / targets and masks).
 
         Estimated from n posterior samples: what early stopping watches, since it is the
         quantity imputation and prediction live on, and it exposes an over-fitted decoder.
         """
         eps, _ = self.posterior(obs, n_samples, generator, use_sampler)
-        dep = self.dependency
-        code = Gaussian.from_raw(dep.code_params(eps))
-        lp = (code.log_prob(z.unsqueeze(-2)) * hidden.unsqueeze(-2)).sum(-1)
-        y_raw = dep.predict_target(eps, obs.unsqueeze(-2))
-        lp = lp + (dep.target_likelihood.log_prob(y_raw, y.unsqueeze(-2)) * hidden_y.unsqueeze(-2)).sum(-1)
+        lp = self.dependency.forward_pass(eps, obs.unsqueeze(-2), hidden=hidden.unsqueeze(-2)).hidden_log_lik
         return torch.logsumexp(lp, -1) - torch.log(torch.tensor(float(n_samples)))
 
     @contextmanager
@@ -224,21 +222,33 @@ class HHVAEM(nn.Module):
             self._compiled_transition = compiled
 
     # ---- losses ----------------------------------------------------------------------------
-    def elbo(self, obs: Observed, generator: torch.Generator | None = None) -> Tensor:
-        """Per-row ELBO (or the importance-weighted bound for MIWAEM), analytic KL for the Gaussian case."""
+    def elbo(self, obs: Observed, generator: torch.Generator | None = None, hidden: Observed | None = None) -> Tensor:
+        """Per-row ELBO (or the importance-weighted bound for MIWAEM), analytic KL for the Gaussian case.
+
+        With `hidden` (the entries the training mask hid, their true codes and targets), plus
+        `config.predictive_weight` times their predictive log-likelihood under the same posterior draw(s):
+        what imputation and prediction need, trained in the regime they run in (the target unseen by the encoder).
+        """
         k = max(self.config.importance_samples, 1)
         mu, sigma = self.dependency.encode(obs)
         noise = torch.randn((*mu.shape[:-1], k, mu.shape[-1]), generator=generator, dtype=mu.dtype, device=mu.device)
         eps = encoder_draw(mu, sigma, noise)
+        weight = self.config.predictive_weight if hidden is not None else 0.0
         if self.config.importance_samples:
-            log_w = importance_log_weights(self, eps, mu, sigma, obs)
-            return torch.logsumexp(log_w, -1) - torch.log(torch.tensor(float(k)))
-        log_lik = self.dependency.forward_pass(eps, obs.unsqueeze(-2)).log_lik.squeeze(-1)
+            if not weight:
+                log_w = importance_log_weights(self, eps, mu, sigma, obs)
+                return torch.logsumexp(log_w, -1) - torch.log(torch.tensor(float(k)))
+            log_w, hidden_lp = importance_log_weights(self, eps, mu, sigma, obs, hidden)
+            bound = torch.logsumexp(log_w, -1) - torch.log(torch.tensor(float(k)))
+            # self-normalised importance estimate of log p(hidden | observed)
+            return bound + weight * (torch.logsumexp(log_w + hidden_lp, -1) - torch.logsumexp(log_w, -1))
+        fwd = self.dependency.forward_pass(eps, obs.unsqueeze(-2), hidden=hidden.unsqueeze(-2) if weight else None)
         kl = (0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)).sum(-1)
-        return log_lik - kl
+        out = fwd.log_lik.squeeze(-1) - kl
+        return out + weight * fwd.hidden_log_lik.squeeze(-1) if weight else out
 
     def hmc_objective(
-        self, obs: Observed, generator: torch.Generator | None = None
+        self, obs: Observed, generator: torch.Generator | None = None, hidden: Observed | None = None
     ) -> tuple[Tensor, Tensor, ChainInfo]:
         """The stage-3 objectives per row, from one chain started at the (inflated) encoder.
 
@@ -252,7 +262,11 @@ class HHVAEM(nn.Module):
         noise = PosteriorNoise.draw(self, obs.z.shape[0], 1, generator, like=obs.z)
         post = sample_posterior(self, obs, noise, learn="steps")
         eps_t = post.eps.detach()
-        model_logp = self.dependency.forward_pass(eps_t, obs.unsqueeze(-2)).log_lik + self.dependency.log_prior(eps_t)
+        weight = self.config.predictive_weight if hidden is not None else 0.0
+        fwd = self.dependency.forward_pass(eps_t, obs.unsqueeze(-2), hidden=hidden.unsqueeze(-2) if weight else None)
+        model_logp = fwd.log_lik + self.dependency.log_prior(eps_t)
+        if weight:
+            model_logp = model_logp + weight * fwd.hidden_log_lik
         return post.state.logp.squeeze(-1), model_logp.squeeze(-1), post.info
 
     def sksd_objective(self, obs: Observed, generator: torch.Generator | None = None) -> Tensor:

@@ -160,12 +160,16 @@ def _repeat(t: Tensor, c: int) -> Tensor:
     return t.unsqueeze(1).expand(-1, c, -1).reshape(-1, t.shape[-1])
 
 
-def importance_log_weights(model: HHVAEM, eps: Tensor, mu: Tensor, sigma: Tensor, obs: Observed) -> Tensor:
-    """log p(z_O, y_O, eps) - log q(eps | .) [B, C] for encoder draws eps [B, C, E]."""
+def importance_log_weights(
+    model: HHVAEM, eps: Tensor, mu: Tensor, sigma: Tensor, obs: Observed, hidden: Observed | None = None
+):
+    """log p(z_O, y_O, eps) - log q(eps | .) [B, C] for encoder draws eps [B, C, E]; with `hidden`, also
+    (weights, log p(hidden | eps) [B, C])."""
     dep = model.dependency
-    log_lik = dep.forward_pass(eps, obs.unsqueeze(-2)).log_lik
+    fwd = dep.forward_pass(eps, obs.unsqueeze(-2), hidden=None if hidden is None else hidden.unsqueeze(-2))
     log_q = Gaussian(mu.unsqueeze(-2), sigma.unsqueeze(-2)).log_prob(eps).sum(-1)
-    return log_lik + dep.log_prior(eps) - log_q
+    log_w = fwd.log_lik + dep.log_prior(eps) - log_q
+    return log_w if hidden is None else (log_w, fwd.hidden_log_lik)
 
 
 @contextmanager

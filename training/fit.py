@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,12 @@ from hhvaem.model.schema import Schema
 from hhvaem.training.tabular import table_columns
 from hhvaem.training.trainer import Progress, StageSteps, TrainConfig, TrainData, train
 
-DEFAULT_STEPS = 20_000
+DEFAULT_STEPS = None  # None: default_steps(rows, features)
+
+
+def default_steps(n_rows: int, n_features: int) -> int:
+    """The default training budget for a table (dependency-VAE steps; see StageSteps.from_total)."""
+    return 20_000
 
 
 @dataclass
@@ -35,18 +42,41 @@ def fit(
     df: pd.DataFrame,
     schema: Schema,
     variant: str = "hhvaem",
-    steps: int | StageSteps = DEFAULT_STEPS,
+    steps: int | StageSteps | None = DEFAULT_STEPS,
     seed: int = 0,
     progress: Progress | None = None,
     config: ModelConfig | None = None,
     compile: bool | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> FittedModel:
+    """Trains a model on `df`. `overrides` sets ModelConfig or TrainConfig fields by name (ablations, tuning)."""
     torch.manual_seed(seed)
     pp = Preprocessor.fit(schema, table_columns(df))
     data = encode_rows(pp, df)
+    model_kw, train_kw = split_overrides(overrides or {})
     cfg = config or ModelConfig.for_table(variant, len(schema.features), len(df))
+    if model_kw:
+        cfg = ModelConfig(**{**cfg.to_dict(), **model_kw})
     model = HHVAEM(schema, cfg)
+    if steps is None:
+        steps = default_steps(len(df), len(schema.features))
     stage_steps = steps if isinstance(steps, StageSteps) else StageSteps.from_total(steps)
-    history = train(model, data, TrainConfig(stage_steps, seed=seed, compile=compile), progress)
+    history = train(model, data, TrainConfig(stage_steps, seed=seed, compile=compile, **train_kw), progress)
     model.eval()
     return FittedModel(model, pp, history)
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """{field: value} -> (ModelConfig fields, TrainConfig fields); an unknown field is a ValueError naming it."""
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"steps", "seed", "compile"}
+    model_kw, train_kw = {}, {}
+    for key, value in overrides.items():
+        if key in model_fields:
+            model_kw[key] = value
+        elif key in train_fields:
+            train_kw[key] = value
+        else:
+            known = ", ".join(sorted(model_fields | train_fields))
+            raise ValueError(f"unknown setting {key!r} (known: {known})")
+    return model_kw, train_kw

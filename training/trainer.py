@@ -68,6 +68,10 @@ class TrainConfig:
     validation_fraction: float = 0.1
     validate_every: int = 0
     validation_samples: int = 10
+    # The weight of the marginal VAEs' KL term after its warm-up (1: the ELBO).
+    marginal_kl_weight: float = 1.0
+    # The training mask: each row hides each observed entry with probability r ~ U(mask_rates).
+    mask_rates: tuple[float, float] = (0.01, 0.99)
 
     @property
     def compiles(self) -> bool:
@@ -80,9 +84,10 @@ MIN_VALIDATION_ROWS = 20
 Progress = Callable[[str, int, int, float], None]
 
 
-def random_mask(observed: Tensor, generator: torch.Generator) -> Tensor:
-    """Keep each genuinely observed entry with probability 1 - r, r ~ U(0.01, 0.99) per row."""
-    rate = torch.rand((observed.shape[0], 1), generator=generator) * 0.98 + 0.01
+def random_mask(observed: Tensor, generator: torch.Generator, rates: tuple[float, float] = (0.01, 0.99)) -> Tensor:
+    """Keep each genuinely observed entry with probability 1 - r, r ~ U(rates) per row."""
+    lo, hi = rates
+    rate = torch.rand((observed.shape[0], 1), generator=generator) * (hi - lo) + lo
     return observed & (torch.rand(observed.shape, generator=generator) >= rate)
 
 
@@ -143,7 +148,7 @@ class Trainer:
     def marginal_step(self) -> float:
         idx = self.next_rows()
         warmup = max(self.config.steps.marginal // 2, 1)
-        kl_weight = min(1.0, self.marginal_steps_done / warmup)
+        kl_weight = min(1.0, self.marginal_steps_done / warmup) * self.config.marginal_kl_weight
         self.marginal_steps_done += 1
         loss = self.model.marginal.loss(self.data.x[idx], self.data.mx[idx], self.gen, kl_weight)
         self.opt_marginal.zero_grad(set_to_none=True)
@@ -158,12 +163,16 @@ class Trainer:
         with torch.no_grad():
             self.codes = self.model.codes(self.data.x, self.data.mx)
 
-    def batch(self) -> Observed:
+    def batch(self) -> tuple[Observed, Observed]:
+        """A batch of rows under a fresh training mask: (what the model sees, what the mask hid: the true codes
+        and targets of the genuinely observed entries it hid, with their masks)."""
         idx = self.next_rows()
-        m = random_mask(self.data.mx[idx], self.gen)
-        my = random_mask(self.data.my[idx], self.gen)
-        z = self.codes[idx]
-        return Observed(z * m, m.to(z.dtype), self.data.y[idx], my.to(z.dtype))
+        mx, my_all = self.data.mx[idx], self.data.my[idx]
+        rates = tuple(self.config.mask_rates)
+        m, my = random_mask(mx, self.gen, rates), random_mask(my_all, self.gen, rates)
+        z, y = self.codes[idx], self.data.y[idx]
+        dt = z.dtype
+        return Observed(z * m, m.to(dt), y, my.to(dt)), Observed(z, (mx & ~m).to(dt), y, (my_all & ~my).to(dt))
 
     # ---- early stopping ----------------------------------------------------------------------
     def validation_score(self, use_sampler: bool) -> float | None:
@@ -173,14 +182,12 @@ class Trainer:
         d, v = self.data, self.val_rows
         z = self.codes[v]
         m, my = self.val_visible, self.val_visible_y
-        obs = Observed(z * m, m.to(z.dtype), d.y[v], my.to(z.dtype))
-        hidden = (d.mx[v] & ~m).to(z.dtype)
-        hidden_y = (d.my[v] & ~my).to(z.dtype)
+        dt = z.dtype
+        obs = Observed(z * m, m.to(dt), d.y[v], my.to(dt))
+        hidden = Observed(z, (d.mx[v] & ~m).to(dt), d.y[v], (d.my[v] & ~my).to(dt))
         gen = torch.Generator().manual_seed(self.config.seed + 104729)
         with self.model.eager_sampler():
-            ll = self.model.held_out_log_lik(
-                obs, z, hidden, d.y[v], hidden_y, self.config.validation_samples, gen, use_sampler
-            )
+            ll = self.model.held_out_log_lik(obs, hidden, self.config.validation_samples, gen, use_sampler)
         return ll.mean().item()
 
     def checkpoint(self, stage: str, step: int, use_sampler: bool) -> None:
@@ -200,7 +207,8 @@ class Trainer:
 
     # ---- stage 2 --------------------------------------------------------------------------
     def vi_step(self) -> float:
-        loss = -self.model.elbo(self.batch(), self.gen).mean()
+        obs, hidden = self.batch()
+        loss = -self.model.elbo(obs, self.gen, hidden).mean()
         self.opt_enc.zero_grad(set_to_none=True)
         self.opt_gen.zero_grad(set_to_none=True)
         loss.backward()
@@ -210,15 +218,15 @@ class Trainer:
 
     # ---- stage 3 --------------------------------------------------------------------------
     def hmc_step(self) -> tuple[float, dict]:
-        model, obs = self.model, self.batch()
-        # Encoder: ELBO only.
-        loss_enc = -model.elbo(obs, self.gen).mean()
+        model, (obs, hidden) = self.model, self.batch()
+        # Encoder: ELBO (and the predictive term of the hidden entries).
+        loss_enc = -model.elbo(obs, self.gen, hidden).mean()
         enc = model.encoder_parameters()
         for p, g in zip(enc, torch.autograd.grad(loss_enc, enc)):
             p.grad = g
         self.opt_enc.step()
         # Decoder, predictor, hierarchy and step sizes: E_q(T)[log p*].
-        sampler_logp, model_logp, info = model.hmc_objective(obs, self.gen)
+        sampler_logp, model_logp, info = model.hmc_objective(obs, self.gen, hidden)
         loss = -model_logp.mean()
         self.opt_joint.zero_grad(set_to_none=True)
         (loss - sampler_logp.mean()).backward()
@@ -251,6 +259,7 @@ class Trainer:
         report = progress or (lambda stage, step, total, loss: None)
         history: dict = {
             "config": {**asdict(cfg), "steps": asdict(cfg.steps)},
+            "steps": {**asdict(cfg.steps), "total": cfg.steps.marginal + cfg.steps.vi + cfg.steps.hmc},
             "rows": {"train": len(self.train_rows), "validation": len(self.val_rows)},
         }
 

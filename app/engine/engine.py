@@ -144,10 +144,14 @@ class Engine:
         samples = self._check_samples(samples)
         x, mx, y, my = self.encode_rows(rows, strict)
         rng = np.random.default_rng(seed)
-        feeds = {"x": x, "mask": mx, "y": y, "y_mask": my, **self.noise(len(x), samples, rng)}
-        prepared = Prepared(feeds, len(x), samples, finish, rng, graph_for(bool(my.any()), set(needs)))
+        prepared = Prepared(self.feeds(x, mx, y, my, samples, rng), len(x), samples, finish, rng)
+        prepared.graph = graph_for(bool(my.any()), set(needs))
         prepared.finish = lambda outputs: finish(prepared, outputs)
         return prepared
+
+    def feeds(self, x, mask, y, y_mask, samples: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Every graph input for encoded rows (the normalised scale, float32) and `samples` samples per row."""
+        return {"x": x, "mask": mask, "y": y, "y_mask": y_mask, **self.noise(len(x), samples, rng)}
 
     def _check_samples(self, samples: int | None) -> int:
         samples = self.default_samples if samples is None else samples
@@ -172,11 +176,15 @@ class Engine:
 
     def call(self, graph: str, batch: Sequence[Prepared]) -> dict[str, np.ndarray]:
         """One call of `graph` on the concatenated feeds of `batch`; its outputs by name."""
+        names = self.graphs[graph].input_names
+        return self.run_graph(
+            graph, {k: np.concatenate([p.feeds[k] for p in batch], axis=self._rows_axis[k]) for k in names}
+        )
+
+    def run_graph(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`graph` on `feeds` (at least its inputs); its outputs by name."""
         spec = self.graphs[graph]
-        feeds = {
-            t.name: np.concatenate([p.feeds[t.name] for p in batch], axis=self._rows_axis[t.name]) for t in spec.inputs
-        }
-        return spec.named(self.backends[graph].run(feeds))
+        return spec.named(self.backends[graph].run({t.name: feeds[t.name] for t in spec.inputs}))
 
     def answer(self, query: Query) -> Any:
         """One query on its own (the service batches prepared queries through `run` instead)."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from hhvaem.app.engine.errors import FieldError, InputError
 from hhvaem.app.engine.summaries import ColumnPredictive, point_value, summarise, uncertainty
-from hhvaem.model.acquisition import histogram_information, mixture_information, rank_features, stopping_advice
+from hhvaem.model.acquisition import Gain, histogram_information, mixture_gain, rank_features, stopping_advice
 
 if TYPE_CHECKING:
     from hhvaem.app.engine.engine import Engine, Prepared
@@ -227,31 +227,59 @@ class NextFeaturesQuery:
         y_pred = ColumnPredictive(tcol, out["target"][:, :, ti])
         gains = self.gains(engine, out["features"], out["target_given"][:, :, :, ti], tcol, pool, prep.rng)
         costs = {k: float(v) for k, v in (self.costs or {}).items()} or None
-        ranking = rank_features(gains, costs, self.top_k)
+        ranking = rank_features({k: g.value for k, g in gains.items()}, costs, self.top_k)
         unc = uncertainty(y_pred, engine.preprocessor, 0)
         advice = stopping_advice(ranking[0].gain if ranking else None, unc, self.min_gain, self.max_uncertainty)
         draws = engine.draws_per_sample(prep.samples)
         return {
             "target": tcol.name,
             "method": self.method,
-            "ranking": [vars(r) for r in ranking],
+            "ranking": [{**vars(r), "gain_se": _finite(gains[r.feature].se)} for r in ranking],
+            "tie": tie(ranking, gains),
             "prediction": summarise(y_pred, engine.preprocessor, prep.rng, quantiles, draws, False)[0],
             "uncertainty": unc,
             "stop": {"stop": advice.stop, "reason": advice.reason},
             "acceptance_rate": float(out["acceptance"][0]),
         }
 
-    def gains(self, engine: Engine, features, given, tcol, pool, rng) -> dict[str, float]:
+    def gains(self, engine: Engine, features, given, tcol, pool, rng) -> dict[str, Gain]:
         """I(y; x_i | x_O) for each candidate, on the joint the model implies: component k pairs p_k(x_i) with the
-        target's p(y | eps_k, x_i = its sampled value) (`given` [1, K, D, W], the graph's `target_given`)."""
+        target's p(y | eps_k, x_i = its sampled value) (`given` [1, K, D, W], the graph's `target_given`). Every
+        candidate is scored on the same K posterior samples (common random numbers), so differences between
+        candidates carry less noise than the gains themselves; the mixture estimator reports each gain's Monte
+        Carlo standard error, the histogram baseline none (inf)."""
         gains = {}
         for name in pool:
             j = engine.feature_index[name]
             x_mix = ColumnPredictive(engine.schema.features[j], features[:, :, j]).mixture(0)
             y_mix = ColumnPredictive(tcol, given[:, :, j]).mixture(0)
             if self.method == "mixture":
-                gains[name] = float(mixture_information(x_mix, y_mix, rng))
+                gains[name] = mixture_gain(x_mix, y_mix, rng)
             else:  # the paper's estimator: a 2-d histogram of one joint draw per posterior sample
                 x, y = x_mix.sample(rng), y_mix.sample(rng)  # draw k of each from component k: joint draws
-                gains[name] = float(histogram_information(x, y, x_mix.discrete, y_mix.discrete))
+                value = float(histogram_information(x, y, x_mix.discrete, y_mix.discrete))
+                gains[name] = Gain(value, float("inf"), np.zeros(0))
         return gains
+
+
+# The top two are "tied" when their difference is within this many standard errors of it.
+TIE_STANDARD_ERRORS = 2.0
+
+
+def tie(ranking, gains: dict[str, Gain]) -> dict[str, Any]:
+    """Whether the first two of the ranking are within Monte Carlo noise of each other (then more samples, or
+    either question, will do): {"tied", "features", "difference", "difference_se"}."""
+    if len(ranking) < 2:
+        return {"tied": False, "features": [r.feature for r in ranking], "difference": None, "difference_se": None}
+    a, b = gains[ranking[0].feature], gains[ranking[1].feature]
+    diff, se = a.value - b.value, a.difference_se(b)
+    return {
+        "tied": bool(diff <= TIE_STANDARD_ERRORS * se),
+        "features": [ranking[0].feature, ranking[1].feature],
+        "difference": float(diff),
+        "difference_se": _finite(se),
+    }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None

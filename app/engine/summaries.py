@@ -65,15 +65,18 @@ def summarise(
     draws: int,
     return_samples: bool,
 ) -> list[dict[str, Any]]:
-    """Per row: {"mean", "std", "quantiles", ["samples"]} or {"mode", "probabilities", ["samples"]}."""
+    """Per row: {"point", "mean", "std", "quantiles", ["samples"]} or {"mode", "probabilities", ["samples"]}, with
+    the Monte Carlo standard errors of the estimates ("mean_se", "quantiles_se", "probabilities_se")."""
     col = pred.column
     if col.is_discrete:
         probs = category_probabilities(pred)
+        probs_se = batch_se(category_probabilities(grouped(pred)), len(probs))
         out = []
         for b in range(probs.shape[0]):
             d: dict[str, Any] = {
                 "mode": col.categories[int(np.argmax(probs[b]))],
                 "probabilities": {str(c): float(p) for c, p in zip(col.categories, probs[b])},
+                "probabilities_se": {str(c): float(se) for c, se in zip(col.categories, probs_se[b])},
             }
             if return_samples:
                 k = pred.params.shape[1]
@@ -82,19 +85,50 @@ def summarise(
             out.append(d)
         return out
     mean, std = moments(pred, prep)
-    values = draw(pred, prep, rng, draws)
+    values = draw(pred, prep, rng, draws)  # [B, K * draws], component by component
     qs = sample_quantiles(values, quantiles)
+    b = len(values)
+    mean_se = batch_se(moments(grouped(pred), prep)[0], b)
+    g = n_groups(pred.params.shape[1])
+    per_group = values[:, : (values.shape[1] // (g * draws)) * g * draws].reshape(b * g, -1)
+    qs_se = batch_se(sample_quantiles(per_group, quantiles).T, b)
+    point = col.family.point(col.family.component_params(pred.params, col.n_categories), prep.stats.get(col.name))
     out = []
     for b in range(len(mean)):
         d = {
+            "point": json_value(col, point[b]),
             "mean": float(mean[b]),
             "std": float(std[b]),
             "quantiles": {_q_key(q): json_value(col, qs[i, b]) for i, q in enumerate(quantiles)},
+            "mean_se": float(mean_se[b]),
+            "quantiles_se": {_q_key(q): float(qs_se[b, i]) for i, q in enumerate(quantiles)},
         }
         if return_samples:
             d["samples"] = [json_value(col, v) for v in values[b, :: max(draws, 1)]]
         out.append(d)
     return out
+
+
+# Monte Carlo standard errors by batch means: the K posterior samples are independent chains, split into this many
+# groups; the spread of an estimate across groups, over sqrt(groups), is the standard error of the whole estimate.
+SE_GROUPS = 10
+
+
+def n_groups(k: int) -> int:
+    return max(2, min(SE_GROUPS, k // 2))
+
+
+def grouped(pred: ColumnPredictive) -> ColumnPredictive:
+    """The predictive of each group of samples as a row of its own: params [B * G, K // G, W]."""
+    b, k, w = pred.params.shape
+    g = n_groups(k)
+    return ColumnPredictive(pred.column, pred.params[:, : (k // g) * g].reshape(b * g, k // g, w))
+
+
+def batch_se(estimates: np.ndarray, rows: int) -> np.ndarray:
+    """Standard error [B, ...] of an estimate from its values on each group of samples ([B * G, ...])."""
+    e = estimates.reshape(rows, -1, *estimates.shape[1:])
+    return e.std(1, ddof=1) / np.sqrt(e.shape[1])
 
 
 def sample_quantiles(values: np.ndarray, quantiles: tuple[float, ...]) -> np.ndarray:
@@ -112,10 +146,11 @@ def sample_quantiles(values: np.ndarray, quantiles: tuple[float, ...]) -> np.nda
 
 
 def point_value(col: Column, summary: dict[str, Any]) -> Any:
-    """The single value that fills a hole: the mode of a discrete column, else the mean (counts rounded)."""
+    """The single value that fills a hole: the mode of a discrete column, else the point imputation (counts
+    rounded)."""
     if col.is_discrete:
         return summary["mode"]
-    return json_value(col, summary["mean"])
+    return summary["point"]
 
 
 def uncertainty(pred: ColumnPredictive, prep: Preprocessor, row: int) -> float:

@@ -76,7 +76,9 @@ def test_impute_answers_in_original_units_and_categories(onnx_engine):
     assert 40 < ldl["mean"] < 250 and ldl["std"] > 0  # mg/dL, not the normalised scale
     q = ldl["quantiles"]
     assert q["0.1"] < q["0.5"] < q["0.9"]
-    assert out["values"]["ldl"] == pytest.approx(ldl["mean"])
+    # the hole is filled with the point imputation (the predictive mean on the model's log scale), inside the interval
+    assert out["values"]["ldl"] == pytest.approx(ldl["point"]) and q["0.1"] < ldl["point"] < q["0.9"]
+    assert ldl["mean_se"] > 0 and set(ldl["quantiles_se"]) == set(q)
     json.dumps(out)  # everything is JSON-serialisable
     sex = onnx_engine.impute([{"age": 40}], samples=100, seed=0)[0]["imputed"]["sex"]
     assert set(sex["probabilities"]) == {"1", "2"} and sum(sex["probabilities"].values()) == pytest.approx(1.0)

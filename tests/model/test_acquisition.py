@@ -13,6 +13,7 @@ from hhvaem.model.acquisition import (
     RankedFeature,
     batch_information,
     histogram_information,
+    mixture_gain,
     mixture_information,
     rank_features,
     stopping_advice,
@@ -398,3 +399,51 @@ def test_stopping_advice_rules():
 
     with pytest.raises(ValueError, match="uncertainty"):
         stopping_advice(0.1, float("nan"))
+
+
+# ---------------------------------------------------------------- Monte Carlo standard errors
+
+
+def _latent_three_state(rng, k: int, pair: str = "gaussian-categorical"):
+    """K posterior samples of a 3-state latent s: x | s and y | s, so that I(x; y) > 0."""
+    s = rng.integers(0, 3, k)
+    if pair == "categorical-categorical":
+        x = Mixture("categorical", np.full((3, 3), 0.15) + 0.55 * np.eye(3))
+        x = Mixture("categorical", x.params[s])
+    else:
+        x = Mixture("gaussian", np.stack([np.array([-2.0, 0.0, 2.0])[s], np.ones(k)], 1))
+    if pair == "gaussian-gaussian":
+        y = Mixture("gaussian", np.stack([np.array([-1.0, 0.0, 1.0])[s], np.ones(k)], 1))
+    else:
+        y = Mixture("categorical", np.array([[0.8, 0.2], [0.5, 0.5], [0.2, 0.8]])[s])
+    return x, y
+
+
+@pytest.mark.parametrize("pair", ["gaussian-categorical", "categorical-categorical", "gaussian-gaussian"])
+def test_gain_standard_error_matches_the_spread_over_repeated_posteriors(pair):
+    """The reported SE (from one set of K samples) matches the sd of the estimate over independent sets."""
+    k, reps = 200, 150
+    estimates, ses = [], []
+    for r in range(reps):
+        rng = np.random.default_rng(r)
+        g = mixture_gain(*_latent_three_state(rng, k, pair), rng)
+        estimates.append(g.value)
+        ses.append(g.se)
+    assert np.mean(ses) == pytest.approx(np.std(estimates), rel=0.3)
+    assert np.mean(ses) < 0.2 * np.mean(estimates) + 0.05  # and it is small against the gain itself
+
+
+def test_gain_standard_error_shrinks_like_one_over_root_k():
+    se = {
+        k: np.mean([mixture_gain(*_latent_three_state(np.random.default_rng(r), k)).se for r in range(20)])
+        for k in (100, 1600)
+    }  # noqa: E501
+    assert se[1600] == pytest.approx(se[100] / 4, rel=0.35)
+
+
+def test_paired_difference_of_two_gains_is_less_noisy_than_either():
+    rng = np.random.default_rng(5)
+    x, y = _latent_three_state(rng, 400)
+    twin = Mixture("gaussian", np.stack([x.params[:, 0] + 0.01, np.ones(400)], 1))  # nearly the same feature
+    a, b = mixture_gain(x, y, np.random.default_rng(1)), mixture_gain(twin, y, np.random.default_rng(1))
+    assert a.difference_se(b) < 0.5 * min(a.se, b.se)

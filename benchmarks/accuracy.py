@@ -1,0 +1,170 @@
+"""Accuracy experiments under docs/protocol.md: named runs (a variant, a budget, setting overrides) over tables.
+
+    python -m benchmarks.tables /tmp/tables --uci ../shared/data/uci          # the tables, once
+    python -m benchmarks.accuracy run /tmp/tables --out docs/accuracy/runs --name default --splits 0,1,2
+    python -m benchmarks.accuracy run /tmp/tables --out docs/accuracy/runs --name lr3e-3 --set lr=3e-3 \\
+        --tables boston,concrete --splits 0
+    python -m benchmarks.accuracy baselines /tmp/tables --out docs/accuracy/runs --splits 0,1,2
+    python -m benchmarks.accuracy render docs/accuracy/runs --runs default,lr3e-3 > /tmp/table.md
+
+A run writes `<out>/<name>/<table>.json`: the `hhvaem evaluate --json` output plus the settings, the command,
+the commit, the machine and the load average before and after. Runs are skipped when their JSON exists
+(`--force` reruns). Each evaluation runs in its own process with one torch and one ONNX Runtime thread (`--jobs`
+runs that many at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.train_speed import commit
+
+KEY_METRICS = ("rmse_xu", "acc_xu", "target_rmse", "target_accuracy", "nll_xu", "nll_y")
+HIGHER_IS_BETTER = {"acc_xu", "target_accuracy"}
+
+
+def tables(root: Path, only: str | None) -> list[Path]:
+    found = sorted(p for p in root.iterdir() if (p / "data.csv").exists())
+    if only:
+        keep = only.split(",")
+        found = [p for p in found if p.name in keep]
+    return found
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_one(table: Path, args, dest: Path) -> str:
+    cmd = [
+        sys.executable,
+        "-m",
+        "hhvaem.cli",
+        "evaluate",
+        str(table / "data.csv"),
+        "--schema",
+        str(table / "schema.json"),
+    ]
+    cmd += ["--variant", args.variant, "--splits", args.splits, "--samples", str(args.samples), "--threads", "1"]
+    cmd += ["--json", str(dest)]
+    if args.steps:
+        cmd += ["--steps", str(args.steps)]
+    for pair in args.set or []:
+        cmd += ["--set", pair]
+    before = _load()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        return f"{args.name}/{table.name}: FAILED {res.stderr.strip()[-400:]}"
+    out = json.loads(dest.read_text())
+    out["run"] = {
+        "name": args.name,
+        "variant": args.variant,
+        "steps": args.steps,
+        "set": args.set or [],
+        "samples": args.samples,
+        "command": shlex.join(["hhvaem", *cmd[3:]]),
+        "commit": commit(),
+        "machine": platform.machine(),
+        "load_before": before,
+        "load_after": _load(),
+    }
+    dest.write_text(json.dumps(out, indent=1))
+    m = out["metrics"]
+    keys = [k for k in KEY_METRICS if k in m]
+    return f"{args.name}/{table.name}: " + ", ".join(f"{k} {m[k]['mean']:.4f}" for k in keys)
+
+
+def cmd_run(args) -> None:
+    folder = args.out / args.name
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [t for t in tables(args.tables_dir, args.tables) if args.force or not (folder / f"{t.name}.json").exists()]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for msg in pool.map(lambda t: run_one(t, args, folder / f"{t.name}.json"), todo):
+            print(msg, flush=True)
+
+
+def cmd_baselines(args) -> None:
+    folder = args.out / "baselines"
+    folder.mkdir(parents=True, exist_ok=True)
+    for table in tables(args.tables_dir, args.tables):
+        dest = folder / f"{table.name}.json"
+        if dest.exists() and not args.force:
+            continue
+        cmd = [sys.executable, "-m", "hhvaem.cli", "baselines", str(table / "data.csv")]
+        cmd += ["--schema", str(table / "schema.json"), "--splits", args.splits, "--json", str(dest)]
+        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        print(f"baselines/{table.name}: " + ("done" if res.returncode == 0 else f"FAILED {res.stderr[-300:]}"))
+
+
+def load_runs(root: Path) -> dict[str, dict[str, dict]]:
+    """{run: {table: evaluate json}}; the baselines folder holds {method: summary} per table."""
+    runs: dict[str, dict[str, dict]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(folder.glob("*.json")):
+            runs.setdefault(folder.name, {})[f.stem] = json.loads(f.read_text())
+    return runs
+
+
+def cell(summary: dict | None, key: str) -> str:
+    if not summary or key not in summary.get("metrics", {}):
+        return "-"
+    v = summary["metrics"][key]
+    return f"{v['mean']:.3f} ± {v['std']:.3f}"
+
+
+def cmd_render(args) -> None:
+    runs = load_runs(args.out)
+    names = args.runs.split(",") if args.runs else [r for r in runs if r != "baselines"]
+    base = runs.get("baselines", {})
+    methods = ("mean", "knn", "mice", "missforest", "hgb_nan")
+    keys = args.metrics.split(",")
+    print("| table | metric | " + " | ".join(names) + " | " + " | ".join(methods) + " |")
+    print("|" + "---|" * (2 + len(names) + len(methods)))
+    for table in sorted({t for n in names for t in runs.get(n, {})}):
+        for key in keys:
+            row = [cell(runs.get(n, {}).get(table), key) for n in names]
+            row += [cell(base.get(table, {}).get(m), key) for m in methods]
+            if any(c != "-" for c in row):
+                print(f"| {table} | {key} | " + " | ".join(row) + " |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("tables_dir", type=Path)
+    run.add_argument("--out", type=Path, required=True)
+    run.add_argument("--name", required=True)
+    run.add_argument("--tables")
+    run.add_argument("--splits", default="0,1,2")
+    run.add_argument("--variant", default="hhvaem")
+    run.add_argument("--steps", type=int)
+    run.add_argument("--set", action="append")
+    run.add_argument("--samples", type=int, default=1000)
+    run.add_argument("--jobs", type=int, default=1)
+    run.add_argument("--force", action="store_true")
+    bl = sub.add_parser("baselines")
+    bl.add_argument("tables_dir", type=Path)
+    bl.add_argument("--out", type=Path, required=True)
+    bl.add_argument("--tables")
+    bl.add_argument("--splits", default="0,1,2")
+    bl.add_argument("--force", action="store_true")
+    rd = sub.add_parser("render")
+    rd.add_argument("out", type=Path)
+    rd.add_argument("--runs")
+    rd.add_argument("--metrics", default="rmse_xu,acc_xu,target_rmse,target_accuracy")
+    args = ap.parse_args(argv)
+    {"run": cmd_run, "baselines": cmd_baselines, "render": cmd_render}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
