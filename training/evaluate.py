@@ -209,6 +209,9 @@ def evaluate_split(
         metrics = protocol_metrics(fitted.model, fitted.preprocessor, engine, test, mask, n_samples, seed)
     metrics["train_seconds"] = train_seconds
     metrics["train_steps"] = float(fitted.history["steps"]["total"])
+    for stage in ("vi", "hmc"):  # where early stopping ended each stage
+        if "best_step" in fitted.history.get(stage, {}):
+            metrics[f"{stage}_best_step"] = float(fitted.history[stage]["best_step"])
     metrics["export_seconds"] = t2 - t1
     metrics["eval_ms_per_row"] = 1000 * (time.perf_counter() - t2) / len(test_idx)
     return metrics

@@ -26,6 +26,9 @@ from hhvaem.model.schema import Column, Schema
 
 # Draws per posterior sample for quantiles: about 1000 values in all, at least one per sample.
 QUANTILE_DRAWS = 1000
+# A graph call runs at most this many chains (rows x samples); larger batches are split. Cost per chain is lowest
+# between ~1,000 and ~3,000 chains on one core (docs/performance.md), and it bounds memory (~13 KiB per chain).
+CHAINS_PER_CALL = 2048
 Query = ImputeQuery | PredictQuery | NextFeaturesQuery
 
 
@@ -71,6 +74,7 @@ class Engine:
         # Every graph's noise inputs are the conditional graph's (the others take fewer data inputs only).
         self.graph = self.graphs["conditional"]
         self._rows_axis = {t.name: t.rows_axis for t in self.graph.inputs}
+        self.chains_per_call = CHAINS_PER_CALL
 
     @property
     def name(self) -> str:
@@ -182,9 +186,18 @@ class Engine:
         )
 
     def run_graph(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`graph` on `feeds` (at least its inputs); its outputs by name."""
+        """`graph` on `feeds` (at least its inputs); its outputs by name. Calls of more than CHAINS_PER_CALL chains
+        run as several calls of whole rows."""
         spec = self.graphs[graph]
-        return spec.named(self.backends[graph].run({t.name: feeds[t.name] for t in spec.inputs}))
+        rows, samples = feeds["x"].shape[0], feeds["eps_noise"].shape[1]
+        step = max(1, self.chains_per_call // samples)
+        parts = []
+        for start in range(0, rows, step):
+            part = {t.name: _rows(feeds[t.name], self._rows_axis[t.name], start, step) for t in spec.inputs}
+            parts.append(spec.named(self.backends[graph].run(part)))
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def answer(self, query: Query) -> Any:
         """One query on its own (the service batches prepared queries through `run` instead)."""
@@ -240,3 +253,7 @@ class Engine:
             "backend": self.backend_name,
             "created_at": m.get("created_at"),
         }
+
+
+def _rows(a: np.ndarray, axis: int, start: int, n: int) -> np.ndarray:
+    return a[start : start + n] if axis == 0 else a[:, start : start + n]

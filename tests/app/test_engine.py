@@ -173,3 +173,15 @@ def test_a_changed_file_or_format_is_refused(demo_artifact, tmp_path):
     (old / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="format version 1 is not supported"):
         Engine(old)
+
+
+def test_large_calls_are_split_into_whole_rows_with_the_same_answers(demo_artifact):
+    """A call of more chains than `chains_per_call` runs as several graph calls (bounded memory), same numbers."""
+    whole, split = Engine(demo_artifact, threads=1), Engine(demo_artifact, threads=1)
+    split.chains_per_call = 50  # 2 rows of 20 samples per call
+    rows = [ROW, {}, {"hdl": 40.0}, {"age": 30, "bmi": 22.0}, {"sex": 1}]
+    prep = ImputeQuery(rows, samples=20, seed=3).prepare(whole)
+    a, b = whole.call("impute", [prep]), split.call("impute", [prep])
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert_close(split.impute(rows, samples=20, seed=3), whole.impute(rows, samples=20, seed=3))
