@@ -25,7 +25,7 @@ def test_quick_run_measures_every_section_and_renders(demo_artifact, tmp_path):
     assert variants["after"]["nodes"] < variants["with the predictor in log p*"]["nodes"]
     assert all(v["rows1_ms"]["p50"] > 0 for v in variants.values())
     assert set(res["latency"]["onnx"]) == {"impute", "predict", "next-features"}
-    assert [t["rows"] for t in res["throughput"]] == [1, 10, 30, 100, 300]
+    assert [t["rows"] for t in res["throughput"]] == [1, 10]
     errors = [s["mean_se_over_std"] for s in res["samples"]]
     assert errors[0] > errors[-1] > 0  # more samples, smaller Monte Carlo error
     text = performance.render(res)
