@@ -7,10 +7,11 @@
     python -m benchmarks.accuracy baselines /tmp/tables --out docs/accuracy/runs --splits 0,1,2
     python -m benchmarks.accuracy render docs/accuracy/runs --runs default,lr3e-3 > /tmp/table.md
 
-A run writes `<out>/<name>/<table>.json`: the `hhvaem evaluate --json` output plus the settings, the command,
-the commit, the machine and the load average before and after. Runs are skipped when their JSON exists
-(`--force` reruns). Each evaluation runs in its own process with one torch and one ONNX Runtime thread (`--jobs`
-runs that many at once).
+`snapshot [REV]` copies the package at a commit into a folder, and `run --code FOLDER` runs from it, so that
+experiments keep measuring one commit while the checkout changes. A run writes `<out>/<name>/<table>.json`: the
+`hhvaem evaluate --json` output plus the settings, the command, the commit, the machine and the load average
+before and after. Runs are skipped when their JSON exists (`--force` reruns). Each evaluation runs in its own
+process with one torch and one ONNX Runtime thread (`--jobs` runs that many at once).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +63,8 @@ def run_one(table: Path, args, dest: Path) -> str:
         cmd += ["--set", pair]
     before = _load()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if args.code:  # a snapshot of the package (`snapshot`), so that edits to the checkout do not reach the run
+        env["PYTHONPATH"] = str(args.code)
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         return f"{args.name}/{table.name}: FAILED {res.stderr.strip()[-400:]}"
@@ -72,7 +76,7 @@ def run_one(table: Path, args, dest: Path) -> str:
         "set": args.set or [],
         "samples": args.samples,
         "command": shlex.join(["hhvaem", *cmd[3:]]),
-        "commit": commit(),
+        "commit": snapshot_commit(args.code) if args.code else commit(),
         "machine": platform.machine(),
         "load_before": before,
         "load_after": _load(),
@@ -103,6 +107,35 @@ def cmd_baselines(args) -> None:
         cmd += ["--schema", str(table / "schema.json"), "--splits", args.splits, "--json", str(dest)]
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         print(f"baselines/{table.name}: " + ("done" if res.returncode == 0 else f"FAILED {res.stderr[-300:]}"))
+
+
+def cmd_snapshot(args) -> None:
+    """The package as installed, from a commit (git archive), into a folder to run experiments from (--code)."""
+    import tarfile
+    import tempfile
+
+    rev = subprocess.run(["git", "rev-parse", "--short", args.rev], capture_output=True, text=True).stdout.strip()
+    dest = args.dest / rev
+    if dest.exists():
+        print(dest)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "src.tar"
+        subprocess.run(["git", "archive", "-o", str(archive), args.rev], check=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(Path(tmp) / "src")
+        src = Path(tmp) / "src"
+        (dest / "hhvaem").parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src / "hhvaem", dest / "hhvaem")
+        for folder in ("model", "training", "app"):
+            shutil.copytree(src / folder, dest / "hhvaem" / folder)
+    (dest / "COMMIT").write_text(rev)
+    print(dest)
+
+
+def snapshot_commit(code: Path) -> str:
+    f = Path(code) / "COMMIT"
+    return f.read_text().strip() if f.exists() else str(code)
 
 
 def load_runs(root: Path) -> dict[str, dict[str, dict]]:
@@ -152,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--samples", type=int, default=1000)
     run.add_argument("--jobs", type=int, default=1)
     run.add_argument("--force", action="store_true")
+    run.add_argument("--code", type=Path, help="run this package snapshot (see `snapshot`) instead of the checkout")
+    snap = sub.add_parser("snapshot")
+    snap.add_argument("rev", nargs="?", default="HEAD")
+    snap.add_argument("--dest", type=Path, default=Path("/tmp/hhvaem-snapshots"))
     bl = sub.add_parser("baselines")
     bl.add_argument("tables_dir", type=Path)
     bl.add_argument("--out", type=Path, required=True)
@@ -163,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     rd.add_argument("--runs")
     rd.add_argument("--metrics", default="rmse_xu,acc_xu,target_rmse,target_accuracy")
     args = ap.parse_args(argv)
-    {"run": cmd_run, "baselines": cmd_baselines, "render": cmd_render}[args.cmd](args)
+    {"run": cmd_run, "baselines": cmd_baselines, "render": cmd_render, "snapshot": cmd_snapshot}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hhvaem.model.dependency import DependencyVAE, Observed
@@ -20,7 +21,7 @@ from hhvaem.model.hmc import ChainInfo, HMCInfo, HMCState, StepNoise, Transition
 from hhvaem.model.likelihoods import Gaussian
 from hhvaem.model.marginal import MarginalVAEs
 from hhvaem.model.posterior import PosteriorNoise, encoder_draw, importance_log_weights, sample_posterior
-from hhvaem.model.schema import Schema
+from hhvaem.model.schema import Column, Schema
 from hhvaem.model.sksd import sksd
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,15 @@ class ModelConfig:
     mass: str = "encoder"
     default_chains: int = 100
     activation: str = "silu"  # of the dependency VAE's networks (model.nets.ACTIVATIONS)
+    # A discrete feature's unit in the dependency VAE: "direct" (its own likelihood, read by the decoder) or
+    # "marginal" (its marginal VAE's 1-d Gaussian code, as the paper does for every type).
+    discrete_units: str = "marginal"
 
     def __post_init__(self) -> None:
         if self.mass not in ("encoder", "identity"):
             raise ValueError(f"unknown mass {self.mass!r} (expected encoder or identity)")
+        if self.discrete_units not in ("direct", "marginal"):
+            raise ValueError(f"unknown discrete_units {self.discrete_units!r} (expected direct or marginal)")
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r} (expected one of {', '.join(VARIANTS)})")
         self.latent_dims = tuple(int(d) for d in self.latent_dims)
@@ -89,6 +95,12 @@ class ModelConfig:
         return d
 
 
+def dependency_units(schema: Schema, config: ModelConfig) -> tuple[Column, ...]:
+    """One unit per feature for the dependency VAE: a 1-d Gaussian code, or the (discrete) feature itself."""
+    direct = config.discrete_units == "direct"
+    return tuple(c if (c.is_discrete and direct) else Column(f"{c.name} (code)", "real") for c in schema.features)
+
+
 class HHVAEM(nn.Module):
     def __init__(self, schema: Schema, config: ModelConfig):
         super().__init__()
@@ -97,7 +109,7 @@ class HHVAEM(nn.Module):
         self.schema, self.config = schema, config
         self.marginal = MarginalVAEs(schema.features, config.marginal_hidden)
         self.dependency = DependencyVAE(
-            len(schema.features), schema.targets, config.latent_dims, config.hidden, config.activation
+            dependency_units(schema, config), schema.targets, config.latent_dims, config.hidden, config.activation
         )
         e = self.dependency.latent_size
         lo, hi = config.step_size_range
@@ -136,10 +148,16 @@ class HHVAEM(nn.Module):
         return [p for m in (dep.trunks, dep.heads) for p in m.parameters()]
 
     # ---- observed data --------------------------------------------------------------------
+    @property
+    def coded(self) -> Tensor:
+        """[D] 1.0 where a feature's unit is its marginal code, 0.0 where it is the feature itself."""
+        return self.dependency.coded
+
     def codes(self, x: Tensor, mask: Tensor) -> Tensor:
-        """Marginal codes (encoder means) of the observed entries, 0 in the holes."""
+        """Units of the observed entries, 0 in the holes: marginal codes (encoder means), or the category itself."""
         mu, _ = self.marginal.encode(x)
-        return mu * mask.to(mu.dtype)
+        coded = self.coded.to(mu.dtype)
+        return (coded * mu + (1.0 - coded) * x) * mask.to(mu.dtype)
 
     def observed(self, x: Tensor, mx: Tensor, y: Tensor | None = None, my: Tensor | None = None) -> Observed:
         """What the dependency VAE conditions on; no `y` (None): no row observes a target."""
@@ -277,29 +295,38 @@ class HHVAEM(nn.Module):
 
     # ---- predictive distributions given eps -------------------------------------------------
     def feature_params(self, eps: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Raw likelihood parameters of every feature [..., D, width]: z ~ p(z | h_1), then the marginal decoder."""
-        z = Gaussian.from_raw(self.dependency.code_params(eps)).sample(generator)
-        return self.marginal.decode(z)
+        """Raw likelihood parameters of every feature [..., D, width]: z ~ p(z | h_1) then the marginal decoder for
+        coded features, the dependency decoder's own parameters for the others."""
+        _, raw = self.dependency.decode(eps)
+        z = Gaussian.from_raw(raw).sample(generator)
+        marginal = self.marginal.decode(z)
+        direct = F.pad(raw, (0, marginal.shape[-1] - raw.shape[-1]))
+        coded = self.coded.to(raw.dtype).unsqueeze(-1)
+        return coded * marginal + (1.0 - coded) * direct
 
     def feature_log_prob(
         self, eps: Tensor, x: Tensor, n_codes: int = 32, generator: torch.Generator | None = None
     ) -> Tensor:
         """log p(x_d | eps) [B, K, D] for eps [B, K, E] and values x [B, D].
 
-        p(x_d | eps) = integral p(x_d | z_d) p(z_d | h_1) dz_d, by importance sampling with the
-        marginal encoder q(z_d | x_d) as proposal (n_codes draws per row, shared across the K
-        samples since the proposal does not depend on eps). One sampled z per eps would do
-        for point predictions but gives a needlessly noisy density when decoders are sharp.
+        Coded features: p(x_d | eps) = integral p(x_d | z_d) p(z_d | h_1) dz_d, by importance sampling with the
+        marginal encoder q(z_d | x_d) as proposal (n_codes draws per row, shared across the K samples since the
+        proposal does not depend on eps). One sampled z per eps would do for point predictions but gives a
+        needlessly noisy density when decoders are sharp. Other features: their unit's likelihood directly.
         """
         mu, sigma = self.marginal.encode(x)  # [B, D]
         noise = torch.randn((*mu.shape[:-1], n_codes, mu.shape[-1]), generator=generator, dtype=mu.dtype)
         z = mu.unsqueeze(-2) + sigma.unsqueeze(-2) * noise  # [B, S, D]
         log_px = self.marginal.likelihood.log_prob(self.marginal.decode(z), x.unsqueeze(-2))  # [B, S, D]
         log_q = Gaussian(mu.unsqueeze(-2), sigma.unsqueeze(-2)).log_prob(z)
-        code = Gaussian.from_raw(self.dependency.code_params(eps))  # loc, scale [B, K, D]
+        _, raw = self.dependency.decode(eps)  # [B, K, D, W]
+        code = Gaussian.from_raw(raw)
         log_pz = Gaussian(code.loc.unsqueeze(-2), code.scale.unsqueeze(-2)).log_prob(z.unsqueeze(1))  # [B,K,S,D]
         w = log_pz + (log_px - log_q).unsqueeze(1)
-        return torch.logsumexp(w, dim=-2) - torch.log(torch.tensor(float(n_codes)))
+        through_code = torch.logsumexp(w, dim=-2) - torch.log(torch.tensor(float(n_codes)))
+        direct = self.dependency.unit_likelihood.log_prob(raw, x.unsqueeze(1))
+        coded = self.coded.to(raw.dtype)
+        return torch.where(coded > 0, through_code, direct)
 
     def target_params(self, eps: Tensor, obs: Observed) -> Tensor:
         """Raw likelihood parameters of the targets [..., P, width] (targets taken as unobserved)."""

@@ -129,11 +129,13 @@ def kl_rewards(
     rng: np.random.Generator,
     draws: int,
     with_target: bool = True,
+    drawn: np.ndarray | None = None,
 ) -> np.ndarray:
     """EDDI's reward per candidate feature for one row (see the module docstring).
 
     x, mask [D]: the row on the normalised scale (as the engine encodes it); features [K, D, W] and given
-    [K, D, P, W]: the engine's natural parameters per posterior sample (`features`, `target_given`).
+    [K, D, P, W]: the engine's natural parameters per posterior sample (`features`, `target_given`); drawn
+    [K, D]: the graph's `draws`, the values target_given observed for the features the model reads directly.
     Returns [len(candidates)].
     """
     schema = model.schema
@@ -142,7 +144,14 @@ def kl_rewards(
     if c == 0:
         return np.zeros(0)
     picks = rng.choice(k, size=draws, replace=False)
-    xs = np.stack([component_draws(schema.features[i], features[:, i], picks, rng) for i in candidates])  # [C, M]
+    xs = np.stack(
+        [
+            drawn[picks, i]
+            if drawn is not None and (drawn[:, i] >= 0).all()
+            else component_draws(schema.features[i], features[:, i], picks, rng)
+            for i in candidates
+        ]
+    )  # [C, M]: x_i of the joint draw, as target_given observed it
     base_x = torch.as_tensor(x, dtype=torch.float32)
     base_m = torch.as_tensor(mask, dtype=torch.float32)
     cand_x = base_x.repeat(c, draws, 1)  # [C, M, D]
@@ -272,7 +281,7 @@ def _requests(engine: Engine, tracks, table: _Table, tcol: Column, settings: Sai
                 query = NextFeaturesQuery(row, samples=settings.samples, seed=seed, target=tcol.name, method=tr.method)
             else:
                 # the KL reward draws its joint (x_i, y) from the graph's target_given
-                extra = frozenset({"target_given"}) if tr.method.startswith("kl") else frozenset()
+                extra = frozenset({"target_given", "draws"}) if tr.method.startswith("kl") else frozenset()
                 query = PredictQuery([row], samples=settings.samples, seed=seed, extra_outputs=extra)
             requests.append((tr, r, _capture(query.prepare(engine))))
     return requests
@@ -312,6 +321,7 @@ def _acquire(engine, model, tr: _Track, r: int, prep, outputs, result, ti: int, 
         rng,
         settings.kl_draws,
         with_target=tr.method == "kl",
+        drawn=outputs["draws"][0] if "draws" in outputs else None,
     )
     # The engine's order: highest score first, ties broken by feature name.
     best = min(range(len(cand)), key=lambda c: (-scores[c], feats[cand[c]].name))

@@ -15,7 +15,14 @@ import numpy as np
 
 from hhvaem.app.engine.errors import FieldError, InputError
 from hhvaem.app.engine.summaries import ColumnPredictive, point_value, summarise, uncertainty
-from hhvaem.model.acquisition import Gain, histogram_information, mixture_gain, rank_features, stopping_advice
+from hhvaem.model.acquisition import (
+    Gain,
+    Mixture,
+    histogram_information,
+    mixture_gain,
+    rank_features,
+    stopping_advice,
+)
 
 if TYPE_CHECKING:
     from hhvaem.app.engine.engine import Engine, Prepared
@@ -225,7 +232,7 @@ class NextFeaturesQuery:
     def finish(self, engine: Engine, prep: Prepared, out, tcol, pool, quantiles) -> dict[str, Any]:
         ti = engine.target_index[tcol.name]
         y_pred = ColumnPredictive(tcol, out["target"][:, :, ti])
-        gains = self.gains(engine, out["features"], out["target_given"][:, :, :, ti], tcol, pool, prep.rng)
+        gains = self.gains(engine, out, tcol, ti, pool, prep.rng)
         costs = {k: float(v) for k, v in (self.costs or {}).items()} or None
         ranking = rank_features({k: g.value for k, g in gains.items()}, costs, self.top_k)
         unc = uncertainty(y_pred, engine.preprocessor, 0)
@@ -242,17 +249,23 @@ class NextFeaturesQuery:
             "acceptance_rate": float(out["acceptance"][0]),
         }
 
-    def gains(self, engine: Engine, features, given, tcol, pool, rng) -> dict[str, Gain]:
+    def gains(self, engine: Engine, out, tcol, ti: int, pool, rng) -> dict[str, Gain]:
         """I(y; x_i | x_O) for each candidate, on the joint the model implies: component k pairs p_k(x_i) with the
-        target's p(y | eps_k, x_i = its sampled value) (`given` [1, K, D, W], the graph's `target_given`). Every
+        target's p(y | eps_k, x_i = its sampled value) (the graph's `target_given`); for a feature the model reads
+        directly (a category, no code), p_k(x_i) is the point mass at the value drawn (`draws`). Every
         candidate is scored on the same K posterior samples (common random numbers), so differences between
         candidates carry less noise than the gains themselves; the mixture estimator reports each gain's Monte
         Carlo standard error, the histogram baseline none (inf)."""
         gains = {}
+        draws = out.get("draws")
         for name in pool:
             j = engine.feature_index[name]
-            x_mix = ColumnPredictive(engine.schema.features[j], features[:, :, j]).mixture(0)
-            y_mix = ColumnPredictive(tcol, given[:, :, j]).mixture(0)
+            col = engine.schema.features[j]
+            if draws is not None and (draws[0, :, j] >= 0).all():
+                x_mix = Mixture(col.family, np.eye(col.n_categories)[draws[0, :, j].astype(int)])
+            else:
+                x_mix = ColumnPredictive(col, out["features"][:, :, j]).mixture(0)
+            y_mix = ColumnPredictive(tcol, out["target_given"][:, :, j, ti]).mixture(0)
             if self.method == "mixture":
                 gains[name] = mixture_gain(x_mix, y_mix, rng)
             else:  # the paper's estimator: a 2-d histogram of one joint draw per posterior sample

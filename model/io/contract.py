@@ -64,6 +64,8 @@ OUTPUTS = (
     TensorSpec("acceptance", (ROWS,)),  # mean Metropolis acceptance per row (1 without HMC)
     # the target had feature i been observed at the value sample k drew for it (acquisition's joint)
     TensorSpec("target_given", (ROWS, SAMPLES, "features", "targets", "target_width")),
+    # the value of every directly modelled discrete feature that target_given observed (-1 for coded features)
+    TensorSpec("draws", (ROWS, SAMPLES, "features")),
 )
 _BY_NAME = {t.name: t for t in INPUTS + OUTPUTS}
 
@@ -163,8 +165,11 @@ def _known(entry: Mapping[str, Any]) -> TensorSpec:
 # the sampler: about 0.6x the work); only acquisition needs `target_given`.
 GRAPHS = {
     "impute": {"targets": False, "outputs": ("eps", "features", "target", "acceptance")},
-    "acquire": {"targets": False, "outputs": ("eps", "features", "target", "acceptance", "target_given")},
-    "conditional": {"targets": True, "outputs": ("eps", "features", "target", "acceptance", "target_given")},
+    "acquire": {"targets": False, "outputs": ("eps", "features", "target", "acceptance", "target_given", "draws")},
+    "conditional": {
+        "targets": True,
+        "outputs": ("eps", "features", "target", "acceptance", "target_given", "draws"),
+    },
 }
 
 

@@ -109,21 +109,35 @@ def reference_log_joint(dep: DependencyVAE, eps: torch.Tensor, obs: Observed) ->
         out = dep.priors[0](eps[..., d0:])
         mu, raw = out.chunk(2, -1)
         h1 = mu + (F.softplus(raw) + MIN_SCALE) * eps[..., :d0]
-    dec = dep.decoder(h1)
-    loc, raw_scale = dec[..., : dep.n_codes], dec[..., dep.n_codes :]
-    pz = torch.distributions.Normal(loc, F.softplus(raw_scale) + MIN_SCALE)
-    lp = (pz.log_prob(obs.z) * obs.m).sum(-1)
-    z_hat = torch.where(obs.m > 0, obs.z, loc)
-    pred = dep.predictor(torch.cat([z_hat, obs.m.expand_as(z_hat), h1], -1)).unflatten(-1, (2, -1))
+    raw = dep.decoder(h1).unflatten(-1, (dep.n_units, dep.unit_likelihood.width))
+    width = dep.unit_likelihood.input_width
+    lp, x_hat = 0.0, []
+    for j, unit in enumerate(dep.units):
+        r, z, m = raw[..., j, :], obs.z[..., j], obs.m[..., j]
+        if unit.type == "real":  # a marginal code: Gaussian; x_hat holds the mean code in a hole
+            lp = lp + torch.distributions.Normal(r[..., 0], F.softplus(r[..., 1]) + MIN_SCALE).log_prob(z) * m
+            value = torch.where(m > 0, z, r[..., 0]).unsqueeze(-1)
+        elif unit.type == "binary":
+            logit = bounded_logits(r[..., 0])[0]
+            lp = lp + torch.distributions.Bernoulli(logits=logit).log_prob(z) * m
+            value = (z * m).unsqueeze(-1)
+        else:
+            logits = bounded_logits(r[..., : unit.n_categories])[0]
+            lp = lp + torch.distributions.Categorical(logits=logits).log_prob(z.long()) * m
+            value = F.one_hot(z.long(), width).to(z.dtype) * m.unsqueeze(-1)
+        x_hat.append(F.pad(value, (0, width - value.shape[-1])).expand(*raw.shape[:-2], width))
+    x_hat = torch.cat(x_hat, -1)
+    pred = dep.predictor(torch.cat([x_hat, obs.m.expand_as(raw[..., 0]), h1], -1)).unflatten(-1, (2, -1))
     lp_t = torch.distributions.Normal(pred[..., 0, 0], F.softplus(pred[..., 0, 1]) + MIN_SCALE).log_prob(obs.y[..., 0])
     lp_c = torch.distributions.Categorical(logits=bounded_logits(pred[..., 1, :3])[0]).log_prob(obs.y[..., 1].long())
     lp = lp + lp_t * obs.my[..., 0] + lp_c * obs.my[..., 1]
     return lp + torch.distributions.Normal(0.0, 1.0).log_prob(eps).sum(-1)
 
 
+@pytest.mark.parametrize("units", ["marginal", "direct"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_log_joint_and_grad_match_reference_and_autograd(variant):
-    model = make_model(variant)
+def test_log_joint_and_grad_match_reference_and_autograd(variant, units):
+    model = make_model(variant, discrete_units=units)
     obs = observed(model, seed=1, n=6).unsqueeze(-2)
     e = model.latent_size
     eps = (1.5 * torch.randn(6, 4, e, generator=torch.Generator().manual_seed(2), dtype=DT)).requires_grad_(True)
@@ -218,7 +232,7 @@ def sharp_model(variant: str) -> HHVAEM:
     with torch.no_grad():
         last = model.dependency.decoder.layers[-1]
         last.weight.mul_(5.0)
-        last.bias[N_FEATURES:] = -1.5  # code scale about 0.2
+        last.bias.view(N_FEATURES, -1)[:, 1] = -1.5  # code scale about 0.2 (units laid out (loc, raw scale))
     return model
 
 
