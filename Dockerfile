@@ -1,10 +1,12 @@
-# syntax=docker/dockerfile:1
-#
-# Images of the HH-VAEM service.
+# Images of the HH-VAEM service. (No `# syntax=` line: BuildKit's built-in frontend reads this file, so a build
+# needs nothing from Docker Hub beyond the base images.)
 #
 #   docker build -t hhvaem .                                   serving image, CPU (default target)
 #   docker build -t hhvaem:cuda --build-arg DEVICE=cuda .      serving image, CUDA (onnxruntime-gpu)
 #   docker build -t hhvaem-trainer --target trainer .          training image: torch (CPU wheel) + the train extra
+#
+# Behind a registry mirror: --build-arg PYTHON_IMAGE=mirror/python:3.11-slim, TORCH_INDEX_URL=<a PEP 503 index with
+# torch's CPU wheel> (docker-compose.yml passes HHVAEM_PYTHON_IMAGE and TORCH_INDEX_URL through).
 #
 # The serving image holds ONNX Runtime + numpy + the web stack (pyproject's `dependencies`) and no torch: serving
 # runs exported ONNX graphs. It runs as an unprivileged user, listens on 8000 and reports health on /healthz.
@@ -15,6 +17,8 @@ ARG PYTHON_IMAGE=python:3.11-slim
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 ARG ORT_GPU_VERSION=1.20.1
 ARG APP_UID=10001
+# torch's CPU wheels (and their dependencies): PyPI's torch would pull GBs of CUDA libraries.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 # --------------------------------------------------------------------------------------------------- wheel
 # Build the project's wheel once; later stages install it (and only the extras they need).
@@ -33,8 +37,10 @@ FROM ${PYTHON_IMAGE} AS runtime-cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 COPY --from=wheel /wheels /wheels
-# Serving dependencies only: no `[train]` extra, hence no torch.
-RUN /opt/venv/bin/pip install /wheels/hhvaem-*.whl && rm -rf /wheels
+# Serving dependencies only: no `[train]` extra, hence no torch. EXTRAS=ray adds Ray (the `hhvaem:ray` image of
+# docker-compose.yml's `ray` profile: the Ray head and workers, and the API replicas that submit batch jobs to them).
+ARG EXTRAS=""
+RUN /opt/venv/bin/pip install "$(ls /wheels/hhvaem-*.whl)${EXTRAS:+[$EXTRAS]}" && rm -rf /wheels
 
 # ---------------------------------------------------------------------------------------------- CUDA runtime
 FROM ${CUDA_IMAGE} AS runtime-cuda
@@ -53,14 +59,15 @@ RUN /opt/venv/bin/pip install /wheels/hhvaem-*.whl \
     && rm -rf /wheels
 
 # --------------------------------------------------------------------------------------------------- trainer
-# One-shot training jobs: `hhvaem train DATA --target COL --out /models/NAME`.
+# One-shot training jobs: `hhvaem train DATA --target COL --out /models/NAME`, or `hhvaem demo --train-only`.
 FROM ${PYTHON_IMAGE} AS trainer
 ARG APP_UID
+ARG TORCH_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 # torch first, pinned, from the CPU wheel index: an unpinned torch from PyPI would pull GBs of CUDA libraries.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+RUN pip install torch==2.13.0 --index-url ${TORCH_INDEX_URL}
 COPY --from=wheel /wheels /wheels
 RUN pip install "$(ls /wheels/hhvaem-*.whl)[train]" && rm -rf /wheels
 RUN useradd --system --uid ${APP_UID} --create-home --shell /usr/sbin/nologin hhvaem \

@@ -46,6 +46,7 @@ def _load() -> list[float]:
 
 
 def run_one(table: Path, args, dest: Path) -> str:
+    table, dest = table.resolve(), dest.resolve()  # the run may start in another folder (--code)
     cmd = [
         sys.executable,
         "-m",
@@ -63,9 +64,12 @@ def run_one(table: Path, args, dest: Path) -> str:
         cmd += ["--set", pair]
     before = _load()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cwd = None
     if args.code:  # a snapshot of the package (`snapshot`), so that edits to the checkout do not reach the run
-        env["PYTHONPATH"] = str(args.code)
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        # run from the snapshot's folder too: Python puts the working directory first on sys.path, and a
+        # checkout's own hhvaem/ would win over PYTHONPATH
+        env["PYTHONPATH"], cwd = str(args.code), str(args.code)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if res.returncode != 0:
         return f"{args.name}/{table.name}: FAILED {res.stderr.strip()[-400:]}"
     out = json.loads(dest.read_text())

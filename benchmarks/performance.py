@@ -163,6 +163,34 @@ export_predictive(model.eval(), sys.argv[2])
 """
 
 
+def paper_twin(model, seed: int = 0):
+    """The model in the configuration commit BEFORE also runs (marginal codes for every feature, SiLU): the same
+    weights when it already is, else fresh ones of the same sizes (graph timing does not depend on the weights)."""
+    import torch
+
+    from hhvaem.model.hhvaem import HHVAEM, ModelConfig
+
+    cfg = model.config
+    if cfg.discrete_units == "marginal" and cfg.activation == "silu":
+        return model
+    torch.manual_seed(seed)
+    twin = HHVAEM(model.schema, ModelConfig(**{**cfg.to_dict(), "discrete_units": "marginal", "activation": "silu"}))
+    twin.log_step_sizes.data.copy_(model.log_step_sizes.data)
+    twin.log_inflation.data.copy_(model.log_inflation.data)
+    return twin.eval()
+
+
+def twin_checkpoint(model, path: Path) -> Path:
+    """The paper-configuration model's checkpoint (commit BEFORE lays the dependency decoder's output out as this
+    code does for it: [loc (D) | raw scale (D)])."""
+    import torch
+
+    torch.save(
+        {"config": model.config.to_dict(), "schema": model.schema.to_dict(), "state_dict": model.state_dict()}, path
+    )
+    return path
+
+
 def export_before(checkpoint: Path, path: Path, log) -> Path | None:
     """The sampler graph of commit BEFORE from the same checkpoint, by that commit's code (a git worktree)."""
     tree = path.parent / "before-tree"
@@ -249,16 +277,34 @@ def rows_for(engine, n: int) -> list[dict]:
 def variant_table(
     model, engine, art: Path, tmp: Path, reps: int, log, with_before: bool = True, quick: bool = False
 ) -> dict[str, Any]:
-    """Node counts and one-row / hundred-row graph latency of: before, each optimisation undone, after."""
-    from hhvaem.app.engine import ImputeQuery
+    """Node counts and one-row / hundred-row graph latency of the impute graph: before, after (same configuration),
+    each optimisation undone, and the served model's own graphs (its defaults)."""
+    import torch
 
-    files = {"after": art / engine.graphs["impute"].file}
-    before = export_before(art / "model.pt", tmp / "before.onnx", log) if with_before else None
-    if before:
-        files = {"before (ad2fbd5)": before, **files}
-    files["with the predictor in log p*"] = art / engine.graphs["conditional"].file
+    from hhvaem.app.engine import ImputeQuery
+    from hhvaem.model.hhvaem import HHVAEM, ModelConfig
+
+    twin = paper_twin(model)
+    files: dict[str, Path] = {}
+    if with_before:
+        before = export_before(twin_checkpoint(twin, tmp / "twin.pt"), tmp / "before.onnx", log)
+        if before:
+            files[f"before ({BEFORE})"] = before
+    files["after, paper configuration"] = export_variant(twin, "impute", None, tmp / "after.onnx")
     for change in ("3-D matrix products", "softplus kernel", "Einsum marginal decoders"):
-        files[f"with {change}"] = export_variant(model, "impute", change, tmp / f"{change.replace(' ', '_')}.onnx")
+        files[f"with {change}"] = export_variant(twin, "impute", change, tmp / f"{change.replace(' ', '_')}.onnx")
+    cfg = twin.config.to_dict()
+    changes = {
+        "tanh": {"activation": "tanh"},
+        "tanh, direct discrete units": {"activation": "tanh", "discrete_units": "direct"},
+    }
+    for i, (name, change) in enumerate(changes.items()):  # fresh weights: timing does not depend on them
+        torch.manual_seed(0)
+        other = HHVAEM(twin.schema, ModelConfig(**{**cfg, **change})).eval()
+        files[f"after, {name}"] = export_variant(other, "impute", None, tmp / f"change{i}.onnx")
+    served = f"served model ({model.config.activation}, {model.config.discrete_units} discrete units)"
+    files[served] = art / engine.graphs["impute"].file
+    files["served model, with the predictor in log p*"] = art / engine.graphs["conditional"].file
     out: dict[str, Any] = {name: graph_facts(path, tmp) for name, path in files.items()}
     for n, r in ((1, reps),) if quick else ((1, reps), (100, max(3, reps // 20))):
         prep = ImputeQuery(rows_for(engine, n), samples=SAMPLES, seed=0).prepare(engine)
@@ -509,6 +555,46 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_load(load: dict[str, Any]) -> str:
+    """The service against the engine on the same cores (benchmarks/load_test.py's JSON)."""
+    lines = [
+        "## The service against the engine",
+        "",
+        f"`python -m benchmarks.load_test` at commit {load['commit']}, {load['machine']['cpus']} cores, "
+        f"{load['settings']['samples']} samples per request, load average {_rounded(load.get('load_before'))} before "
+        f"and {_rounded(load.get('load_after'))} after. Engine: one request at a time, and its best batched "
+        "throughput (one sampler call of 20 rows per core at a time).",
+        "",
+        "| route | concurrency | requests/s | p50 (ms) | p99 (ms) | engine p50 (ms) | engine best batched (rows/s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for work, levels in load["http"].items():
+        e = load["engine"][work]
+        best = f"{e['batched_rows_per_s']:.0f}" if "batched_rows_per_s" in e else "-"
+        for r in levels:
+            lines.append(
+                f"| {work} | {r['concurrency']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{e['p50_ms']:.1f} | {best} |"
+            )
+    lines += [
+        "",
+        "| route | HTTP overhead at 1 (target <= 20 %) | throughput at 32 / engine best (target >= 0.8) |"
+        " p99 at 32 / single p50 (target <= 5) |",
+        "|---|---|---|---|",
+    ]
+    for work, c in load["checks"].items():
+        vs = c.get("throughput_vs_engine_batched")
+        lines.append(
+            f"| {work} | {c['overhead_at_1']:+.0%} | {'-' if vs is None else f'{vs:.2f}'} | "
+            f"{c['p99_over_single_p50']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _rounded(load) -> str:
+    return "?" if load is None else str([round(x, 2) for x in load])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -522,11 +608,15 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--json", type=Path)
     rd = sub.add_parser("render")
     rd.add_argument("json", type=Path)
+    rd.add_argument("--load", type=Path, help="benchmarks/load_test.py's JSON, for the service section")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         cmd_run(args)
     else:
-        print(render(json.loads(args.json.read_text())))
+        text = render(json.loads(args.json.read_text()))
+        if args.load:
+            text += "\n" + render_load(json.loads(args.load.read_text()))
+        print(text)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -14,14 +17,43 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="HH-VAEM for 
 
 Data = Annotated[Path, typer.Argument(help="Training table: .csv or .parquet, header row, empty/NA cells missing.")]
 SchemaOpt = Annotated[
-    Path | None, typer.Option("--schema", help="JSON schema (features/targets with types) overriding inference.")
+    Path | None,
+    typer.Option(
+        "--schema",
+        help="JSON schema (features/targets with types) overriding inference for the columns it names; the others "
+        "are inferred.",
+    ),
+]
+IgnoreExtraOpt = Annotated[
+    bool,
+    typer.Option("--ignore-extra", help="Use only the columns --schema names (and the targets); leave the rest out."),
+]
+DropOpt = Annotated[
+    list[str] | None,
+    typer.Option("--drop", help="Leave this column out, e.g. an identifier (repeat for several).", show_default=False),
+]
+NonNumericOpt = Annotated[
+    bool,
+    typer.Option(
+        "--non-numeric-as-missing",
+        help="Read text cells in numeric columns as missing (each one listed in a warning) instead of refusing.",
+    ),
 ]
 TargetOpt = Annotated[
     list[str] | None, typer.Option("--target", help="Target column (repeat for several).", show_default=False)
 ]
 VariantOpt = Annotated[str, typer.Option("--variant", help="hhvaem | vaem | hvaem | hmcvaem | miwaem")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed reproduces the model.")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", help="Torch CPU threads (0: torch's default).")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=0,
+        help="CPU threads for torch and the BLAS/OpenMP pools (default: the cores free now, i.e. the usable cores "
+        "minus the 1-minute load average, at least 1; 0: the libraries' defaults).",
+        show_default=False,
+    ),
+]
 CompileOpt = Annotated[
     bool | None,
     typer.Option(
@@ -30,6 +62,39 @@ CompileOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+StepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--steps",
+        min=10,
+        help="Dependency-VAE steps, the last 10% with HMC (default: scaled to the table).",
+        show_default=False,
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a model or training setting, KEY=VALUE (repeat), e.g. --set hidden=128 --set lr=3e-4.",
+        show_default=False,
+    ),
+]
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    """--set KEY=VALUE pairs -> {key: value}, values parsed as JSON where they parse (numbers, lists), else text."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--set: {pair!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def fail(message: str) -> None:
@@ -52,14 +117,16 @@ def user_errors():
 
 
 class StageProgress:
-    """One rich progress bar per training stage, showing the current loss."""
+    """Training progress on stderr: on a terminal one rich bar per stage with its loss; anywhere else (a log file,
+    a pipe, `docker logs`) a line at each stage's first step, then one every `every_seconds`, and one at its end."""
 
     NAMES = {"marginal": "stage 1 marginal VAEs", "vi": "stage 2 dependency VAE", "hmc": "stage 3 VAE + HMC"}
 
-    def __init__(self, prefix: str = ""):
+    def __init__(self, prefix: str = "", every_seconds: float = 10.0):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.prefix = prefix
+        self.every_seconds = every_seconds
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -69,15 +136,23 @@ class StageProgress:
             disable=not sys.stderr.isatty(),
         )
         self.tasks: dict[str, int] = {}
+        self.stage_started = self.last_line = time.monotonic()  # a stage starts when the one before it ends
 
     def __call__(self, stage: str, step: int, total: int, loss: float) -> None:
-        if stage not in self.tasks:
+        first = stage not in self.tasks
+        if first:
             self.tasks[stage] = self.progress.add_task(f"{self.prefix}{self.NAMES[stage]}", total=total, loss=loss)
         self.progress.update(self.tasks[stage], completed=step, loss=loss)
-        if step == total and not self.progress.disable:
-            return
+        now = time.monotonic()
+        if self.progress.disable and (first or step == total or now - self.last_line >= self.every_seconds):
+            self.last_line = now
+            what = f"{total} steps" if step == total else f"step {step}/{total}"
+            typer.echo(
+                f"{self.prefix}{self.NAMES[stage]}: {what}, loss {loss:.3f}, {now - self.stage_started:.0f} s",
+                err=True,
+            )
         if step == total:
-            typer.echo(f"{self.prefix}{self.NAMES[stage]}: {total} steps, loss {loss:.3f}", err=True)
+            self.stage_started = now
 
     def __enter__(self):
         self.progress.__enter__()
@@ -87,19 +162,103 @@ class StageProgress:
         self.progress.__exit__(*exc)
 
 
-def _setup(threads: int, seed: int | None = None) -> None:
+def free_cores() -> int:
+    """The cores this process may use (affinity, and a container's CPU quota) minus the 1-minute load average, at
+    least 1: on a busy machine, threads beyond the free cores only take turns (oversubscribed, torch's small
+    matrix products ran 4-9x slower than on one thread)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    cores = min(cores, _cpu_quota() or cores)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+def _cpu_quota() -> int | None:
+    """CPUs allowed by the cgroup's CPU quota (`docker run --cpus`), or None without one."""
+    for path, parse in (
+        ("/sys/fs/cgroup/cpu.max", lambda t: t.split()),
+        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")]),
+    ):
+        try:
+            quota, period = parse(Path(path).read_text())
+            if quota not in ("max", "-1") and period:
+                return max(1, int(int(quota) / int(period)))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text().strip()
+
+
+def _setup(threads: int | None, seed: int | None = None) -> int:
+    """Sets the CPU threads of torch and of the BLAS/OpenMP pools (`threads`; None: `free_cores()`; 0: the
+    libraries' defaults) and seeds torch; returns the torch thread count in effect."""
     import torch
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    n = free_cores() if threads is None else threads
+    if n > 0:
+        torch.set_num_threads(n)
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # scikit-learn's dependency; without it numpy keeps its own default
+            pass
+        else:
+            threadpool_limits(n)
     if seed is not None:
         torch.manual_seed(seed)
+    return torch.get_num_threads()
 
 
-def _load(data: Path, schema: Path | None, targets: list[str] | None):
+def _load(
+    data: Path,
+    schema: Path | None,
+    targets: list[str] | None,
+    ignore_extra: bool = False,
+    drop: list[str] | None = None,
+    non_numeric_as_missing: bool = False,
+):
     from hhvaem.training.tabular import load_dataset
 
-    return load_dataset(data, targets or [], schema)
+    if ignore_extra and schema is None:
+        fail("--ignore-extra: needs --schema (the columns to keep)")
+    return load_dataset(
+        data,
+        targets or [],
+        schema,
+        ignore_extra=ignore_extra,
+        drop=drop or (),
+        non_numeric_as_missing=non_numeric_as_missing,
+    )
+
+
+def _plan(df, sch, variant: str, steps: int | None, threads: int, compile: bool | None) -> str:
+    """What is about to be trained, in one line: the table as read, the budget, the threads."""
+    from collections import Counter
+
+    from hhvaem.model.hhvaem import ModelConfig
+    from hhvaem.training.fit import default_steps
+    from hhvaem.training.trainer import StageSteps, TrainConfig
+
+    types = Counter(c.type for c in sch.features)
+    total = steps or default_steps(len(df), len(sch.features))
+    stages = StageSteps.from_total(total)
+    hmc = ModelConfig.for_table(variant, len(sch.features), len(df)).uses_hmc
+    compile_note = "; stage 3 starts with a one-off compile (a minute or two)"
+    compiles = hmc and TrainConfig(stages, compile=compile).compiles
+    return (
+        f"{len(df)} rows, {len(sch.features)} features ({', '.join(f'{n} {t}' for t, n in types.most_common())}), "
+        f"target {', '.join(f'{c.name} ({c.type})' for c in sch.targets)}; {total} steps "
+        f"({stages.marginal} marginal + {stages.vi} VI + {stages.hmc} {'HMC' if hmc else 'more VI'})"
+        f"{' from --steps' if steps else ' (default for this table; --steps N to change)'}, {threads} torch "
+        f"thread{'s' if threads != 1 else ''}{compile_note if compiles else ''}"
+    )
 
 
 def _check_variant(variant: str) -> None:
@@ -116,21 +275,28 @@ def train(
     schema: SchemaOpt = None,
     target: TargetOpt = None,
     variant: VariantOpt = "hhvaem",
-    steps: Annotated[int, typer.Option("--steps", min=10, help="Dependency-VAE steps (last 10% with HMC).")] = 20000,
+    steps: StepsOpt = None,
+    settings: SetOpt = None,
     seed: SeedOpt = 0,
-    threads: ThreadsOpt = 0,
+    threads: ThreadsOpt = None,
     compile: CompileOpt = None,
+    ignore_extra: IgnoreExtraOpt = False,
+    drop: DropOpt = None,
+    non_numeric_as_missing: NonNumericOpt = False,
 ) -> None:
     """Fit a model on DATA and write an artifact directory (manifest.json, the ONNX graphs, model.pt)."""
+    typer.echo(f"reading {data}", err=True)  # before torch loads: a line within the first second
     _check_variant(variant)
-    _setup(threads, seed)
+    n_threads = _setup(threads, seed)
     with user_errors():
         from hhvaem.training.artifact import data_fingerprint, write_artifact
         from hhvaem.training.fit import fit
 
-        df, sch = _load(data, schema, target)
+        df, sch = _load(data, schema, target, ignore_extra, drop, non_numeric_as_missing)
+        typer.echo(_plan(df, sch, variant, steps, n_threads, compile), err=True)
         with StageProgress() as bar:
-            fitted = fit(df, sch, variant, steps, seed, bar, compile=compile)
+            fitted = fit(df, sch, variant, steps, seed, bar, compile=compile, overrides=_overrides(settings))
+        typer.echo("exporting the ONNX graphs", err=True)
         manifest = write_artifact(out, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(df))
     s = manifest["sampler"]
     typer.echo(
@@ -158,31 +324,85 @@ def evaluate(
     schema: SchemaOpt = None,
     target: TargetOpt = None,
     variant: VariantOpt = "hhvaem",
-    steps: Annotated[int, typer.Option("--steps", min=10, help="Training steps per split.")] = 20000,
+    steps: StepsOpt = None,
+    settings: SetOpt = None,
     splits: Annotated[str, typer.Option("--splits", help="Comma-separated split indices in 0..9.")] = "0,1,2",
     samples: Annotated[int, typer.Option("--samples", min=2, help="Posterior samples per test row.")] = 1000,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
     seed: SeedOpt = 0,
-    threads: ThreadsOpt = 0,
+    threads: ThreadsOpt = None,
     compile: CompileOpt = None,
+    ignore_extra: IgnoreExtraOpt = False,
+    drop: DropOpt = None,
+    non_numeric_as_missing: NonNumericOpt = False,
 ) -> None:
     """Train and test on docs/protocol.md splits; print NLL_xu, NLL_y, RMSE_xu, ACC_xu and the target error."""
+    typer.echo(f"reading {data}", err=True)
     _check_variant(variant)
     split_list = _split_list(splits)
-    _setup(threads, seed)
+    threads = _setup(threads, seed)
     with user_errors():
         from hhvaem.training.evaluate import evaluate_split, summarise
 
-        df, sch = _load(data, schema, target)
+        df, sch = _load(data, schema, target, ignore_extra, drop, non_numeric_as_missing)
+        typer.echo(_plan(df, sch, variant, steps, threads, compile) + f"; splits {splits}", err=True)
         results = []
         for k in split_list:
             with StageProgress(prefix=f"split {k}: ") as bar:
-                results.append(evaluate_split(df, sch, k, variant, steps, seed, samples, bar, compile))
+                results.append(
+                    evaluate_split(
+                        df, sch, k, variant, steps, seed, samples, bar, compile, _overrides(settings), max(threads, 1)
+                    )
+                )
             typer.echo(f"split {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in sorted(results[-1].items())), err=True)
         summary = summarise(variant, split_list, results)
     typer.echo(f"{'metric':<16}{'mean':>10}{'std':>10}   ({variant}, splits {splits})")
     for name, m in summary["metrics"].items():
         typer.echo(f"{name:<16}{m['mean']:>10.4f}{m['std']:>10.4f}")
+    if json_out:
+        json_out.write_text(json.dumps(summary, indent=2))
+
+
+@app.command()
+def baselines(
+    data: Data,
+    schema: SchemaOpt = None,
+    target: TargetOpt = None,
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated: mean, knn, mice, missforest, hgb_nan.")
+    ] = "mean,knn,mice,missforest,hgb_nan",
+    splits: Annotated[str, typer.Option("--splits", help="Comma-separated split indices in 0..9.")] = "0,1,2",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write {method: metrics} as JSON here.")] = None,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
+    ignore_extra: IgnoreExtraOpt = False,
+    drop: DropOpt = None,
+    non_numeric_as_missing: NonNumericOpt = False,
+) -> None:
+    """The classical imputers and hgb_nan under the same protocol, splits and metrics as `evaluate`."""
+    from hhvaem.training.baselines import METHODS
+
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in method_list if m not in METHODS]
+    if bad or not method_list:
+        fail(
+            f"--methods: unknown method {bad[0]!r} (expected some of {', '.join(METHODS)})"
+            if bad
+            else "--methods: none given"
+        )
+    split_list = _split_list(splits)
+    _setup(threads, seed)
+    with user_errors():
+        from hhvaem.training.baselines import run_baselines
+        from hhvaem.training.evaluate import summarise
+
+        df, sch = _load(data, schema, target, ignore_extra, drop, non_numeric_as_missing)
+        results = run_baselines(df, sch, split_list, tuple(method_list), seed, log=lambda m: typer.echo(m, err=True))
+        summary = {m: summarise(m, split_list, per_split) for m, per_split in results.items()}
+    typer.echo(f"{'method':<12}{'metric':<16}{'mean':>10}{'std':>10}   (splits {splits})")
+    for m, sm in summary.items():
+        for name, v in sm["metrics"].items():
+            typer.echo(f"{m:<12}{name:<16}{v['mean']:>10.4f}{v['std']:>10.4f}")
     if json_out:
         json_out.write_text(json.dumps(summary, indent=2))
 
@@ -223,25 +443,85 @@ def serve(
 def demo(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
-    steps: Annotated[int, typer.Option("--steps", min=10, help="Training steps for the demo model.")] = 2000,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            min=10,
+            help="Training steps for the demo model (default: the demo recipe, about a minute).",
+            show_default=False,
+        ),
+    ] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Train the demo model again.")] = False,
+    threads: ThreadsOpt = None,
+    models: Annotated[
+        Path | None, typer.Option("--models", help="Folder that holds the demo model (default: <data dir>/demo).")
+    ] = None,
+    train_only: Annotated[
+        bool, typer.Option("--train-only", help="Train the demo model unless it is there, then exit (no server).")
+    ] = False,
 ) -> None:
     """Serve the demo model (scikit-learn's diabetes table in raw units), training it on first run."""
     from hhvaem.app.core.config import Settings
 
-    models_dir = Settings().data_dir / "demo"
+    models_dir = models or Settings().data_dir / "demo"
     target = models_dir / "diabetes"
-    if rebuild or not (target / "manifest.json").is_file():
-        try:
-            from hhvaem.training.demo import build_demo
-        except ImportError:
-            fail("training the demo model needs torch: pip install torch==2.13.0 && pip install -e '.[train]'")
-        typer.echo(f"training the demo model into {target} (first run only, a few minutes)...", err=True)
-        _setup(0, 0)
-        with StageProgress() as bar:
-            build_demo(target, steps=steps, progress=bar)
+    reason = _demo_needs_training(target, rebuild)
+    if reason:
+        _train_demo(target, reason, steps, threads)
+    else:
+        typer.echo(f"the demo model is in {target} (--rebuild trains it again)", err=True)
+    if train_only:
+        return
     typer.echo(f"serving the demo model on http://{host}:{port}/ (questionnaire page), API docs at /docs", err=True)
+    if shutil.which("hhvaem") is None:
+        here = Path(sys.argv[0]).resolve()
+        typer.echo(
+            f"the hhvaem command is {here} (not on PATH: `source {here.parent}/activate` puts it there)", err=True
+        )
     _serve(host, port, models_dir)
+
+
+def _demo_needs_training(target: Path, rebuild: bool) -> str | None:
+    """Why the demo model must be trained (first run, --rebuild, unreadable by this version), or None."""
+    from hhvaem.model.io.artifact import ArtifactError, read_manifest
+
+    if rebuild:
+        return "--rebuild"
+    if not (target / "manifest.json").is_file():
+        return "first run only"
+    try:
+        read_manifest(target, require_graphs=True)
+    except ArtifactError as e:
+        return f"the one there cannot be used: {e}"
+    return None
+
+
+def _train_demo(target: Path, reason: str, steps: int | None, threads: int | None) -> None:
+    """Trains the demo model next to `target` and moves it into place, so that `target` is never half written."""
+    import tempfile
+
+    try:
+        from hhvaem.training.demo import build_demo
+    except ImportError:
+        fail("training the demo model needs torch: pip install torch==2.13.0 && pip install -e '.[train]'")
+    n = _setup(threads, 0)
+    typer.echo(
+        f"training the demo model into {target} ({reason}; about a minute, {n} torch thread{'s' if n != 1 else ''})",
+        err=True,
+    )
+    started = time.monotonic()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".training-", dir=target.parent))
+    try:
+        with StageProgress() as bar:
+            build_demo(work, steps=steps, progress=bar)
+        if target.exists():
+            shutil.rmtree(target)
+        work.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    typer.echo(f"demo model trained and exported in {time.monotonic() - started:.0f} s", err=True)
 
 
 @app.command()
@@ -254,12 +534,61 @@ def score(
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per sampler call.")] = 128,
     seed: SeedOpt = 0,
     threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime threads (0: default).")] = 0,
+    imputations: Annotated[
+        int | None,
+        typer.Option(
+            "--imputations",
+            min=1,
+            help="Multiple imputation: write M completed tables (posterior draws), one under the other, with "
+            "`imputation` and `row` columns (at most --samples).",
+        ),
+    ] = None,
+    engine_name: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local: this process | ray: a Ray cluster (INPUT may then be a directory or glob of Parquet files; "
+            "OUTPUT a directory of Parquet partitions, or a .csv; a rerun with the same OUTPUT resumes).",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="--engine ray: the cluster (auto, ray://HOST:10001, HOST:6379; default: RAY_ADDRESS, else a "
+            "local one on this machine).",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="--engine ray: scoring actors (default: the cluster's CPUs).", show_default=False
+        ),
+    ] = None,
+    partition_rows: Annotated[
+        int,
+        typer.Option("--partition-rows", min=1, help="--engine ray: rows per partition (a multiple of --chunk-rows)."),
+    ] = 4096,
 ) -> None:
     """Batch scoring offline, with a progress bar; bad rows are reported by row number and skipped."""
     from hhvaem.app.engine.scoring import OPERATIONS
 
     if operation not in OPERATIONS:
         fail(f"--operation: unknown operation {operation!r} (expected one of {', '.join(OPERATIONS)})")
+    if imputations is not None and operation == "predict":
+        fail("--imputations: multiple imputation needs --operation impute or both")
+    if imputations is not None and samples is not None and imputations > samples:
+        fail(f"--imputations: {imputations} is more than --samples {samples}")
+    if engine_name not in ("local", "ray"):
+        fail(f"--engine: unknown engine {engine_name!r} (expected local or ray)")
+    if engine_name == "ray":
+        if partition_rows % chunk_rows:
+            fail(f"--partition-rows: {partition_rows} is not a multiple of --chunk-rows {chunk_rows}")
+        options = {"samples": samples, "chunk_rows": chunk_rows, "seed": seed, "imputations": imputations}
+        cluster = {"address": address, "workers": workers, "partition_rows": partition_rows}
+        _score_on_ray(model_dir, input, output, operation, options, cluster)
+        return
     if not output.name.lower().endswith((".csv", ".parquet")):
         fail(f"{output.name}: the output must end in .csv or .parquet")
     with user_errors():
@@ -267,10 +596,12 @@ def score(
 
         from hhvaem.app.engine import Engine
         from hhvaem.app.engine.scoring import score_frame
-        from hhvaem.model.io.tables import read_table
+        from hhvaem.model.io.tables import read_table_with_notes
 
         engine = Engine(model_dir, threads=threads)
-        df = read_table(input)
+        df, notes = read_table_with_notes(input)
+        for note in notes:
+            typer.echo(f"warning: {note}", err=True)
         columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task("rows", total=len(df))
@@ -282,6 +613,7 @@ def score(
                 chunk_rows,
                 seed,
                 progress=lambda done, total, _: bar.update(task, completed=done),
+                imputations=imputations,
             )
         output.parent.mkdir(parents=True, exist_ok=True)
         if output.name.lower().endswith(".parquet"):
@@ -299,7 +631,51 @@ def score(
     if len(errors) > 20:
         typer.echo(f"warning: ... and {len(errors) - 20} more", err=True)
     bad = len({e["row"] for e in errors if e["row"] is not None})
-    typer.echo(f"wrote {output}: {len(df) - bad} rows scored, {bad} rejected ({operation}, {engine.backend_name})")
+    what = f"{operation}, {imputations} imputations" if imputations else operation
+    typer.echo(f"wrote {output}: {len(df) - bad} rows scored, {bad} rejected ({what}, {engine.backend_name})")
+
+
+def _score_on_ray(model_dir: Path, input: Path, output: Path, operation: str, options: dict, cluster: dict) -> None:
+    """`hhvaem score --engine ray`: Parquet partitions in OUTPUT (or OUTPUT.parts, assembled into OUTPUT if it is a
+    .csv); exit status 1 naming the partitions that failed (a rerun retries only those)."""
+    with user_errors():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from hhvaem.app.engine.distributed import score_on_ray
+        from hhvaem.app.engine.partitions import read_results
+
+        as_csv = output.name.lower().endswith(".csv")
+        parts = output.with_name(output.name + ".parts") if as_csv else output
+        columns = (TextColumn("scoring on ray"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("rows", total=None)
+            report = score_on_ray(
+                model_dir,
+                input,
+                parts,
+                operation,
+                **options,
+                address=cluster["address"],
+                workers=cluster["workers"],
+                partition_rows=cluster["partition_rows"],
+                progress=lambda done, total, _: bar.update(task, completed=done, total=total),
+            )
+    for e in report.notes + report.errors[:20]:
+        where = f"row {e['row']}, " if e["row"] is not None else ""
+        typer.echo(f"warning: {where}column {e['column']}: {e['reason']}", err=True)
+    if report.failed:
+        names = "; ".join(p.describe() for p in report.failed[:10]) + (" ..." if len(report.failed) > 10 else "")
+        typer.echo(f"error: {len(report.failed)} of {report.partitions} partitions failed: {names}", err=True)
+        typer.echo(f"the others are in {parts}; run the same command again to score only the failed ones", err=True)
+        raise typer.Exit(1)
+    if as_csv:
+        read_results(parts).to_csv(output, index=False)  # `row` first: the input's row numbers
+        shutil.rmtree(parts)
+    done = f"{len(report.written)} partitions scored, {len(report.skipped)} already there"
+    typer.echo(
+        f"wrote {output}: {report.total_rows - report.failed_rows} rows scored, {report.failed_rows} rejected "
+        f"({operation}; {done}; {report.workers} workers, {report.seconds:.1f} s)"
+    )
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; the key is shown once, at creation).")
@@ -384,8 +760,11 @@ def saia(
     seed: SeedOpt = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write curves and AUCs as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of both curves here.")] = None,
-    threads: Annotated[int, typer.Option("--threads", help="Torch and ONNX Runtime CPU threads.")] = 1,
+    threads: ThreadsOpt = None,
     compile: CompileOpt = None,
+    ignore_extra: IgnoreExtraOpt = False,
+    drop: DropOpt = None,
+    non_numeric_as_missing: NonNumericOpt = False,
 ) -> None:
     """Sequential active information acquisition (docs/protocol.md): train per split, acquire features one by one.
 
@@ -405,11 +784,11 @@ def saia(
     if plot is not None and plot.suffix.lower() != ".png":
         fail(f"--plot: {str(plot)!r} must end in .png")
     split_list = _split_list(splits)
-    _setup(threads, seed)
+    threads = _setup(threads, seed)  # torch's and ONNX Runtime's
     with user_errors():
         from hhvaem.training.saia import SaiaSettings, format_table, plot_curves, run_saia, write_json
 
-        df, sch = _load(data, schema, target)
+        df, sch = _load(data, schema, target, ignore_extra, drop, non_numeric_as_missing)
         settings = SaiaSettings(tuple(method_list), samples, kl_draws, 5, max_rows, seed, max(threads, 1))
         summary = run_saia(
             df,
@@ -429,7 +808,22 @@ def saia(
         plot_curves(summary, plot, title=f"SAIA on {data.name}, target {summary['target']}")
 
 
+def _table_warnings_in_one_line() -> None:
+    """A table read with a note (e.g. an empty trailing column dropped) says so in one line, like every message."""
+    import warnings
+
+    plain = warnings.formatwarning
+
+    def one_line(message, category, *args, **kwargs):  # noqa: ANN001 - warnings' signature
+        if category.__name__ == "TableWarning":
+            return f"warning: {message}\n"
+        return plain(message, category, *args, **kwargs)
+
+    warnings.formatwarning = one_line
+
+
 def main() -> None:
+    _table_warnings_in_one_line()
     app()
 
 

@@ -16,7 +16,6 @@ values in the user's units is numpy work on the serving side (`model.families`).
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from pathlib import Path
@@ -24,14 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hhvaem.model.dependency import Observed
 from hhvaem.model.hhvaem import HHVAEM
 from hhvaem.model.hmc import ChainNoise
 from hhvaem.model.io.contract import Dims, GraphSpec, draw_noise, natural_width, sampler_graphs
-from hhvaem.model.likelihoods import Gaussian
 from hhvaem.model.posterior import PosteriorNoise, sample_posterior
 
 OPSET = 17
@@ -75,61 +72,36 @@ class PredictiveGraph(nn.Module):
         obs = m.observed(given["x"], given["mask"], given.get("y"), given.get("y_mask"))
         chain = ChainNoise(given["momentum"], given["log_u"]) if "momentum" in given else None
         post = sample_posterior(m, obs, PosteriorNoise(given["eps_noise"], chain, given.get("gumbel")), flat=True)
-        h1, raw = dep.decode(post.eps)  # [B, C, D, W]: every unit's likelihood given eps
-        code = Gaussian.from_raw(raw)
-        z = code.loc + code.scale * given["code_noise"]  # codes drawn from p(z | h_1)
-        category = categorical_draw(dep.unit_likelihood.probs(raw), given["code_noise"], self.last_category)
-        coded = dep.coded.to(z.dtype)
-        units = coded * z + (1.0 - coded) * category  # a draw of every unit, per posterior sample
+        h1, _ = dep.top_down(post.eps)
+        dec_out = dep.decoder(h1)
+        dists = dep.blocks.dists(dec_out)  # every unit's distribution given eps [B, C, ...]
+        units = m.unit_draws(dists, m.grouped(given["code_noise"]))  # a draw of every unit, per posterior sample
         make = {
             "eps": lambda: post.eps,
-            "features": lambda: self._features(z, raw),
-            "target": lambda: dep.target_likelihood.natural(dep.predictor_pass(h1, raw, obs.unsqueeze(-2))[0]),
+            "features": lambda: m.feature_natural(dists, units),
+            "target": lambda: dep.target_likelihood.natural(dep.predictor_pass(h1, dists, obs.unsqueeze(-2))[0]),
             "acceptance": lambda: (
                 post.info.acceptance_rate.mean(-1) if post.info is not None else torch.ones_like(post.mu[..., 0])
             ),
-            "target_given": lambda: self._target_given(obs, h1, raw, units),
-            "draws": lambda: coded * -1.0 + (1.0 - coded) * category,
+            "target_given": lambda: self._target_given(obs, h1, dec_out, units),
+            "draws": lambda: m.ungrouped(dep.coded * -1.0 + (1.0 - dep.coded) * units),
         }
         return tuple(make[name]() for name in self.graph.output_names)
 
-    @property
-    def last_category(self) -> Tensor:
-        """[D] the last category index of each direct unit (0 for codes)."""
-        dep = self.model.dependency
-        return torch.tensor([max(u.n_categories - 1, 0) for u in dep.units], dtype=torch.float32)
-
-    def _features(self, z: Tensor, raw: Tensor) -> Tensor:
-        """Natural parameters of every feature: coded ones decoded from their code, direct ones from their unit."""
+    def _target_given(self, obs: Observed, h1: Tensor, dec_out: Tensor, units: Tensor) -> Tensor:
+        """Target natural params [B, C, D, P, W] with each unobserved unit i observed at its sampled value (the
+        variant axis -3 in feature order)."""
         m, dep = self.model, self.model.dependency
-        decoded = m.marginal.likelihood.natural(m.marginal.decode(z))
-        if bool(dep.coded.all()):
-            return decoded
-        direct = dep.unit_likelihood.natural(raw)
-        direct = F.pad(direct, (0, decoded.shape[-1] - direct.shape[-1]))
-        coded = dep.coded.to(z.dtype).unsqueeze(-1)
-        return coded * decoded + (1.0 - coded) * direct
-
-    def _target_given(self, obs: Observed, h1: Tensor, raw: Tensor, units: Tensor) -> Tensor:
-        """Target natural params [B, C, D, P, W] with each unobserved unit i observed at its sampled value."""
-        dep = self.model.dependency
         d = dep.n_units
-        m = obs.m.unsqueeze(-2)  # [B, 1, D]
+        mask = obs.m.unsqueeze(-2)  # [B, 1, D]
         # Variant i (axis -2) observes unit i (axis -1) at its draw, where it is unobserved.
-        swap = torch.eye(d, dtype=units.dtype, device=units.device) * (1.0 - m).unsqueeze(-2)  # [B, 1, D, D]
+        swap = torch.eye(d, dtype=units.dtype, device=units.device) * (1.0 - mask).unsqueeze(-2)  # [B, 1, D, D]
         zz = (obs.z * obs.m).unsqueeze(-2).unsqueeze(-2) + swap * units.unsqueeze(-2)  # [B, C, D, D]
-        mm = (m.unsqueeze(-2) + swap).expand_as(zz)
-        rr = raw.unsqueeze(-3).expand(*zz.shape, raw.shape[-1])
+        mm = (mask.unsqueeze(-2) + swap).expand_as(zz)
+        dists = dep.blocks.dists(dec_out.unsqueeze(-2))  # [B, C, 1, ...]: broadcast over the variants
         hh = h1.unsqueeze(-2).expand(*zz.shape[:-1], h1.shape[-1])
-        out = dep.predictor(dep.predictor_input(hh, rr, Observed(zz, mm, None, None)))
-        return dep.target_likelihood.natural(dep.target_params(out))
-
-
-def categorical_draw(probs: Tensor, noise: Tensor, last: Tensor) -> Tensor:
-    """One category per unit [..., D] from probabilities [..., D, K]: the inverse CDF at Phi(standard normal noise)."""
-    u = 0.5 * (1.0 + torch.erf(noise * (1.0 / math.sqrt(2.0))))
-    index = (torch.cumsum(probs, -1) < u.unsqueeze(-1)).to(probs.dtype).sum(-1)
-    return torch.minimum(index, last.to(probs.dtype))
+        out = dep.predictor(dep.predictor_input(hh, dists, Observed(zz, mm, None, None)))
+        return m.ungrouped(dep.target_likelihood.natural(dep.target_params(out)), -3)
 
 
 class LogDensityGraph(nn.Module):

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hhvaem.model.dependency import DependencyVAE, Observed
@@ -41,6 +40,9 @@ class ModelConfig:
     variant: str = "hhvaem"
     latent_dims: tuple[int, ...] = (10, 5)
     hidden: int = 64
+    # Width of the dependency VAE's encoder (None: `hidden`). The encoder runs once per request, outside the
+    # sampler's loop, so its width costs serving little; the decoder and predictor run at every gradient evaluation.
+    encoder_hidden: int | None = None
     marginal_hidden: int = 32
     hmc_steps: int = 10  # T
     leapfrog_steps: int = 5  # L
@@ -109,13 +111,21 @@ class HHVAEM(nn.Module):
         self.schema, self.config = schema, config
         self.marginal = MarginalVAEs(schema.features, config.marginal_hidden)
         self.dependency = DependencyVAE(
-            dependency_units(schema, config), schema.targets, config.latent_dims, config.hidden, config.activation
+            dependency_units(schema, config),
+            schema.targets,
+            config.latent_dims,
+            config.hidden,
+            config.activation,
+            encoder_hidden=config.encoder_hidden,
         )
         e = self.dependency.latent_size
         lo, hi = config.step_size_range
         steps = torch.empty(config.hmc_steps, e).uniform_(lo, hi)
         self.log_step_sizes = nn.Parameter(torch.log(steps))
         self.log_inflation = nn.Parameter(torch.zeros(()))
+        # [D] feature order: True where a feature's unit is its marginal code (derived from schema and config)
+        coded = torch.tensor([not u.is_discrete for u in self.dependency.units])
+        self.register_buffer("coded_features", coded, persistent=False)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> HHVAEM:
@@ -148,20 +158,27 @@ class HHVAEM(nn.Module):
         return [p for m in (dep.trunks, dep.heads) for p in m.parameters()]
 
     # ---- observed data --------------------------------------------------------------------
-    @property
-    def coded(self) -> Tensor:
-        """[D] 1.0 where a feature's unit is its marginal code, 0.0 where it is the feature itself."""
-        return self.dependency.coded
+    # The dependency VAE keeps its units in block order (model.dependency.UnitBlocks); these convert.
+    def grouped(self, t: Tensor, axis: int = -1) -> Tensor:
+        """Feature order -> the dependency VAE's unit order along `axis`."""
+        return self.dependency.blocks.grouped(t, axis)
 
-    def codes(self, x: Tensor, mask: Tensor) -> Tensor:
-        """Units of the observed entries, 0 in the holes: marginal codes (encoder means), or the category itself."""
+    def ungrouped(self, t: Tensor, axis: int = -1) -> Tensor:
+        """The dependency VAE's unit order -> feature order along `axis`."""
+        return self.dependency.blocks.ungrouped(t, axis)
+
+    def units(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Units of the observed entries in unit order, 0 in the holes: marginal codes (encoder means) for coded
+        features, the category itself for the others."""
         mu, _ = self.marginal.encode(x)
-        coded = self.coded.to(mu.dtype)
-        return (coded * mu + (1.0 - coded) * x) * mask.to(mu.dtype)
+        unit = torch.where(self.coded_features, mu, x) if not bool(self.coded_features.all()) else mu
+        return self.grouped(unit * mask.to(mu.dtype))
 
     def observed(self, x: Tensor, mx: Tensor, y: Tensor | None = None, my: Tensor | None = None) -> Observed:
-        """What the dependency VAE conditions on; no `y` (None): no row observes a target."""
-        return Observed(self.codes(x, mx), mx.to(x.dtype), y, None if my is None else my.to(y.dtype))
+        """What the dependency VAE conditions on (units and mask in unit order); no `y` (None): no row observes a
+        target."""
+        m = self.grouped(mx.to(x.dtype))
+        return Observed(self.units(x, mx), m, y, None if my is None else my.to(y.dtype))
 
     def compile_sampler(self, enabled: bool = True) -> None:
         """torch.compile one HMC transition (L leapfrog steps + accept/reject) for training speed.
@@ -294,20 +311,23 @@ class HHVAEM(nn.Module):
         return sksd(post.state.position, post.state.grad)
 
     # ---- predictive distributions given eps -------------------------------------------------
-    def feature_params(self, eps: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Raw likelihood parameters of every feature [..., D, width]: z ~ p(z | h_1) then the marginal decoder for
-        coded features, the dependency decoder's own parameters for the others."""
-        _, raw = self.dependency.decode(eps)
-        z = Gaussian.from_raw(raw).sample(generator)
-        marginal = self.marginal.decode(z)
-        direct = F.pad(raw, (0, marginal.shape[-1] - raw.shape[-1]))
-        coded = self.coded.to(raw.dtype).unsqueeze(-1)
-        return coded * marginal + (1.0 - coded) * direct
+    def unit_draws(self, dists: list, noise: Tensor) -> Tensor:
+        """A draw of every unit [..., D] (unit order) from p(u | h_1), given standard normal noise [..., D]."""
+        return self.dependency.blocks.draw(dists, noise)
+
+    def feature_natural(self, dists: list, draws: Tensor) -> Tensor:
+        """Natural parameters of every feature [..., D, W] (feature order) given the units' distributions and a
+        draw of each unit: coded features decoded from their drawn code, the others from their unit's own."""
+        decoded = self.marginal.likelihood.natural(self.marginal.decode(self.ungrouped(draws)))
+        if bool(self.dependency.coded.all()):
+            return decoded
+        direct = self.ungrouped(self.dependency.blocks.natural(dists, decoded.shape[-1]), -2)
+        return torch.where(self.coded_features.unsqueeze(-1), decoded, direct)
 
     def feature_log_prob(
         self, eps: Tensor, x: Tensor, n_codes: int = 32, generator: torch.Generator | None = None
     ) -> Tensor:
-        """log p(x_d | eps) [B, K, D] for eps [B, K, E] and values x [B, D].
+        """log p(x_d | eps) [B, K, D] (feature order) for eps [B, K, E] and values x [B, D].
 
         Coded features: p(x_d | eps) = integral p(x_d | z_d) p(z_d | h_1) dz_d, by importance sampling with the
         marginal encoder q(z_d | x_d) as proposal (n_codes draws per row, shared across the K samples since the
@@ -319,14 +339,13 @@ class HHVAEM(nn.Module):
         z = mu.unsqueeze(-2) + sigma.unsqueeze(-2) * noise  # [B, S, D]
         log_px = self.marginal.likelihood.log_prob(self.marginal.decode(z), x.unsqueeze(-2))  # [B, S, D]
         log_q = Gaussian(mu.unsqueeze(-2), sigma.unsqueeze(-2)).log_prob(z)
-        _, raw = self.dependency.decode(eps)  # [B, K, D, W]
-        code = Gaussian.from_raw(raw)
-        log_pz = Gaussian(code.loc.unsqueeze(-2), code.scale.unsqueeze(-2)).log_prob(z.unsqueeze(1))  # [B,K,S,D]
-        w = log_pz + (log_px - log_q).unsqueeze(1)
+        _, dists = self.dependency.decode(eps.unsqueeze(-2))  # [B, K, 1, ...] per block
+        # every unit's value: codes drawn from the proposal; a discrete unit's own value (the same for all S)
+        units = torch.where(self.coded_features, z, x.unsqueeze(-2))  # [B, S, D]
+        log_pu = self.ungrouped(self.dependency.blocks.log_prob(dists, self.grouped(units).unsqueeze(1)))
+        w = log_pu + (log_px - log_q).unsqueeze(1)  # [B, K, S, D]
         through_code = torch.logsumexp(w, dim=-2) - torch.log(torch.tensor(float(n_codes)))
-        direct = self.dependency.unit_likelihood.log_prob(raw, x.unsqueeze(1))
-        coded = self.coded.to(raw.dtype)
-        return torch.where(coded > 0, through_code, direct)
+        return torch.where(self.coded_features, through_code, log_pu[..., 0, :])
 
     def target_params(self, eps: Tensor, obs: Observed) -> Tensor:
         """Raw likelihood parameters of the targets [..., P, width] (targets taken as unobserved)."""

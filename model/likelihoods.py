@@ -5,7 +5,9 @@ with respect to that raw output (`raw_score`). The HMC target needs that gradien
 computation (no autograd inside), so that it can be differentiated once more during training and
 exported to ONNX. `natural` writes the natural parameters the numpy family reads on the serving side;
 `point` is the point imputation; `as_input` is how a value enters an encoder. `LIKELIHOODS` maps a
-family's `likelihood` name to its class.
+family's `likelihood` name to its class. The `block_*` methods of the families a dependency-VAE unit can have
+(Gaussian codes, categorical features) evaluate n units laid out as one contiguous block of a network
+output (`model.dependency.UnitBlocks`); binary units are categorical ones there (`unit_likelihood_class`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ def positive_scale(raw: Tensor, floor: float = MIN_SCALE) -> tuple[Tensor, Tenso
 
 
 class Gaussian:
-    gathers = False
     pads_categories = False
     family = "gaussian"
     input_width = 1
@@ -95,6 +96,44 @@ class Gaussian:
     def natural(self) -> Tensor:
         return torch.stack([self.loc, self.scale], -1)
 
+    # ---- as n units in one contiguous block [loc (n) | raw scale (n)] of a network output (model.dependency) ----
+    fills_holes = True  # a network reads the loc in a unit's hole
+
+    @staticmethod
+    def block_width(n: int, k: int) -> int:
+        return 2 * n
+
+    @staticmethod
+    def block_input_width(n: int, k: int) -> int:
+        return n
+
+    @classmethod
+    def from_block(cls, out: Tensor, n: int, k: int, pad: Tensor | None = None) -> Gaussian:
+        return cls(out[..., :n], *positive_scale(out[..., n : 2 * n]))
+
+    def block_score(self, x: Tensor, m: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(log p per unit, the pieces of d sum(m log p) / d block), sharing the standardised residual."""
+        lp, d_loc, d_scale = self.log_prob_and_scores(x)
+        return lp, [d_loc * m, d_scale * m]
+
+    @staticmethod
+    def block_input(x: Tensor, m: Tensor, k: int) -> Tensor:
+        """The units as a network reads them: the values where observed, 0 in the holes."""
+        return m * x
+
+    def hole_fill(self, m: Tensor) -> Tensor:
+        """What a network reads in the holes on top of `block_input`: the loc."""
+        return (1.0 - m) * self.loc
+
+    @staticmethod
+    def add_fill_gradient(pieces: list[Tensor], g_input: Tensor, m: Tensor) -> list[Tensor]:
+        """`block_score`'s pieces plus the gradient the filled holes pass to the loc."""
+        return [pieces[0] + (1.0 - m) * g_input, pieces[1]]
+
+    def draw(self, noise: Tensor, last: Tensor | None = None) -> Tensor:
+        """A value per unit from standard normal noise (the reparameterised draw)."""
+        return self.loc + self.scale * noise
+
     @staticmethod
     def as_input(x: Tensor, width: int) -> Tensor:
         return x.unsqueeze(-1)
@@ -105,7 +144,6 @@ class Gaussian:
 
 
 class Poisson:
-    gathers = False
     pads_categories = False
     family = "poisson"
     input_width = 1
@@ -151,19 +189,25 @@ class Poisson:
         return torch.poisson(self.rate, generator=generator)
 
 
+def standard_normal_cdf(x: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 def one_hot(index: Tensor, k: int, dtype: torch.dtype) -> Tensor:
-    """One-hot [..., k] of float or integer indices by comparison (F.one_hot fixes traced shapes in export)."""
-    return (index.unsqueeze(-1) == torch.arange(k, device=index.device, dtype=index.dtype)).to(dtype)
+    """One-hot [..., k] of float or integer indices by comparison (F.one_hot fixes traced shapes in export).
+
+    int(k): a category count is never a batch axis, so the exported graph gets a constant, not a shape lookup.
+    """
+    return (index.unsqueeze(-1) == torch.arange(int(k), device=index.device, dtype=index.dtype)).to(dtype)
 
 
 def bounded_logits(raw: Tensor) -> tuple[Tensor, Tensor]:
     """LOGIT_BOUND * tanh(raw / LOGIT_BOUND) and its derivative with respect to raw."""
-    t = torch.tanh(raw / LOGIT_BOUND)
+    t = torch.tanh(raw * (1.0 / LOGIT_BOUND))
     return LOGIT_BOUND * t, 1.0 - t * t
 
 
 class Bernoulli:
-    gathers = False
     pads_categories = False
     family = "bernoulli"
     input_width = 1
@@ -209,7 +253,6 @@ class Bernoulli:
 
 
 class Categorical:
-    gathers = True  # log_prob gathers the observed class
     pads_categories = True  # a narrower column's missing categories get NO_CATEGORY raw logits
     family = "categorical"
     input_width = None  # one-hot: as wide as the column has categories
@@ -218,21 +261,23 @@ class Categorical:
         self.logits, self._slope = logits, slope
 
     @classmethod
-    def from_raw(cls, raw: Tensor) -> Categorical:
-        """Bounded logits; padding categories (raw ~ NO_CATEGORY) stay far below every real one."""
+    def from_raw(cls, raw: Tensor, pad: Tensor | None = None) -> Categorical:
+        """Bounded logits; `pad` (NO_CATEGORY where a narrower column has no category, else 0) keeps padding
+        categories far below every real one, with no gradient."""
         logits, slope = bounded_logits(raw)
-        pad = raw <= NO_CATEGORY / 2
-        # masked_fill, not where(pad, zeros_like(slope), ...): the exporter folds that zeros_like to a
-        # constant of the traced shape, which breaks the dynamic batch axis.
-        return cls(torch.where(pad, raw, logits), slope.masked_fill(pad, 0.0))
+        if pad is None:
+            return cls(logits, slope)
+        pad = pad.to(raw)
+        return cls(logits + pad, slope * (pad == 0).to(raw))
 
     @property
     def probs(self) -> Tensor:
         return torch.softmax(self.logits, dim=-1)
 
     def log_prob(self, x: Tensor) -> Tensor:
+        """log p(x) for class indices x broadcastable against the batch shape (a one-hot sum, not a gather)."""
         logp = torch.log_softmax(self.logits, dim=-1)
-        return logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
+        return (one_hot(x.long(), self.logits.shape[-1], logp.dtype) * logp).sum(-1)
 
     def raw_score(self, x: Tensor) -> Tensor:
         onehot = one_hot(x.long(), self.logits.shape[-1], self.logits.dtype)
@@ -248,6 +293,40 @@ class Categorical:
     def natural(self) -> Tensor:
         return self.probs
 
+    # ---- as n units in one contiguous block [logits (n x k)] of a network output (model.dependency) ----
+    fills_holes = False
+
+    @staticmethod
+    def block_width(n: int, k: int) -> int:
+        return n * k
+
+    @staticmethod
+    def block_input_width(n: int, k: int) -> int:
+        return n * k
+
+    @classmethod
+    def from_block(cls, out: Tensor, n: int, k: int, pad: Tensor | None = None) -> Categorical:
+        return cls.from_raw(_unflatten(out[..., : n * k], n, k), pad)
+
+    def block_score(self, x: Tensor, m: Tensor) -> tuple[Tensor, list[Tensor]]:
+        # Bounded logits (|l| <= LOGIT_BOUND, padding ~ NO_CATEGORY) need no max-subtraction: exp, its sum and
+        # one division give the probabilities and log p = l_x - log sum exp l, cheaper than LogSoftmax then Exp.
+        e = torch.exp(self.logits)
+        total = e.sum(-1, keepdim=True)
+        onehot = one_hot(x, self.logits.shape[-1], e.dtype)
+        score = (onehot - e / total) * self._slope * m.unsqueeze(-1)
+        return (onehot * self.logits).sum(-1) - torch.log(total.squeeze(-1)), [_flatten(score)]
+
+    @staticmethod
+    def block_input(x: Tensor, m: Tensor, k: int) -> Tensor:
+        return _flatten(one_hot(x.long().clamp(0, k - 1), k, x.dtype) * m.unsqueeze(-1))
+
+    def draw(self, noise: Tensor, last: Tensor | None = None) -> Tensor:
+        """A category per unit: the inverse CDF at the uniform Phi(noise), at most `last` (rounding)."""
+        u = standard_normal_cdf(noise)
+        index = (torch.cumsum(self.probs, -1) < u.unsqueeze(-1)).to(noise.dtype).sum(-1)
+        return index if last is None else torch.minimum(index, last.to(index))
+
     @staticmethod
     def as_input(x: Tensor, width: int) -> Tensor:
         return one_hot(x.long().clamp(0, width - 1), width, x.dtype)
@@ -257,12 +336,29 @@ class Categorical:
         return torch.multinomial(flat, 1, generator=generator).reshape(self.logits.shape[:-1]).to(self.logits.dtype)
 
 
+def _unflatten(t: Tensor, n: int, k: int) -> Tensor:
+    """[..., n * k] -> [..., n, k]; a constant shape for 2-D tensors (no shape nodes in the exported graph)."""
+    return t.reshape(-1, n, k) if t.dim() == 2 else t.unflatten(-1, (n, k))
+
+
+def _flatten(t: Tensor) -> Tensor:
+    """[..., n, k] -> [..., n * k]; a constant shape for 3-D tensors (n and k are never batch axes)."""
+    return t.reshape(-1, int(t.shape[-2]) * int(t.shape[-1])) if t.dim() == 3 else t.flatten(-2)
+
+
 LIKELIHOODS = {cls.family: cls for cls in (Gaussian, Poisson, Bernoulli, Categorical)}
 
 
 def likelihood_class(column: Column):
     """The torch likelihood class of a column (through its family)."""
     return LIKELIHOODS[column.family.likelihood]
+
+
+def unit_likelihood_class(column: Column):
+    """The likelihood class of a dependency-VAE unit: a binary unit is a 2-category categorical, so that a table's
+    discrete units share one block (one softmax per gradient evaluation, not one pass per family)."""
+    cls = likelihood_class(column)
+    return Categorical if cls is Bernoulli else cls
 
 
 class ColumnLikelihoods:
@@ -300,9 +396,7 @@ class ColumnLikelihoods:
         out = []
         for (fam, idx), pad in zip(self.groups, self.pads):
             r = raw if self.single else raw.index_select(-2, idx)
-            if pad is not None:
-                r = r + pad.to(r)
-            out.append((fam.from_raw(r), idx))
+            out.append((fam.from_raw(r) if pad is None else fam.from_raw(r, pad), idx))
         return out
 
     def _assemble(self, parts: list[Tensor], axis: int = -1) -> Tensor:
@@ -317,8 +411,6 @@ class ColumnLikelihoods:
 
     def log_prob_and_score(self, raw: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """Log-likelihood [..., C] and its gradient with respect to raw [..., C, width]."""
-        if not self.single or self.groups[0][0].gathers:  # gather needs x at full size
-            x = x.expand_as(raw[..., 0])  # expand_as stays symbolic when traced for export
         lps, scores = [], []
         for d, idx in self.dists(raw):
             xi = x if self.single else x.index_select(-1, idx)

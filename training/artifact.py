@@ -22,7 +22,15 @@ import torch
 
 from hhvaem.model.export import export_graphs
 from hhvaem.model.hhvaem import HHVAEM
-from hhvaem.model.io.artifact import CHECKPOINT, FORMAT_VERSION, MANIFEST, ArtifactError, read_manifest, sha256_file
+from hhvaem.model.io.artifact import (
+    CHECKPOINT,
+    FORMAT_VERSION,
+    MANIFEST,
+    ArtifactError,
+    manifest_text,
+    read_manifest,
+    sha256_file,
+)
 from hhvaem.model.preprocessing import Preprocessor
 from hhvaem.model.schema import Schema
 
@@ -100,7 +108,7 @@ def write_artifact(
     }
     if export_onnx:
         _add_predictive_graph(out, model, manifest)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
+    (out / MANIFEST).write_text(manifest_text(manifest))  # sealed: an edit after export is refused
     return manifest
 
 
@@ -135,7 +143,7 @@ def export_artifact(path: str | Path) -> dict[str, Any]:
     manifest["architecture"] = architecture_manifest(model)
     manifest["sampler"] = sampler_manifest(model)
     _add_predictive_graph(d, model, manifest)
-    mf.write_text(json.dumps(manifest, indent=2, default=float))
+    mf.write_text(manifest_text(manifest))
     return manifest
 
 

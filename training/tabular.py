@@ -1,15 +1,27 @@
 """User tables: read a CSV/parquet file, infer or apply a schema, and check the table before training.
 
-Inference follows docs/protocol.md ("Data"): on the observed values of a column, text -> binary (2 levels) or
-categorical; numeric with fewer than 10 distinct values -> binary (2) or categorical; otherwise all
-values >= 0 -> positive, else real. Every problem is a `TableError` whose one-line message names the
-column (and the 1-based data row, i.e. the row after the header) so it can be shown to the user as is.
+Inference follows docs/protocol.md ("Data") on the observed values of a column, with two additions (counts, and
+refusing what would be modelled the wrong way):
+
+* text -> binary (2 levels) or categorical, unless it has too many levels for a categorical (more than
+  `MAX_CATEGORIES`, or at least `DISCRETE_MAX_DISTINCT` levels and more than half as many levels as observed
+  values: an identifier or free text), which is refused; a text column that is mostly numbers (more than half
+  of its observed cells, with at least `DISCRETE_MAX_DISTINCT` distinct numbers) is a numeric column with a few
+  bad cells, refused with those cells named (or, when asked, read with them missing);
+* numeric with fewer than `DISCRETE_MAX_DISTINCT` distinct values -> binary (2) or categorical;
+* otherwise count when the values are whole numbers >= 0 that look like a tally (`is_count_like`), else positive
+  if all values are >= 0, else real.
+
+A schema (file or mapping) overrides inference column by column and may name only some columns. Every problem is
+a `TableError` whose one-line message names the column (and the 1-based data row, i.e. the row after the header)
+so it can be shown to the user as is; what is read anyway but changed (cells read as missing) is a `TableWarning`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hhvaem.model.io.tables import TableError, _one_line, read_table
+from hhvaem.model.io.tables import TableError, TableWarning, _one_line, read_table
 from hhvaem.model.preprocessing import category_key, is_missing
 from hhvaem.model.schema import DISCRETE_TYPES, FEATURE_TYPES, Column, Schema, SchemaError
 
@@ -25,6 +37,11 @@ log = logging.getLogger(__name__)
 
 # Numeric columns with fewer distinct observed values than this are discrete (the paper's rule).
 DISCRETE_MAX_DISTINCT = 10
+# An inferred categorical with more levels than this (or, from DISCRETE_MAX_DISTINCT levels on, with more levels
+# than half its observed values) is refused: one weight per level learnt from a handful of rows is no model of it.
+MAX_CATEGORIES = 50
+# Cells named in a message (the rest are counted).
+SHOWN_CELLS = 5
 
 
 # ---- schema files and overrides ----------------------------------------------------------------
@@ -146,11 +163,96 @@ def _infer_column(name: str, s: pd.Series, entry: dict[str, Any] | None) -> Colu
             raise TableError(f"column {name!r}: constant (every observed value is {_show(levels[0])})")
         if len(levels) < DISCRETE_MAX_DISTINCT:
             return _make_column(name, "binary" if len(levels) == 2 else "categorical", levels)
+        if is_count_like(x):
+            return _make_column(name, "count", None)
         return _make_column(name, "positive" if float(np.min(x)) >= 0 else "real", None)
+    bad = _mostly_numeric_bad_cells(s)
+    if bad is not None:
+        raise TableError(
+            f"column {name!r}: {len(bad)} of {len(observed)} values {'is' if len(bad) == 1 else 'are'} not a number "
+            f"in an otherwise numeric column ({_cells(s, bad)}); correct {'it' if len(bad) == 1 else 'them'}, or "
+            "read such cells as missing (--non-numeric-as-missing)"
+        )
     levels = _distinct(observed)
     if len(levels) == 1:
         raise TableError(f"column {name!r}: constant (every observed value is {_show(levels[0])})")
+    if too_many_levels(len(levels), len(observed)):
+        raise TableError(
+            f"column {name!r}: {len(levels)} distinct text values in {len(observed)} observed rows, too many for a "
+            f"categorical (at most {MAX_CATEGORIES}, and at most half the observed values); an identifier or free "
+            f"text can be left out (--drop {name}), a category with this many levels declared in --schema"
+        )
     return _make_column(name, "binary" if len(levels) == 2 else "categorical", levels)
+
+
+def is_count_like(x: np.ndarray) -> bool:
+    """Whole numbers >= 0 that fill at least half of the integers between their minimum and maximum (a tally such
+    as visits or age in years; sparse integer codes such as tax rates or test days stay positive), with a variance
+    at least half their mean: a Poisson mixture cannot be narrower than a Poisson (a sample of one scatters around
+    its mean, hence the half), so a calendar year is no count."""
+    if x.size == 0 or float(x.min()) < 0 or not np.all(x == np.round(x)):
+        return False
+    span = float(x.max() - x.min()) + 1.0
+    return len(np.unique(x)) >= span / 2 and float(np.var(x)) >= float(np.mean(x)) / 2
+
+
+def too_many_levels(levels: int, observed: int) -> bool:
+    """Too many levels for an inferred categorical (see MAX_CATEGORIES)."""
+    return levels > MAX_CATEGORIES or (levels >= DISCRETE_MAX_DISTINCT and levels > observed / 2)
+
+
+def _mostly_numeric_bad_cells(s: pd.Series) -> np.ndarray | None:
+    """Positions of the non-numeric cells of a text column that is mostly numbers (more than half its observed
+    cells, at least DISCRETE_MAX_DISTINCT distinct numbers); None for any other column."""
+    if pd.api.types.is_numeric_dtype(s):
+        return None
+    observed, numbers = _numbers(s)
+    is_number = observed & ~np.isnan(numbers)
+    if is_number.sum() * 2 <= observed.sum() or len(np.unique(numbers[is_number])) < DISCRETE_MAX_DISTINCT:
+        return None
+    return np.flatnonzero(observed & ~is_number)
+
+
+def _non_numeric_cells(s: pd.Series) -> np.ndarray:
+    """Positions of observed cells that do not read as a number."""
+    observed, numbers = _numbers(s)
+    return np.flatnonzero(observed & np.isnan(numbers))
+
+
+def _numbers(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(observed mask, each cell as a number, NaN where missing or not a number)."""
+    observed = ~_missing_mask(s)
+    return observed, pd.to_numeric(s.where(observed), errors="coerce").to_numpy(dtype=np.float64)
+
+
+def read_non_numeric_as_missing(df: pd.DataFrame, overrides: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """`df` with the non-numeric cells of its numeric columns missing, each column so changed in a `TableWarning`
+    naming the cells. Numeric columns: those the overrides give a numeric type, and text columns that are mostly
+    numbers (the ones inference refuses); categorical text is left alone."""
+    entries, _ = _parse_overrides(overrides)
+    out = df.copy()
+    for name in df.columns:
+        entry = entries.get(name)
+        s = df[name]
+        if entry is not None:
+            if entry["type"] in DISCRETE_TYPES or pd.api.types.is_numeric_dtype(s):
+                continue
+            bad = _non_numeric_cells(s)
+        else:
+            bad = _mostly_numeric_bad_cells(s)
+        if bad is None or not len(bad):
+            continue
+        warnings.warn(
+            TableWarning(
+                f"column {name!r}: {len(bad)} non-numeric cell{'s' if len(bad) > 1 else ''} read as missing "
+                f"({_cells(s, bad)})"
+            ),
+            stacklevel=2,
+        )
+        column = s.astype(object).copy()
+        column.iloc[bad] = np.nan
+        out[name] = pd.to_numeric(column).astype("float64")
+    return out
 
 
 def _make_column(name: str, typ: str, cats: Sequence[Any] | None, unit: str | None = None) -> Column:
@@ -226,14 +328,20 @@ def _check_column(col: Column, s: pd.Series, missing: np.ndarray, is_feature: bo
     positions = np.flatnonzero(~missing)
     values = s.to_numpy(dtype=object)
     if not col.is_discrete:
-        x = np.empty(len(positions), dtype=np.float64)
+        x = np.full(len(positions), np.nan)
+        bad = []
         for k, i in enumerate(positions):
             try:
                 x[k] = float(values[i])
             except (TypeError, ValueError):
-                raise TableError(
-                    f"column {name!r}, row {i + 1}: non-numeric value {_show(values[i])} in a {col.type} column"
-                ) from None
+                bad.append(i)
+        if bad:
+            more = f"; {len(bad) - 1} more ({_cells(s, bad[1:])})" if len(bad) > 1 else ""
+            raise TableError(
+                f"column {name!r}, row {bad[0] + 1}: non-numeric value {_show(values[bad[0]])} in a {col.type} "
+                f"column{more}; correct {'it' if len(bad) == 1 else 'them'}, or read such cells as missing "
+                "(--non-numeric-as-missing)"
+            )
         bad = ~np.isfinite(x)
         if bad.any():
             i = positions[np.argmax(bad)]
@@ -287,25 +395,45 @@ def load_dataset(
     schema_path: str | Path | None = None,
     min_rows: int = 20,
     ignore_extra: bool = False,
+    drop: Sequence[str] = (),
+    non_numeric_as_missing: bool = False,
 ) -> tuple[pd.DataFrame, Schema]:
     """Read, infer (a schema file acting as overrides) and validate a table; returns (clean table, schema).
 
-    With a schema file, data columns it does not list (and that are not targets) are an error unless
-    `ignore_extra`, which leaves them out. Targets may be empty when the schema file names them.
+    A schema file may list only the columns it overrides: the others are inferred, unless `ignore_extra`, which
+    keeps only the columns it lists (and the targets). `drop` leaves columns out before anything else;
+    `non_numeric_as_missing` reads the non-numeric cells of numeric columns as missing (with a `TableWarning`
+    naming them) instead of refusing the table. Targets may be empty when the schema file names them.
     """
     df = read_table(path)
-    if schema_path is None:
-        schema = infer_schema(df, targets)
-    else:
-        overrides = load_schema_file(schema_path)
-        entries, file_targets = _parse_overrides(overrides)
-        target_names = [str(t) for t in targets] if targets else file_targets
-        _check_names(df.columns, target_names, entries)  # against all columns, so the message lists them all
+    overrides = load_schema_file(schema_path) if schema_path is not None else None
+    entries, file_targets = _parse_overrides(overrides)
+    target_names = [str(t) for t in targets] if targets else file_targets
+    df = _drop_columns(df, drop, target_names, entries)
+    _check_names(df.columns, target_names, entries)  # against all columns, so the message lists them all
+    if ignore_extra:
+        if overrides is None:
+            raise TableError("ignoring extra columns needs a schema file (--schema) that lists the columns to keep")
         listed = set(entries) | set(target_names)
-        # Infer on the listed columns only, so unlisted ones surface as extras in validate_table.
-        schema = infer_schema(df[[c for c in df.columns if c in listed]], targets, overrides)
-    out, _ = validate_table(df, schema, min_rows=min_rows, ignore_extra=ignore_extra)
+        df = df[[c for c in df.columns if c in listed]]
+    if non_numeric_as_missing:
+        df = read_non_numeric_as_missing(df, overrides)
+    schema = infer_schema(df, targets, overrides)
+    out, _ = validate_table(df, schema, min_rows=min_rows)
     return out, schema
+
+
+def _drop_columns(
+    df: pd.DataFrame, drop: Sequence[str], targets: Sequence[str], entries: Mapping[str, Any]
+) -> pd.DataFrame:
+    for name in drop:
+        if name not in df.columns:
+            raise TableError(f"cannot drop column {name!r}: not in the data (columns: {_list(df.columns)})")
+        if name in targets:
+            raise TableError(f"cannot drop column {name!r}: it is a target")
+        if name in entries:
+            raise TableError(f"cannot drop column {name!r}: it is listed in the schema")
+    return df.drop(columns=list(drop))
 
 
 # ---- messages ---------------------------------------------------------------------------------
@@ -325,3 +453,13 @@ def _list(items: Any, limit: int = 20) -> str:
     items = [str(i) for i in items]
     more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
+
+
+def _cells(s: pd.Series, positions: Sequence[int]) -> str:
+    """1-based data rows with their values: "row 17: 'heavy'", or "rows 17 ('heavy'), 40 ('?') and 3 more"."""
+    values = s.to_numpy(dtype=object)
+    if len(positions) == 1:
+        return f"row {positions[0] + 1}: {_show(values[positions[0]])}"
+    shown = ", ".join(f"{i + 1} ({_show(values[i])})" for i in positions[:SHOWN_CELLS])
+    more = f" and {len(positions) - SHOWN_CELLS} more" if len(positions) > SHOWN_CELLS else ""
+    return f"rows {shown}{more}"

@@ -72,6 +72,12 @@ class TrainConfig:
     marginal_kl_weight: float = 1.0
     # The training mask: each row hides each observed entry with probability r ~ U(mask_rates).
     mask_rates: tuple[float, float] = (0.01, 0.99)
+    # Stage 2's learning rate over its steps: "constant", or "cosine" (annealed from lr to lr / 100).
+    lr_schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r} (expected constant or cosine)")
 
     @property
     def compiles(self) -> bool:
@@ -115,13 +121,15 @@ class Trainer:
         else:
             self.val_rows, self.train_rows = perm[:0], perm
         val_gen = torch.Generator().manual_seed(config.seed + 7919)
-        self.val_visible = random_mask(data.mx[self.val_rows], val_gen)
+        # masks in the dependency VAE's unit order (HHVAEM.grouped), as the units are
+        self.unit_mx = model.grouped(data.mx)
+        self.val_visible = random_mask(self.unit_mx[self.val_rows], val_gen)
         self.val_visible_y = random_mask(data.my[self.val_rows], val_gen)
         self.best: dict | None = None
         self.n = len(self.train_rows)
         self.batch_size = min(config.batch_size, self.n)
         self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
-        self.codes: Tensor | None = None
+        self.units: Tensor | None = None
         self.opt_marginal = torch.optim.Adam(model.marginal.parameters(), lr=config.lr)
         self.opt_enc = torch.optim.Adam(model.encoder_parameters(), lr=config.lr)
         self.opt_gen = torch.optim.Adam(model.generative_parameters(), lr=config.lr)
@@ -157,20 +165,20 @@ class Trainer:
         return loss.item()
 
     def freeze_marginals(self) -> None:
-        """The marginal VAEs are fixed after stage 1; their codes are computed once."""
+        """The marginal VAEs are fixed after stage 1; their units (codes) are computed once."""
         for p in self.model.marginal.parameters():
             p.requires_grad_(False)
         with torch.no_grad():
-            self.codes = self.model.codes(self.data.x, self.data.mx)
+            self.units = self.model.units(self.data.x, self.data.mx)
 
     def batch(self) -> tuple[Observed, Observed]:
         """A batch of rows under a fresh training mask: (what the model sees, what the mask hid: the true codes
         and targets of the genuinely observed entries it hid, with their masks)."""
         idx = self.next_rows()
-        mx, my_all = self.data.mx[idx], self.data.my[idx]
+        mx, my_all = self.unit_mx[idx], self.data.my[idx]
         rates = tuple(self.config.mask_rates)
         m, my = random_mask(mx, self.gen, rates), random_mask(my_all, self.gen, rates)
-        z, y = self.codes[idx], self.data.y[idx]
+        z, y = self.units[idx], self.data.y[idx]
         dt = z.dtype
         return Observed(z * m, m.to(dt), y, my.to(dt)), Observed(z, (mx & ~m).to(dt), y, (my_all & ~my).to(dt))
 
@@ -180,11 +188,11 @@ class Trainer:
         if len(self.val_rows) == 0:
             return None
         d, v = self.data, self.val_rows
-        z = self.codes[v]
+        z = self.units[v]
         m, my = self.val_visible, self.val_visible_y
         dt = z.dtype
         obs = Observed(z * m, m.to(dt), d.y[v], my.to(dt))
-        hidden = Observed(z, (d.mx[v] & ~m).to(dt), d.y[v], (d.my[v] & ~my).to(dt))
+        hidden = Observed(z, (self.unit_mx[v] & ~m).to(dt), d.y[v], (d.my[v] & ~my).to(dt))
         gen = torch.Generator().manual_seed(self.config.seed + 104729)
         with self.model.eager_sampler():
             ll = self.model.held_out_log_lik(obs, hidden, self.config.validation_samples, gen, use_sampler)
@@ -282,7 +290,20 @@ class Trainer:
         history["marginal"] = {"seconds": secs, "loss": loss, "steps": cfg.steps.marginal}
         self.freeze_marginals()
         vi_steps = cfg.steps.vi + (0 if model.config.uses_hmc else cfg.steps.hmc)
-        secs, loss, _ = loop("vi", vi_steps, self.vi_step, validate=True)
+        vi_step = self.vi_step
+        if cfg.lr_schedule == "cosine" and vi_steps > 1:
+            schedules = [
+                torch.optim.lr_scheduler.CosineAnnealingLR(opt, vi_steps, eta_min=cfg.lr / 100)
+                for opt in (self.opt_enc, self.opt_gen)
+            ]
+
+            def vi_step():
+                loss = self.vi_step()
+                for schedule in schedules:
+                    schedule.step()
+                return loss
+
+        secs, loss, _ = loop("vi", vi_steps, vi_step, validate=True)
         history["vi"] = {"seconds": secs, "loss": loss, "steps": vi_steps, **(self.restore_best("vi") or {})}
         if model.config.uses_hmc and cfg.steps.hmc:
             self.checkpoint("hmc", 0, use_sampler=True)  # stage 3 may not end worse than stage 2 left it

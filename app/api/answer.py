@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from hhvaem.app.api.deps import Principal, input_problem, resolve_model
+from hhvaem.app.api.deps import Principal, check_work, input_problem, resolve_model
 from hhvaem.app.api.problems import Problem
 from hhvaem.app.engine import InputError
 from hhvaem.app.engine.queries import ImputeQuery, NextFeaturesQuery, PredictQuery
@@ -38,6 +38,7 @@ async def answer(
 
     def prepare():
         m = resolve_model(state.registry, model, version)
+        check_work(state.settings, query, m.engine)
         try:
             return m, query.prepare(m.engine)
         except InputError as e:

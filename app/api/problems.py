@@ -12,7 +12,12 @@ code raises `Problem` (or a helper below); `install_problem_handlers` renders th
 Starlette's HTTP errors (unknown route, wrong method) and, as a last resort, any other exception as a 500 that
 carries no exception text or traceback (those go to the server log, tagged with the request id).
 
-`BodySizeLimit` is a pure ASGI middleware that answers 413 before a route reads an oversized body.
+`BodySizeLimit` is a pure ASGI middleware that answers 413 before a route reads an oversized body;
+`UnhandledErrors` answers an unexpected exception with the 500 document and keeps the connection open.
+
+A problem document is bounded whatever the request: at most `MAX_LISTED_ERRORS` entries in `errors` (then
+`errors_not_listed` counts the rest), each echoed field name or reason clipped, and the body written as ASCII JSON
+(a lone surrogate or control character in a name the client sent is escaped, never a failure to encode).
 """
 
 from __future__ import annotations
@@ -33,8 +38,11 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "MAX_LISTED_ERRORS",
     "PROBLEM_MEDIA_TYPE",
     "BodySizeLimit",
+    "ProblemResponse",
+    "UnhandledErrors",
     "FieldErrorModel",
     "Problem",
     "ProblemModel",
@@ -59,7 +67,22 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "/problems/"
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_RESERVED = frozenset({"type", "title", "status", "detail", "instance", "errors", "request_id"})
+_RESERVED = frozenset({"type", "title", "status", "detail", "instance", "errors", "request_id", "errors_not_listed"})
+MAX_LISTED_ERRORS = 50
+"""At most this many entries in a problem's `errors`; `errors_not_listed` counts the others."""
+_MAX_ECHO = 200  # characters of a client's field name kept in `errors` (a key may be megabytes long)
+_MAX_REASON = 500
+
+
+def clip(text: Any, limit: int = _MAX_ECHO) -> str:
+    """`text` as a string of at most `limit` characters (an ellipsis marks a cut)."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def log_safe(text: Any, limit: int = 300) -> str:
+    """`text` for one log line: control characters (a newline would forge a line) and non-ASCII escaped, clipped."""
+    return clip(str(text).encode("unicode_escape").decode("ascii"), limit)
 
 
 def _phrase(status: int) -> str:
@@ -104,7 +127,9 @@ class Problem(StarletteHTTPException):
         self.status = int(status)
         self.title = title or _phrase(self.status)
         self.type = type or _slug(self.title)
-        self.errors = [dict(e) for e in errors] if errors else None
+        errors = list(errors or [])
+        self.errors_not_listed = max(0, len(errors) - MAX_LISTED_ERRORS)
+        self.errors = [_clipped(e) for e in errors[:MAX_LISTED_ERRORS]] or None
         self.extra = extra
         super().__init__(self.status, detail, dict(headers or {}) or None)
         self.detail: str | None = detail  # Starlette would fill in the status phrase; no detail means none
@@ -123,11 +148,22 @@ class Problem(StarletteHTTPException):
             body["request_id"] = request_id
         if self.errors:
             body["errors"] = self.errors
+        if self.errors_not_listed:
+            body["errors_not_listed"] = self.errors_not_listed
         body.update(self.extra)
         return body
 
     def __repr__(self) -> str:
         return f"Problem(status={self.status}, type={self.type!r}, detail={self.detail!r})"
+
+
+def _clipped(error: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(error)
+    if "field" in out:
+        out["field"] = clip(out["field"])
+    if "reason" in out:
+        out["reason"] = clip(out["reason"], _MAX_REASON)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -198,7 +234,7 @@ def _human_bytes(n: int) -> str:
 def _summarise(errors: Sequence[Mapping[str, Any]], shown: int = 3) -> str:
     if not errors:
         return "The request is invalid."
-    parts = [f"{e.get('field', '?')}: {e.get('reason', 'invalid')}" for e in errors[:shown]]
+    parts = [f"{clip(e.get('field', '?'))}: {clip(e.get('reason', 'invalid'), _MAX_REASON)}" for e in errors[:shown]]
     more = len(errors) - shown
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
@@ -216,13 +252,23 @@ def request_id(request: Request) -> str:
     return rid
 
 
+class ProblemResponse(JSONResponse):
+    """A problem document, rendered as ASCII JSON: whatever a client put in a name it sees echoed back (a lone
+    surrogate, a NUL), the body encodes."""
+
+    media_type = PROBLEM_MEDIA_TYPE
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def problem_response(problem: Problem, request: Request | None = None) -> JSONResponse:
     rid = request_id(request) if request is not None else None
-    instance = request.url.path if request is not None else None
+    instance = clip(request.url.path, 1000) if request is not None else None
     headers = dict(problem.headers or {})
     if rid:
         headers[REQUEST_ID_HEADER] = rid
-    return JSONResponse(
+    return ProblemResponse(
         problem.to_dict(instance=instance, request_id=rid),
         status_code=problem.status,
         headers=headers,
@@ -279,10 +325,10 @@ async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     if exc.status >= 500:
         log.warning(
             "%s %s -> %d %s [request_id=%s]",
-            request.method,
-            request.url.path,
+            log_safe(request.method, 20),
+            log_safe(request.url.path),
             exc.status,
-            exc.detail,
+            log_safe(exc.detail),
             request_id(request),
         )
     return problem_response(exc, request)
@@ -302,6 +348,10 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(detail, str):
         extra["context"] = detail
         detail = None
+    if status == 413:  # a limit enforced below us (e.g. multipart parts): the same document as ours
+        limit = request.scope.get("hhvaem.body_limit")
+        if limit:
+            return problem_response(payload_too_large(limit[0], limit[1], exc.headers), request)
     if not detail or detail == phrase:
         if status == 404:
             detail = f"There is no endpoint at {request.url.path}."
@@ -321,8 +371,8 @@ async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.error(
         "unhandled %s in %s %s [request_id=%s]",
         type(exc).__name__,
-        request.method,
-        request.url.path,
+        log_safe(request.method, 20),
+        log_safe(request.url.path),
         rid,
         exc_info=(type(exc), exc, exc.__traceback__),
     )
@@ -340,23 +390,67 @@ async def _on_session_not_found(request: Request, exc: Exception) -> JSONRespons
 
 
 async def _on_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("session store unavailable: %s [request_id=%s]", exc, request_id(request))
+    log.warning("session store unavailable: %s [request_id=%s]", log_safe(exc), request_id(request))
     return problem_response(unavailable("The session store is unavailable; retry shortly."), request)
+
+
+async def _on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    from hhvaem.app.db.availability import one_line
+
+    reason = one_line(exc)
+    log.warning(
+        "database unavailable in %s: %s [request_id=%s]", log_safe(request.url.path), reason, request_id(request)
+    )
+    retry = getattr(exc, "retry_after", 5)
+    return problem_response(unavailable(f"The database is unavailable; retry shortly ({reason}).", retry), request)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Render every error of `app` as a problem document (see the module docstring)."""
+    from hhvaem.app.db.availability import UNAVAILABLE, DatabaseUnavailable
     from hhvaem.app.sessions.store import SessionNotFound, StoreUnavailable
 
     app.add_exception_handler(Problem, _on_problem)
+    for database_error in (DatabaseUnavailable, *UNAVAILABLE):
+        app.add_exception_handler(database_error, _on_database_unavailable)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(SessionNotFound, _on_session_not_found)
     app.add_exception_handler(StoreUnavailable, _on_store_unavailable)
     # Starlette gives the Exception handler to its outermost ServerErrorMiddleware, which answers with it and then
-    # re-raises (so the ASGI server logs it too); the client only ever sees the problem document.
+    # re-raises, and the ASGI server then drops the connection: `UnhandledErrors`, just outside the routes, answers
+    # first and swallows the exception. The handler stays as the last resort for the middlewares outside it.
     app.add_exception_handler(Exception, _on_unhandled)
+    app.add_middleware(UnhandledErrors)
     _document_problems(app)
+
+
+class UnhandledErrors:
+    """Pure ASGI middleware: an exception that no handler took becomes the 500 problem document (logged with the
+    request id), and the exception ends here, so the client's keep-alive connection stays usable."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:  # nothing sensible can be sent any more: let the server end the connection
+                raise
+            response = await _on_unhandled(Request(scope, receive), exc)
+            await response(scope, receive, send)
 
 
 # ------------------------------------------------------------------------------------------------- OpenAPI models
@@ -487,6 +581,7 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit, what = self.limit_for(scope.get("path", ""))
+        scope["hhvaem.body_limit"] = (limit, what)
         headers = {"Connection": "close"} if str(scope.get("http_version", "1.1")).startswith("1") else None
 
         declared = self._content_length(scope)
@@ -527,3 +622,42 @@ class BodySizeLimit:
     async def _reject(problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         await problem_response(problem, request)(scope, receive, send)
+
+
+# ------------------------------------------------------------------------------------------------- start-up
+
+
+def startup_failure(error: BaseException) -> str:
+    """One line saying why the service could not start (the database's own message, never a password)."""
+    from hhvaem.app.db.availability import is_unavailable, one_line
+
+    if is_unavailable(error):
+        return f"hhvaem start-up failed: the database is unreachable ({one_line(error)})"
+    text = " ".join(str(error).split())[:500] or "no details"
+    return f"hhvaem start-up failed: {type(error).__name__}: {text}"
+
+
+class OneLineStartupFailure:
+    """Pure ASGI middleware for the lifespan: when start-up fails, the server reports `failure[0]` (one line, set by
+    the lifespan) instead of the framework's formatted traceback, and the exception stops here (it would be
+    printed once more)."""
+
+    def __init__(self, app: ASGIApp, failure: list[str]):
+        self.app = app
+        self.failure = failure
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def one_line(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.failure:
+                message = {**message, "message": self.failure[0]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, one_line)
+        except Exception:
+            if not self.failure:
+                raise

@@ -6,13 +6,30 @@ feature and the reason for every bad cell; the models here only check the reques
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
 
-Value = float | int | str | bool | None
+from hhvaem.model.io.artifact import NAME_PATTERN
+
+
+def _representable(value: Any) -> Any:
+    """JSON integers have no size limit; one that no float can hold (a 400-digit number) is not a cell value."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"a {len(str(abs(value)))}-digit integer is too large to be a number here") from None
+    return value
+
+
+Value = Annotated[float | int | str | bool | None, AfterValidator(_representable)]
 # Versions are stored as 32-bit integers; a larger one cannot exist (and must not reach the database).
 MAX_VERSION = 2**31 - 1
+# A model name (path and form parameters, registrations): what a manifest's name may be.
+MODEL_NAME = NAME_PATTERN.pattern
+# A batch job id: what `new_job_id` makes (32 lowercase hex characters).
+JOB_ID = r"^[0-9a-f]{32}$"
 ROW_EXAMPLE = {"age": 59, "sex": 2, "bmi": 32.1, "blood_pressure": 101, "ldl": None}
 
 
@@ -25,7 +42,9 @@ class RowsRequest(_Strict):
         min_length=1, description="Rows: feature -> value; null or absent means missing.", examples=[[ROW_EXAMPLE]]
     )
     samples: int | None = Field(None, ge=2, description="Posterior samples per row (default: the model's).")
-    quantiles: list[float] = Field([0.05, 0.5, 0.95], max_length=99, description="Quantiles in (0, 1) to report.")
+    quantiles: list[FiniteFloat] = Field(
+        [0.05, 0.5, 0.95], min_length=1, max_length=99, description="Quantiles in (0, 1) to report."
+    )
     seed: int | None = Field(None, ge=0, description="Makes the answer reproducible.")
     return_samples: bool = Field(False, description="Also return the raw predictive draws.")
 
@@ -33,24 +52,32 @@ class RowsRequest(_Strict):
 class NextFeaturesRequest(_Strict):
     row: dict[str, Value] = Field(description="What is known so far.", examples=[{"age": 59, "sex": 2}])
     candidates: list[str] | None = Field(None, description="Features to rank (default: every unobserved one).")
-    costs: dict[str, float] | None = Field(None, description="Cost per feature (default 1); ranks by gain per cost.")
+    costs: dict[str, FiniteFloat] | None = Field(
+        None, description="Cost per feature (default 1); ranks by gain per cost."
+    )
     top_k: int | None = Field(None, ge=1, description="How many to return (default: all).")
     target: str | None = Field(None, description="Target to inform (default: the model's first).")
     method: Literal["mixture", "histogram"] = Field(
         "mixture", description="Information estimator: ours (mixture) or the paper's (histogram)."
     )
-    min_gain: float = Field(0.01, ge=0, description="Stopping hint: best remaining gain below this (nats).")
-    max_uncertainty: float | None = Field(None, ge=0, description="Stopping hint: prediction std/entropy below this.")
+    min_gain: FiniteFloat = Field(0.01, ge=0, description="Stopping hint: best remaining gain below this (nats).")
+    max_uncertainty: FiniteFloat | None = Field(
+        None, ge=0, description="Stopping hint: prediction std/entropy below this."
+    )
     samples: int | None = Field(None, ge=2)
     seed: int | None = Field(None, ge=0)
 
 
 class ColumnSummary(BaseModel):
-    mean: float | None = None
+    point: Value = Field(None, description="Numbers: the point imputation (the predictive mean on the model's scale).")
+    mean: float | None = Field(None, description="Numbers: the predictive mean in the column's units.")
     std: float | None = None
     quantiles: dict[str, float] | None = None
+    mean_se: float | None = Field(None, description="Monte Carlo standard error of `mean` (from the samples).")
+    quantiles_se: dict[str, float] | None = Field(None, description="Monte Carlo standard errors of the quantiles.")
     mode: Value = None
     probabilities: dict[str, float] | None = None
+    probabilities_se: dict[str, float] | None = Field(None, description="Monte Carlo standard errors.")
     samples: list[Value] | None = None
 
 
@@ -80,8 +107,16 @@ class PredictResponse(BaseModel):
 class RankedFeature(BaseModel):
     feature: str
     gain: float = Field(description="Expected information gain about the target, nats.")
+    gain_se: float | None = Field(None, description="Monte Carlo standard error of `gain` (null: not estimated).")
     cost: float | None = None
     gain_per_cost: float | None = None
+
+
+class Tie(BaseModel):
+    tied: bool = Field(description="The first two are within two standard errors of their difference.")
+    features: list[str]
+    difference: float | None = None
+    difference_se: float | None = Field(None, description="Paired over the common posterior samples.")
 
 
 class StopHint(BaseModel):
@@ -95,6 +130,7 @@ class NextFeaturesResponse(BaseModel):
     target: str
     method: str
     ranking: list[RankedFeature]
+    tie: Tie = Field(description="Whether the best two questions are within Monte Carlo noise of each other.")
     prediction: ColumnSummary
     uncertainty: float = Field(description="Prediction std (numeric target) or entropy in nats (categorical).")
     stop: StopHint
@@ -122,7 +158,11 @@ class ModelDetail(ModelInfo):
 
 class RegisterModelRequest(_Strict):
     path: str = Field(description="Artifact directory on the server (manifest.json + the ONNX graphs).")
-    name: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str | None = Field(
+        None,
+        pattern="^" + MODEL_NAME + "$",
+        description="Name to register it under (default: the manifest's): letters, digits, '_', '.', '-'.",
+    )
     activate: bool = True
 
 
@@ -180,3 +220,32 @@ class BatchJobOut(BaseModel):
     created_at: str
     finished_at: str | None = None
     result_url: str | None = None
+
+
+def _links(parameter: str, pointer: str, *operations: tuple[str, str]) -> dict[str, Any]:
+    """OpenAPI links from a response to the operations that take `parameter` from it (`pointer` into its body):
+    what lets a client, or a stateful fuzzer, follow a created resource to its other routes."""
+    out = {}
+    for method, path in operations:
+        ref = "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+        name = method.capitalize() + "".join(part.capitalize() for part in path.split("/")[2:] if "{" not in part)
+        out[name] = {"operationRef": ref, "parameters": {parameter: f"$response.body#{pointer}"}}
+    return out
+
+
+SESSION_LINKS = _links(
+    "session_id",
+    "/session_id",
+    ("get", "/v1/sessions/{session_id}"),
+    ("post", "/v1/sessions/{session_id}/observations"),
+    ("get", "/v1/sessions/{session_id}/next-features"),
+    ("get", "/v1/sessions/{session_id}/prediction"),
+    ("delete", "/v1/sessions/{session_id}"),
+)
+JOB_LINKS = _links(
+    "job_id",
+    "/id",
+    ("get", "/v1/batch-jobs/{job_id}"),
+    ("get", "/v1/batch-jobs/{job_id}/result"),
+    ("post", "/v1/batch-jobs/{job_id}/cancel"),
+)

@@ -136,6 +136,77 @@ class Settings(BaseSettings):
         ),
     )
     max_batch_rows: int = Field(default=256, gt=0, description="Most rows in one dynamically batched inference call.")
+    max_work: int = Field(
+        default=100_000,
+        gt=0,
+        description=(
+            "Most work in one request: rows x samples for impute/predict, samples x candidates for next-features "
+            "(time and memory grow with it; docs/reliability.md has measured figures); larger requests get 422 "
+            "naming the factors. Bigger tables go to batch jobs."
+        ),
+    )
+    max_table_bytes: int = Field(
+        default=256 * MiB, gt=0, description="Largest batch-job table once decompressed (.csv.gz, Parquet), in bytes."
+    )
+    max_job_rows: int = Field(default=1_000_000, gt=0, description="Most data rows in one batch job.")
+    batch_retention_seconds: int = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description=(
+            "How long a finished batch job and its result are kept (then both are deleted); inputs are deleted as "
+            "soon as the job ends."
+        ),
+    )
+    batch_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "A running batch job is leased to one service process, renewed while it runs; a job whose lease ran "
+            "out (its process died) is resumed by any process from the rows already scored."
+        ),
+    )
+    batch_drain_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="At shutdown, how long running batch jobs may take to checkpoint the chunk they are scoring.",
+    )
+    database_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Longest wait for the database (connecting, each statement, a pooled connection); beyond it the "
+            "request gets 503. After a failure, requests needing the database get 503 at once until it answers."
+        ),
+    )
+    registry_refresh_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "How often each process re-reads the model registry (registrations and activations made elsewhere "
+            "show up within this delay) and re-checks the active artifacts' files."
+        ),
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description=(
+            "Score batch jobs on a Ray cluster: `auto`, `ray://host:10001` or `host:6379` (`local`: one started in "
+            "this process). Unset: in the service's own process. The cluster must see `data_dir` and the models at "
+            "the same paths (a shared volume) and have this version of hhvaem installed (docs/scaling.md)."
+        ),
+    )
+    ray_partition_rows: int = Field(
+        default=4096,
+        gt=0,
+        description="Rows per partition of a batch job scored on Ray (a multiple of 128, the rows per sampler call).",
+    )
+    api_key_cache_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "How long a verified API key is trusted without asking the database again (a revocation takes effect "
+            "within this delay; while the database is unreachable, keys verified in the last hour keep working)."
+        ),
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description=(
@@ -173,7 +244,7 @@ class Settings(BaseSettings):
             return value.upper() if info.field_name == "log_level" else value.lower()
         return value
 
-    @field_validator("redis_url", "database_url", mode="before")
+    @field_validator("redis_url", "database_url", "ray_address", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -193,6 +264,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"default_samples ({self.default_samples}) must not exceed max_samples ({self.max_samples})"
             )
+        if self.ray_partition_rows % 128:
+            raise ValueError(f"ray_partition_rows ({self.ray_partition_rows}) must be a multiple of 128")
         return self
 
     @property

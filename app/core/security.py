@@ -1,6 +1,7 @@
 """API-key primitives: generation, hashing, constant-time verification and scopes.
 
-Pure functions only; the FastAPI dependency that reads the header and answers 401/403 lives with the routes.
+Pure functions, and the log filter that keeps keys out of logs; the FastAPI dependency that reads the header and
+answers 401/403 lives with the routes.
 
 A key looks like ``hhv_<43 urlsafe base64 chars>`` (32 random bytes). The database keeps
 ``prefix`` (the first :data:`PREFIX_LENGTH` characters of the random part, for lookup and display) and
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 from collections.abc import Iterable
 
@@ -101,3 +104,40 @@ def check_scopes(granted: Iterable[str], required: str | Iterable[str]) -> bool:
     if isinstance(granted, str):
         granted = [granted]
     return needed <= expand_scopes(granted)
+
+
+# ------------------------------------------------------------------------------------------------ log redaction
+
+_KEY_TEXT = re.compile(re.escape(KEY_MARKER) + r"[A-Za-z0-9_\-]+")
+_CREDENTIAL_PARAMETER = re.compile(r"(?i)([?&;](?:api[_-]?key|key|token|access[_-]?token|password|secret)=)[^&;\s\"]*")
+
+
+def redact(text: str) -> str:
+    """`text` with anything that looks like an API key, and the value of any credential-like query parameter,
+    replaced by `***`."""
+    return _CREDENTIAL_PARAMETER.sub(r"\1***", _KEY_TEXT.sub(KEY_MARKER + "***", text))
+
+
+class RedactCredentials(logging.Filter):
+    """A logging filter that redacts credentials from a record's message and arguments (the access log writes each
+    request's path with its query string: `?api_key=...` must not reach the log, whatever the route)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error", "hhvaem")
+
+
+def install_log_redaction() -> None:
+    """Adds `RedactCredentials` to the loggers that may see a request line (idempotent)."""
+    for name in REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactCredentials) for f in logger.filters):
+            logger.addFilter(RedactCredentials())

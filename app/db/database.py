@@ -12,11 +12,16 @@ Typical use::
         repository.register_model(tx, ...)
     with db.read() as tx:                         # reads; nothing to commit
         repository.list_models(tx)
+
+A database that cannot answer (refused, hung, gone) surfaces as `DatabaseUnavailable` from `transaction()`,
+`read()` and `ping()`, quickly: waits are bounded and a failure opens a breaker (`app/db/availability.py`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,8 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
+
+from hhvaem.app.db.availability import Breaker, DatabaseUnavailable, bound_postgres, is_unavailable, one_line
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 """Alembic script directory; it ships inside the ``hhvaem.app`` package so ``migrate`` works from an installed wheel."""
@@ -45,15 +52,16 @@ def _is_memory_sqlite(url: URL) -> bool:
     return url.database in (None, "", ":memory:") or (url.query.get("mode") == "memory")
 
 
-def sql_engine(url: str | URL, **kwargs: Any) -> Engine:
+def sql_engine(url: str | URL, timeout: float | None = None, **kwargs: Any) -> Engine:
     """A SQLAlchemy engine configured for the backend.
 
     SQLite: usable from any thread (``check_same_thread=False``); every connection gets WAL journaling,
     foreign keys on and a busy timeout; the driver's implicit transaction handling is replaced by explicit
     ``BEGIN`` so that SAVEPOINTs and transactional DDL behave as on PostgreSQL. An in-memory database uses a
     single shared connection (otherwise each connection would see its own empty database).
-    PostgreSQL: ``pool_pre_ping`` so connections dropped by a server restart are replaced transparently.
-    Extra ``kwargs`` go to :func:`sqlalchemy.create_engine`.
+    PostgreSQL: ``pool_pre_ping`` so connections dropped by a server restart are replaced transparently; with
+    ``timeout`` (seconds), connecting, every operation and a wait for a pooled connection are bounded by it
+    (:func:`app.db.availability.bound_postgres`). Extra ``kwargs`` go to :func:`sqlalchemy.create_engine`.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -66,7 +74,12 @@ def sql_engine(url: str | URL, **kwargs: Any) -> Engine:
         _configure_sqlite(engine, wal=not _is_memory_sqlite(parsed))
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(parsed, **kwargs)
+    if timeout is not None:
+        kwargs.setdefault("pool_timeout", timeout)
+    engine = create_engine(parsed, **kwargs)
+    if timeout is not None:
+        bound_postgres(engine, timeout)
+    return engine
 
 
 def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
@@ -101,30 +114,72 @@ def transaction_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 class Database:
-    """One database: its SQLAlchemy engine and the transactions on it."""
+    """One database: its SQLAlchemy engine and the transactions on it.
 
-    def __init__(self, url: str | URL, **kwargs: Any):
-        self.sql = sql_engine(url, **kwargs)
+    `timeout` bounds every wait on a PostgreSQL server (see the module docstring); `retry_seconds` is how long
+    callers are refused at once after a connection failure before the next try."""
+
+    def __init__(self, url: str | URL, timeout: float | None = None, retry_seconds: float = 1.0, **kwargs: Any):
+        self.sql = sql_engine(url, timeout, **kwargs)
         self._factory = transaction_factory(self.sql)
+        self.breaker = Breaker(retry_seconds)
+        self._networked = self.sql.dialect.name != "sqlite"
 
     @property
     def url(self) -> URL:
         return self.sql.url
 
-    def transaction(self):
-        """``with db.transaction() as tx:`` commits on success, rolls back on error."""
-        return self._factory.begin()
+    @contextmanager
+    def _guarded(self, session_context: Any, trial: bool) -> Iterator[Session]:
+        if self._networked and not (self.breaker.admit() if trial else not self.breaker.is_open):
+            raise self.breaker.refusal()
+        try:
+            with session_context as tx:
+                yield tx
+        except DatabaseUnavailable:
+            raise
+        except Exception as e:
+            if not is_unavailable(e):
+                self.breaker.released()
+                raise
+            if self._networked:
+                self.breaker.failed(one_line(e))
+            raise DatabaseUnavailable(f"the database is unreachable ({one_line(e)})") from e
+        except BaseException:
+            self.breaker.released()
+            raise
+        self.breaker.succeeded()
 
-    def read(self) -> Session:
-        """``with db.read() as tx:`` for reads (nothing is committed)."""
-        return self._factory()
+    def transaction(self, trial: bool = True):
+        """``with db.transaction() as tx:`` commits on success, rolls back on error. While the breaker is open it
+        refuses at once, except for one trial now and then; ``trial=False``: never be that trial (for work that
+        must not wait on a database that may be hung, e.g. an audit event on the way to an answer)."""
+        return self._guarded(self._factory.begin(), trial)
+
+    def read(self, trial: bool = True):
+        """``with db.read() as tx:`` for reads (nothing is committed); ``trial`` as for `transaction`."""
+        return self._guarded(self._factory(), trial)
 
     def ping(self) -> None:
-        """Raises when the database cannot be reached."""
+        """Raises `DatabaseUnavailable` when the database cannot be reached (at once while the breaker is open)."""
         from sqlalchemy import text
 
-        with self.sql.connect() as c:
-            c.execute(text("SELECT 1"))
+        with self.read() as tx:
+            tx.execute(text("SELECT 1"))
+
+    def probe(self) -> None:
+        """Like `ping`, but always tries (the breaker does not refuse it): what background checks call."""
+        from sqlalchemy import text
+
+        try:
+            with self.sql.connect() as c:
+                c.execute(text("SELECT 1"))
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
+            self.breaker.failed(one_line(e))
+            raise DatabaseUnavailable(f"the database is unreachable ({one_line(e)})") from e
+        self.breaker.succeeded()
 
     def dispose(self) -> None:
         self.sql.dispose()
@@ -152,15 +207,16 @@ def alembic_config(url: str | URL | None = None) -> Any:
     return config
 
 
-def migrate(url: str | URL | Engine, revision: str = "head") -> None:
+def migrate(url: str | URL | Engine, revision: str = "head", timeout: float | None = None) -> None:
     """Upgrade the database to ``revision`` (default: the newest). Idempotent; safe to call on every start.
 
     ``url`` may also be an existing :class:`Engine` (needed for an in-memory SQLite database, which lives only
-    as long as its engine); an engine made here from a URL is disposed of afterwards.
+    as long as its engine); an engine made here from a URL is disposed of afterwards. ``timeout`` bounds every wait
+    on a PostgreSQL server (``sql_engine``), so that a start-up against a hung server fails instead of hanging.
     """
     from alembic import command
 
-    engine = url if isinstance(url, Engine) else sql_engine(url)
+    engine = url if isinstance(url, Engine) else sql_engine(url, timeout)
     try:
         with engine.begin() as connection:
             config = alembic_config(engine.url)

@@ -42,8 +42,8 @@ NAMING_CONVENTION = {
 }
 
 BATCH_OPERATIONS = ("impute", "predict", "both")
-BATCH_STATUSES = ("queued", "running", "succeeded", "failed")
-BATCH_FINAL_STATUSES = ("succeeded", "failed")
+BATCH_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+BATCH_FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 def _in_list(column: str, values: tuple[str, ...]) -> str:
@@ -197,6 +197,7 @@ class BatchJob(Base):
         CheckConstraint(_in_list("operation", BATCH_OPERATIONS), name="operation_valid"),
         CheckConstraint(_in_list("status", BATCH_STATUSES), name="status_valid"),
         Index("ix_batch_jobs_status_created_at", "status", "created_at"),
+        Index("ix_batch_jobs_finished_at", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
@@ -215,6 +216,14 @@ class BatchJob(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
+    # What the job was asked (samples, seed, chunk rows...), so that any process can resume it.
+    parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The process scoring it, until when (renewed while it runs); an expired lease means that process is gone.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # How many times a process took it over after another one died on it (a job that keeps killing its
+    # process is failed after a few).
+    takeovers: Mapped[int] = mapped_column(Integer, default=0)
 
     @property
     def finished(self) -> bool:

@@ -260,8 +260,10 @@ _UPDATABLE_JOB_FIELDS = frozenset(
         "result_path",
         "message",
         "finished_at",
+        "parameters",
     }
 )
+MAX_REASON_CHARS = 500  # a stored error's reason (it may quote a cell, and a cell may be long)
 
 
 def _normalize_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -275,7 +277,7 @@ def _normalize_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
             {
                 "row": None if row is None else int(row),
                 "column": None if column is None else str(column),
-                "reason": str(error.get("reason", "")),
+                "reason": str(error.get("reason", ""))[:MAX_REASON_CHARS],
             }
         )
     return out
@@ -296,8 +298,11 @@ def create_batch_job(
     total_rows: int | None = None,
     api_key_id: int | None = None,
     job_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    failed_because: str | None = None,
 ) -> BatchJob:
-    """A new job in status ``queued``. ``job_id`` defaults to a fresh uuid4 hex."""
+    """A new job in status ``queued`` (or, with ``failed_because``, a refused one: ``failed`` with that message).
+    ``job_id`` defaults to a fresh uuid4 hex; ``parameters`` are what a resumed run needs (samples, seed...)."""
     _check_choice("operation", operation, BATCH_OPERATIONS)
     now = utcnow()
     job = BatchJob(
@@ -305,17 +310,19 @@ def create_batch_job(
         model_name=model_name,
         model_version=model_version,
         operation=operation,
-        status="queued",
+        status="failed" if failed_because else "queued",
+        parameters=dict(parameters or {}),
+        takeovers=0,
         total_rows=total_rows,
         processed_rows=0,
         failed_rows=0,
         errors=[],
         input_path=None if input_path is None else str(input_path),
         result_path=None,
-        message=None,
+        message=failed_because,
         created_at=now,
         updated_at=now,
-        finished_at=None,
+        finished_at=now if failed_because else None,
         api_key_id=api_key_id,
     )
     s.add(job)
@@ -380,6 +387,125 @@ def list_batch_jobs(s: Session, status: str | None = None, limit: int = 100) -> 
         _check_choice("status", status, BATCH_STATUSES)
         query = query.where(BatchJob.status == status)
     return list(s.scalars(query))
+
+
+# A job's lease: the process scoring it says so, and until when; the conditional updates below are how two
+# processes never score the same job at once, and how a job whose process died is taken over.
+
+
+def claimable_jobs(s: Session, now: dt.datetime, limit: int = 10) -> list[str]:
+    """Ids of unfinished jobs nobody holds (queued, or leased by a process whose lease ran out), oldest first."""
+    query = (
+        select(BatchJob.id)
+        .where(BatchJob.status.in_(("queued", "running")))
+        .where((BatchJob.lease_owner.is_(None)) | (BatchJob.lease_expires_at < now))
+        .order_by(BatchJob.created_at, BatchJob.id)
+        .limit(limit)
+    )
+    return list(s.scalars(query))
+
+
+def claim_batch_job(s: Session, job_id: str, owner: str, until: dt.datetime) -> BatchJob | None:
+    """Takes the job for `owner` until `until` if nobody holds it; the job (now ``running``), or None. Taking over
+    from a process whose lease ran out counts in ``takeovers``."""
+    now = utcnow()
+    job = s.get(BatchJob, job_id, with_for_update=True, populate_existing=True)
+    if job is None or job.status not in ("queued", "running"):
+        return None
+    if job.lease_owner is not None and job.lease_expires_at is not None and job.lease_expires_at >= now:
+        return None
+    if job.lease_owner is not None:
+        job.takeovers = (job.takeovers or 0) + 1
+    job.status, job.lease_owner, job.lease_expires_at, job.updated_at = "running", owner, until, now
+    s.flush()
+    return job
+
+
+def renew_leases(s: Session, owner: str, until: dt.datetime) -> int:
+    """Extends every lease `owner` holds on a running job; how many."""
+    result = s.execute(
+        update(BatchJob)
+        .where(BatchJob.lease_owner == owner, BatchJob.status == "running")
+        .values(lease_expires_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
+def held_batch_job(s: Session, job_id: str, owner: str) -> BatchJob | None:
+    """The job, locked, if `owner` still holds it and it is running (else it was cancelled or taken over)."""
+    job = s.get(BatchJob, job_id, with_for_update=True, populate_existing=True)
+    if job is None or job.lease_owner != owner or job.status != "running":
+        return None
+    return job
+
+
+def release_batch_job(s: Session, job_id: str, owner: str, message: str) -> bool:
+    """Hands a job `owner` holds back to the queue (e.g. at shutdown), to be resumed by any process."""
+    job = held_batch_job(s, job_id, owner)
+    if job is None:
+        return False
+    job.status, job.lease_owner, job.lease_expires_at, job.message = "queued", None, None, message
+    job.updated_at = utcnow()
+    s.flush()
+    return True
+
+
+def finish_batch_job(s: Session, job_id: str, owner: str, **fields: Any) -> bool:
+    """Sets `fields` (a final status among them) on a job `owner` holds, and ends the lease; False if not held."""
+    job = held_batch_job(s, job_id, owner)
+    if job is None:
+        return False
+    update_batch_job(s, job_id, **fields)
+    job.lease_owner, job.lease_expires_at = None, None
+    s.flush()
+    return True
+
+
+def cancel_batch_job(s: Session, job_id: str) -> BatchJob | None:
+    """Cancels an unfinished job (whoever holds it stops at its next checkpoint); the job, or None if finished."""
+    job = s.get(BatchJob, job_id, with_for_update=True, populate_existing=True)
+    if job is None or job.status in BATCH_FINAL_STATUSES:
+        return None
+    now = utcnow()
+    job.status, job.message, job.finished_at, job.updated_at = "cancelled", "cancelled on request", now, now
+    job.lease_owner, job.lease_expires_at = None, None
+    s.flush()
+    return job
+
+
+def finished_jobs_before(s: Session, before: dt.datetime, limit: int = 100) -> list[BatchJob]:
+    """Finished jobs that finished before `before` (the retention policy deletes them), oldest first."""
+    query = (
+        select(BatchJob)
+        .where(BatchJob.status.in_(BATCH_FINAL_STATUSES), BatchJob.finished_at < before)
+        .order_by(BatchJob.finished_at)
+        .limit(limit)
+    )
+    return list(s.scalars(query))
+
+
+def finished_jobs_with_input(s: Session, limit: int = 100) -> list[BatchJob]:
+    """Finished jobs whose input is still recorded (its file is deleted, then the path cleared)."""
+    query = (
+        select(BatchJob).where(BatchJob.status.in_(BATCH_FINAL_STATUSES), BatchJob.input_path.is_not(None)).limit(limit)
+    )
+    return list(s.scalars(query))
+
+
+def delete_batch_job(s: Session, job_id: str) -> bool:
+    job = s.get(BatchJob, job_id)
+    if job is None:
+        return False
+    s.delete(job)
+    s.flush()
+    return True
+
+
+def batch_job_ids(s: Session, ids: Iterable[str]) -> set[str]:
+    """Which of `ids` are jobs (for cleaning up folders whose job is gone)."""
+    ids = list(ids)
+    return set(s.scalars(select(BatchJob.id).where(BatchJob.id.in_(ids)))) if ids else set()
 
 
 # ------------------------------------------------------------------------------------------------ API keys

@@ -6,7 +6,13 @@ all call it; it imports nothing from the service (docs/architecture.md).
 
 from hhvaem.app.engine.engine import Engine, Prepared
 from hhvaem.app.engine.errors import FieldError, InputError
-from hhvaem.app.engine.queries import DEFAULT_QUANTILES, ImputeQuery, NextFeaturesQuery, PredictQuery
+from hhvaem.app.engine.queries import (
+    DEFAULT_QUANTILES,
+    ImputeQuery,
+    MultipleImputeQuery,
+    NextFeaturesQuery,
+    PredictQuery,
+)
 
 __all__ = [
     "DEFAULT_QUANTILES",
@@ -14,6 +20,7 @@ __all__ = [
     "FieldError",
     "ImputeQuery",
     "InputError",
+    "MultipleImputeQuery",
     "NextFeaturesQuery",
     "PredictQuery",
     "Prepared",

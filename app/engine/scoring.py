@@ -15,9 +15,24 @@ import pandas as pd
 
 from hhvaem.app.engine.engine import Engine
 from hhvaem.app.engine.errors import InputError
-from hhvaem.app.engine.queries import ImputeQuery, PredictQuery
+from hhvaem.app.engine.queries import ImputeQuery, MultipleImputeQuery, PredictQuery
+from hhvaem.model.io.tables import TableError
 
 OPERATIONS = ("impute", "predict", "both")
+
+
+def check_columns(engine: Engine, df: pd.DataFrame) -> None:
+    """TableError naming the expected columns when `df` has none of the model's (a wrong file, or a separator
+    other than the comma): every row would otherwise be "scored" from nothing."""
+    if set(df.columns) & {c.name for c in engine.schema.columns}:
+        return
+    expected = ", ".join(c.name for c in engine.schema.features[:20]) + (
+        ", ..." if len(engine.schema.features) > 20 else ""
+    )
+    header = ", ".join(repr(str(c)[:40]) for c in list(df.columns)[:5])
+    separator = next((s for s in (";", "\t", "|") if any(s in str(c) for c in df.columns)), None)
+    hint = f"; is the file separated by {separator!r} instead of commas?" if separator else ""
+    raise TableError(f"none of the columns ({header}) is one of the model's: expected {expected}{hint}")
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -38,6 +53,7 @@ def score_frame(
     chunk_rows: int = 128,
     seed: int = 0,
     progress: Callable[[int, int, list[dict]], None] | None = None,
+    imputations: int | None = None,
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Scores `df`; returns (result table, errors [{row, column, reason}]).
 
@@ -45,9 +61,17 @@ def score_frame(
     column `<col>__std`, per discrete one `<col>__prob`; per target `<t>__mean/__std/__q05/__q50/__q95`
     or `<t>__label` and `<t>__p_<category>`; and `error` for rows that could not be scored.
     `progress(done, total, new_errors)` is called after every chunk.
+
+    `imputations=M` (impute or both): multiple imputation. The result then holds each input row M times in a row,
+    with `imputation` (1..M) in front and its holes drawn from the posterior (`MultipleImputeQuery`, a proper draw
+    per imputation); `groupby("imputation")` gives the M completed tables. No `__std` / `__prob` columns (the
+    spread is between the imputations); the prediction columns and `error` are the same in each copy of a row.
     """
     if operation not in OPERATIONS:
         raise ValueError(f"unknown operation {operation!r} (expected one of {', '.join(OPERATIONS)})")
+    if imputations is not None and operation == "predict":
+        raise ValueError("imputations: multiple imputation needs operation impute or both")
+    check_columns(engine, df)
     extra = sorted(set(df.columns) - {c.name for c in engine.schema.columns})
     errors: list[dict[str, Any]] = []
     if extra:
@@ -56,6 +80,7 @@ def score_frame(
     out = df.copy()
     out["error"] = ""
     added: dict[str, list] = {}
+    tables = [df.copy() for _ in range(imputations or 0)]  # one completed copy per imputation
     total = len(records)
     for start in range(0, total, chunk_rows):
         chunk = records[start : start + chunk_rows]
@@ -73,12 +98,16 @@ def score_frame(
             rows = [chunk[i] for i in good]
             index = [start + i for i in good]
             prepared = []
-            if operation in ("impute", "both"):
+            if imputations is not None:
+                prepared.append(MultipleImputeQuery(rows, imputations, samples, seed + start, False).prepare(engine))
+            elif operation in ("impute", "both"):
                 prepared.append(ImputeQuery(rows, samples, seed=seed + start, strict=False).prepare(engine))
             if operation in ("predict", "both"):
                 prepared.append(PredictQuery(rows, samples, seed=seed + start, strict=False).prepare(engine))
             results = engine.run(prepared)
-            if operation in ("impute", "both"):
+            if imputations is not None:
+                _write_draws(tables, index, results[0])
+            elif operation in ("impute", "both"):
                 _write_imputed(engine, out, added, index, results[0])
             if operation in ("predict", "both"):
                 _write_predicted(engine, added, index, results[-1], len(out))
@@ -87,7 +116,57 @@ def score_frame(
             progress(min(start + chunk_rows, total), total, new_errors)
     for name, values in added.items():
         out[name] = values
-    return out, errors
+    result = _long(tables, out, added) if imputations is not None else out
+    return _integer_counts(engine, _arranged(engine, df, result)), errors
+
+
+def _arranged(engine: Engine, df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The result's columns in a fixed order: any leading bookkeeping (`imputation`), the input's columns as they
+    came, the model's columns the input lacked (filled in; features, then targets), the added `<column>__...`
+    columns (by their column's place in the schema, then `_SUFFIXES`), then `error`."""
+    rank = {c.name: i for i, c in enumerate(engine.schema.columns)}
+    names = list(table.columns)
+    inputs = [c for c in df.columns if c in names]
+    missing = [c.name for c in engine.schema.columns if c.name in names and c.name not in df.columns]
+    bases = {c: _base(c, rank) for c in names if c not in df.columns and c not in rank}
+    added = sorted(
+        (c for c, b in bases.items() if b is not None),
+        key=lambda c: (rank[bases[c]], _SUFFIXES.index(_suffix(c[len(bases[c]) + 2 :])), names.index(c)),
+    )
+    placed = {*inputs, *missing, *added, "error"}
+    front = [c for c in names if c not in placed]
+    return table.reindex(columns=front + inputs + missing + added + (["error"] if "error" in names else []))
+
+
+# The added columns of one schema column, in this order (quantiles and class probabilities as written: ascending
+# quantiles, the categories' order).
+_SUFFIXES = ("label", "mean", "std", "prob", "q", "p_")
+
+
+def _suffix(suffix: str) -> str:
+    return next((s for s in _SUFFIXES if suffix == s or (s in ("q", "p_") and suffix.startswith(s))), "p_")
+
+
+def _base(name: str, rank: dict[str, int]) -> str | None:
+    """The schema column an added column belongs to: the longest prefix before a `__` that names one."""
+    parts = name.split("__")
+    for i in range(len(parts) - 1, 0, -1):
+        if "__".join(parts[:i]) in rank:
+            return "__".join(parts[:i])
+    return None
+
+
+def _integer_counts(engine: Engine, table: pd.DataFrame) -> pd.DataFrame:
+    """Count columns (and a count target's quantiles) as integers, as the user wrote them (7, not 7.0), where every
+    value in them is whole (a rejected row may keep a bad 2.5)."""
+    counts = [c.name for c in engine.schema.columns if c.type == "count"]
+    quantiles = [q for q in table.columns if any(q.startswith(f"{t}__q") for t in counts)]
+    for name in [c for c in counts if c in table.columns] + quantiles:
+        values = pd.to_numeric(table[name], errors="coerce")
+        given = table[name].notna()
+        if given.any() and values[given].notna().all() and (values[given] == values[given].round()).all():
+            table[name] = values.astype("Int64")
+    return table
 
 
 def _column(added: dict[str, list], name: str, n: int) -> list:
@@ -98,16 +177,45 @@ def _write_imputed(engine: Engine, out: pd.DataFrame, added, index: list[int], r
     n = len(out)
     for i, r in zip(index, rows):
         for name, summary in r["imputed"].items():
-            if name not in out.columns:
-                out[name] = np.nan
-            numeric = pd.api.types.is_numeric_dtype(out[name])
-            if out[name].dtype != object and not (numeric and isinstance(r["values"][name], (int, float))):
-                out[name] = out[name].astype(object)  # text columns (pandas' str dtype) take numbers this way
-            out.iat[i, out.columns.get_loc(name)] = r["values"][name]
+            _set_cell(out, i, name, r["values"][name])
             if "std" in summary and summary["std"] is not None:
                 _column(added, f"{name}__std", n)[i] = summary["std"]
             elif summary.get("probabilities"):
                 _column(added, f"{name}__prob", n)[i] = summary["probabilities"][str(summary["mode"])]
+
+
+def _set_cell(out: pd.DataFrame, i: int, name: str, value: Any) -> None:
+    if name not in out.columns:
+        out[name] = np.nan
+    numeric = pd.api.types.is_numeric_dtype(out[name])
+    if out[name].dtype != object and not (numeric and isinstance(value, (int, float))):
+        out[name] = out[name].astype(object)  # text columns (pandas' str dtype) take numbers this way
+    out.iat[i, out.columns.get_loc(name)] = value
+
+
+def _write_draws(tables: list[pd.DataFrame], index: list[int], rows: list[list[dict]]) -> None:
+    """Fills the holes of row i of table m with imputation m's draw."""
+    for i, draws in zip(index, rows):
+        for table, values in zip(tables, draws):
+            for name, value in values.items():
+                if name not in table.columns or pd.isna(table.iat[i, table.columns.get_loc(name)]):
+                    _set_cell(table, i, name, value)
+
+
+def _long(tables: list[pd.DataFrame], out: pd.DataFrame, added: dict[str, list]) -> pd.DataFrame:
+    """Each input row M times in a row, its imputations 1..M (`imputation` in front): row-major, so that the
+    results of consecutive chunks of a table concatenate into the result of the whole table."""
+    long = []
+    for m, table in enumerate(tables):
+        table = table.copy()
+        table.insert(0, "imputation", m + 1)
+        table["error"] = out["error"].to_numpy()
+        for name, values in added.items():
+            table[name] = values
+        long.append(table)
+    n, k = len(out), len(tables)
+    order = (np.arange(k)[None, :] * n + np.arange(n)[:, None]).ravel()  # row 1 imputations 1..M, row 2 ...
+    return pd.concat(long, ignore_index=True).iloc[order].reset_index(drop=True)
 
 
 def _write_predicted(engine: Engine, added, index: list[int], rows: list[dict], n: int) -> None:

@@ -7,6 +7,7 @@ command line, then the ``HHVAEM_DATABASE_URL`` and ``DATABASE_URL`` environment 
 
 from __future__ import annotations
 
+import logging
 import os
 from logging.config import fileConfig
 
@@ -22,6 +23,21 @@ config = context.config
 # logging alone.
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+# Lines Alembic logs at INFO on every run, whether or not anything changes ("Context impl SQLiteImpl.", "Will assume
+# non-transactional DDL."); the service migrates at every start, so they were start-up noise. What changes the
+# database ("Running upgrade ...") is still logged. (Its "setup plugin" lines come at `import alembic`, before this
+# file runs: app/main.py quiets that logger.)
+ROUTINE = ("Context impl ", "Will assume ")
+
+
+def _not_routine(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(ROUTINE)
+
+
+_migration_log = logging.getLogger("alembic.runtime.migration")
+if not any(getattr(f, "__name__", None) == _not_routine.__name__ for f in _migration_log.filters):
+    _migration_log.addFilter(_not_routine)  # once per process (this file runs at every migration)
 
 target_metadata = Base.metadata
 

@@ -54,6 +54,39 @@ function fmt(x, digits = 3) {
 }
 
 const fmtGain = (g) => (g === 0 ? "0 nats" : `${fmt(g, 2)} nats`);
+
+// An information gain in words. The share of the prediction's uncertainty a question is expected to remove: for a
+// number, its spread narrows on average by the factor e^-gain (the entropy's change; exact for a normal
+// prediction); for a class, gain / entropy of the prediction now. The nats stay in the details.
+function gainShare(gain) {
+  const entropy = state.next?.prediction?.probabilities ? state.next.uncertainty : null;
+  if (entropy !== null) return entropy > 0 ? Math.min(1, Math.max(0, gain / entropy)) : 0;
+  return 1 - Math.exp(-Math.max(0, gain));
+}
+
+function gainWords(gain) {
+  const share = gainShare(gain);
+  const words =
+    share >= 0.25 ? "a lot" : share >= 0.1 ? "quite a bit" : share >= 0.02 ? "a little" : "almost nothing";
+  const pct = Math.round(share * 100);
+  const amount = pct >= 1 ? `about ${pct}%` : "less than 1%";
+  const effect = state.next?.prediction?.probabilities
+    ? `remove ${amount} of its uncertainty`
+    : `narrow it by ${amount}`;
+  return { words, text: `tells us ${words} about the prediction (expected to ${effect})` };
+}
+
+// A field of a problem+json error ("observations.bmi", "rows.0.bmi") by the name the page shows for it.
+function fieldLabel(field) {
+  const parts = String(field).split(".");
+  if (parts[0] === "observations" && parts.length > 1) return label(parts.slice(1).join("."));
+  if (parts[0] === "rows" && parts.length > 2) return label(parts.slice(2).join("."));
+  return label(field);
+}
+
+// The same, inside a sentence of the service's (its `detail`).
+const inWords = (text) =>
+  String(text).replace(/\b(?:observations|rows\.\d+)\.([A-Za-z0-9_]+)/g, (_, name) => label(name));
 const withUnit = (value, unit) => (unit ? `${value} ${unit}` : String(value));
 const percentChange = (from, to) => {
   if (!from) return "";
@@ -185,9 +218,9 @@ function handleError(error, retry, scope) {
       const sub = field.split(".").slice(1).join(".");
       const reason = sub && !field.startsWith("observations.") ? `${sub}: ${e.reason}` : e.reason;
       if (target && setFieldError(target, reason)) first ??= target;
-      else loose.push(`${e.field}: ${e.reason}`);
+      else loose.push(`${fieldLabel(e.field)}: ${e.reason}`);
     }
-    showAlert(`Not accepted: ${problem.detail || problem.title}`, [], loose);
+    showAlert(`Not accepted: ${inWords(problem.detail || problem.title)}`, [], loose);
     if (first) ($(`${first}-input`) || $(first) || $(`${first}-group`)?.querySelector("input"))?.focus();
   } else {
     showAlert(`${problem.title || "Error"} (${status}): ${problem.detail || "the request failed."}`);
@@ -340,12 +373,27 @@ function nextParams() {
 
 const costsOn = () => $("costs").value.trim() !== "";
 
+const hasCost = (r) => costsOn() && r.cost !== null && r.cost !== undefined;
+
+// What a question is worth, in words ("tells us a little about the prediction ..., for a cost of 5").
 function gainText(r) {
-  let text = `expected information gain ${fmtGain(r.gain)}`;
-  if (costsOn() && r.cost !== null && r.cost !== undefined) {
-    text += `, cost ${fmt(r.cost)}, ${fmtGain(r.gain_per_cost)} per unit of cost`;
-  }
-  return text;
+  return gainWords(r.gain).text + (hasCost(r) ? `, for a cost of ${fmt(r.cost)}` : "");
+}
+
+// The numbers behind gainText, for the details view.
+function gainNumbers(r) {
+  const se = r.gain_se !== null && r.gain_se !== undefined ? ` (Monte Carlo standard error ${fmt(r.gain_se, 2)})` : "";
+  let text = `Expected information gain ${fmtGain(r.gain)}${se}`;
+  if (hasCost(r)) text += `; cost ${fmt(r.cost)}, ${fmtGain(r.gain_per_cost)} per unit of cost`;
+  return `${text}.`;
+}
+
+// "Either question helps about as much" when the best two are within Monte Carlo noise of each other.
+function tieText(feature) {
+  const tie = state.next?.tie;
+  if (!tie?.tied || !tie.features.includes(feature)) return "";
+  const other = tie.features.find((f) => f !== feature);
+  return other ? ` Asking ${label(other)} instead helps about as much.` : "";
 }
 
 function showQuestion(feature, recommended) {
@@ -359,9 +407,13 @@ function showQuestion(feature, recommended) {
   $("question-kind").textContent = recommended ? "Recommended next question" : "Your chosen question";
   $("question-field").replaceChildren(buildInput(spec, "q"));
   const ranked = state.next?.ranking.find((r) => r.feature === feature);
+  const text = ranked ? gainText(ranked) : "";
   $("question-meta").textContent = ranked
-    ? `${gainText(ranked)[0].toUpperCase()}${gainText(ranked).slice(1)}.`
+    ? `${text[0].toUpperCase()}${text.slice(1)}.${tieText(feature)}`
     : "Not among the top-ranked questions.";
+  $("question-meta").dataset.words = ranked ? gainWords(ranked.gain).words : "";
+  $("question-details").hidden = !ranked;
+  $("question-numbers").textContent = ranked ? gainNumbers(ranked) : "";
   renderAlternatives();
   renderOther();
 }
@@ -379,14 +431,14 @@ function renderAlternatives() {
           class: "alt",
           "data-feature": r.feature,
           text: label(r.feature),
-          "aria-label": `Answer ${label(r.feature)} instead (${gainText(r)})`,
+          "aria-label": `Answer ${label(r.feature)} instead (it ${gainText(r)})`,
           onclick: () => {
             clearAlert();
             showQuestion(r.feature, r.feature === state.next?.ranking[0]?.feature);
             focusInput("q");
           },
         }),
-        el("span", { class: "gain", text: ` ${gainText(r)}` }),
+        el("span", { class: "gain", title: gainNumbers(r), text: `: ${gainText(r)}` }),
       ),
     ),
   );
@@ -405,10 +457,19 @@ function renderOther() {
   $("skipped-list").textContent = `Skipped: ${skipped.map(label).join(", ")}.`;
 }
 
+// The service's stopping rules, in words; its own reason (with the numbers) goes to the details view.
+const STOP_WORDS = [
+  ["no candidate features remain", "No questions remain to be asked."],
+  ["information gain", "The remaining questions would hardly change the prediction."],
+  ["prediction uncertainty", "The prediction is already as certain as the settings ask for."],
+];
+
 function renderStop() {
   const { stop, ranking } = state.next;
   $("stop").hidden = !stop.stop;
-  $("stop-reason").textContent = stop.stop ? `(${stop.reason})` : "";
+  const words = STOP_WORDS.filter(([rule]) => stop.reason.includes(rule)).map(([, text]) => text);
+  $("stop-reason").textContent = stop.stop ? words.join(" ") : "";
+  $("stop-numbers").textContent = stop.stop ? `The service's reason: ${stop.reason}.` : "";
   $("stop-more").hidden = ranking.length === 0 && !state.asking;
 }
 

@@ -442,11 +442,12 @@ def running_service(
 ) -> Iterator[Service]:
     """The real service (`create_app`) over HTTP on a free port.
 
-    `database`: "postgresql" (a schema of its own) or "sqlite" (a file in `folder`). `sessions`: "redis" (the test
-    Redis, or `redis_url`) or "memory". The demo artifact is copied into `folder/models/diabetes`; `register` says
-    how the service learns of it: "models_dir" (registered at start-up from `models_dir`), "registry" (a row
-    written into the migrated database beforehand, as another process would; the service loads what the registry
-    says) or "none". Other keyword arguments are `Settings` fields (`make_settings`)."""
+    `database`: "postgresql" (a schema of its own), "sqlite" (a file in `folder`) or "url" (`database_url`).
+    `sessions`: "redis" (the test Redis, or `redis_url`) or "memory". The demo artifact is copied into
+    `folder/models/diabetes`; `register` says how the service learns of it: "models_dir" (registered at start-up
+    from `models_dir`), "registry" (a row written into the migrated database beforehand, as another process would;
+    the service loads what the registry says) or "none". Other keyword arguments are `Settings` fields
+    (`make_settings`)."""
     from hhvaem.app.core.config import make_settings
     from hhvaem.app.main import create_app
 
@@ -466,6 +467,8 @@ def running_service(
             db_url = stack.enter_context(pg_schema())
         elif database == "sqlite":
             db_url = f"sqlite:///{(folder / 'hhvaem.sqlite3').as_posix()}"
+        elif database == "url":  # the caller's (e.g. through a TCP proxy it controls)
+            db_url = settings.pop("database_url")
         else:
             raise ValueError(database)
         if register == "registry":
@@ -530,11 +533,13 @@ def variant_copy(artifact: Path, dest: Path, note: str) -> Path:
     """A copy of `artifact` whose manifest differs (an extra `note`): a new artifact to the registry, same model."""
     import json
 
+    from hhvaem.model.io.artifact import manifest_text
+
     if not dest.exists():
         shutil.copytree(artifact, dest)
         manifest = json.loads((dest / "manifest.json").read_text())
         manifest["note"] = note
-        (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (dest / "manifest.json").write_text(manifest_text(manifest))  # sealed again: a new artifact, not an edit
     return dest
 
 
@@ -578,8 +583,11 @@ def release_shared_services(request: pytest.FixtureRequest) -> None:
 MAIN_LIMITS = {
     "max_rows": 8,
     "max_samples": 64,
+    "max_work": 500,  # 8 rows x 20 samples and 20 samples x 10 candidates fit; 8 rows x 64 samples do not
     "max_body_bytes": 64 * 1024,
     "max_upload_bytes": 256 * 1024,
+    "max_table_bytes": 1024 * 1024,
+    "max_job_rows": 5000,
     "default_samples": SAMPLES,
 }
 
@@ -653,3 +661,61 @@ def problem(response: httpx.Response, status: int, *fields: str) -> dict[str, An
 def reason(body: dict[str, Any], field_name: str) -> str:
     """The `reason` given for `field_name` in a problem document."""
     return next(e["reason"] for e in body["errors"] if e["field"] == field_name)
+
+
+# ------------------------------------------------------------------------------------------------ real processes
+
+
+class ServiceProcess:
+    """`hhvaem`'s service in a process of its own (uvicorn, as deployed), for what only real processes show:
+    SIGTERM and kill -9 during a batch job, a failed start-up's output. `env` are HHVAEM_* settings."""
+
+    def __init__(self, env: dict[str, str], folder: Path):
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "HHVAEM_THREADS": "1", "HHVAEM_INFERENCE_WORKERS": "1"}
+        self.env.update(env)
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.stderr_path = folder / f"service-{self.port}.log"
+
+    def start(self, wait: bool = True, timeout: float = 90) -> ServiceProcess:
+        import sys
+
+        command = [sys.executable, "-m", "uvicorn", "hhvaem.app.main:app", "--factory"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--timeout-graceful-shutdown", "5"]
+        self.stderr = open(self.stderr_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(command, env=self.env, stdout=self.stderr, stderr=subprocess.STDOUT)
+        if wait:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the service exited ({self.process.returncode}):\n{self.output()[-3000:]}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                        return self
+                time.sleep(0.1)
+            raise RuntimeError(f"the service did not start:\n{self.output()[-3000:]}")
+        return self
+
+    def output(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if getattr(self, "stderr", None) is not None:
+            self.stderr.close()

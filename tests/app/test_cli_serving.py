@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hhvaem.cli import app
-from hhvaem.model.io.artifact import read_manifest
+from hhvaem.model.io.artifact import FORMAT_VERSION, read_manifest
 
 runner = CliRunner()
 
@@ -68,7 +68,7 @@ def test_export_regenerates_the_graph_and_upgrades_old_manifests(demo_artifact, 
     res = runner.invoke(app, ["export", str(copy)])
     assert res.exit_code == 0, res.output
     fresh = read_manifest(copy, require_graphs=True)
-    assert fresh["format_version"] == 3 and {g["opset"] for g in fresh["graphs"].values()} == {17}
+    assert fresh["format_version"] == FORMAT_VERSION and {g["opset"] for g in fresh["graphs"].values()} == {17}
     assert set(fresh["graphs"]) == {"impute", "acquire", "conditional"}
     with open(copy / "model.pt", "ab") as f:
         f.write(b"x")

@@ -1,9 +1,14 @@
-"""Static checks of the Dockerfile, docker-compose.yml and .dockerignore (no Docker daemon needed)."""
+"""Checks of the Dockerfile, docker-compose.yml and .dockerignore without a Docker daemon: their content, the
+trainer's command run by a shell (with `hhvaem` stubbed), and `docker compose config` where a compose client is
+installed. The stack itself, end to end, is `python -m benchmarks.compose_stack`."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +25,16 @@ def compose() -> dict:
 @pytest.fixture(scope="module")
 def services(compose: dict) -> dict:
     return compose["services"]
+
+
+def resolved(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's interpolation of `${VAR:-default}` / `${VAR}`: from `env`, else the default (none set here)."""
+    env = env or {}
+
+    def one(m: re.Match) -> str:
+        return env.get(m.group(1)) or (m.group(3) or "")
+
+    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", one, value)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +71,8 @@ def test_api(services: dict) -> None:
     api = services["api"]
     build = api["build"]
     assert build["context"] == "." and build.get("target", "serve") == "serve"
-    assert "8000:8000" in api["ports"]
+    assert [resolved(p) for p in api["ports"]] == ["8000:8000"]
+    assert [resolved(p, {"HHVAEM_API_PORT": "18000"}) for p in api["ports"]] == ["18000:8000"]
     env = api["environment"]
     assert env["HHVAEM_DATABASE_URL"] == "postgresql+psycopg://hhvaem:hhvaem@postgres:5432/hhvaem"
     assert env["HHVAEM_REDIS_URL"] == "redis://redis:6379/0"
@@ -83,13 +99,13 @@ def test_api_gpu(services: dict) -> None:
     assert "models:/models:ro" in gpu["volumes"]
     assert gpu["depends_on"]["trainer"] == {"condition": "service_completed_successfully"}
     assert "/healthz" in " ".join(gpu["healthcheck"]["test"])
-    host_ports = {p.split(":")[0] for s in services.values() for p in s.get("ports", []) if s is not gpu}
+    host_ports = {resolved(p).split(":")[0] for s in services.values() for p in s.get("ports", []) if s is not gpu}
     assert not host_ports & {p.split(":")[0] for p in gpu["ports"]}  # both APIs can run side by side
 
 
 def test_redis(services: dict) -> None:
     redis = services["redis"]
-    assert redis["image"].startswith("redis:7")
+    assert resolved(redis["image"]) == "redis:7"
     command = redis["command"] if isinstance(redis["command"], list) else shlex.split(redis["command"])
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") for v in redis["volumes"])
@@ -98,7 +114,7 @@ def test_redis(services: dict) -> None:
 
 def test_postgres(services: dict) -> None:
     pg = services["postgres"]
-    assert pg["image"].startswith("postgres:16")
+    assert resolved(pg["image"]) == "postgres:16"
     assert pg["environment"]["POSTGRES_USER"] == "hhvaem" and pg["environment"]["POSTGRES_DB"] == "hhvaem"
     assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
@@ -107,12 +123,80 @@ def test_postgres(services: dict) -> None:
 def test_trainer(services: dict) -> None:
     trainer = services["trainer"]
     assert trainer["build"]["target"] == "trainer"
-    command = " ".join(trainer["command"]) if isinstance(trainer["command"], list) else trainer["command"]
-    assert re.search(r"hhvaem train /data/\S+ --target \S+\s+--out /models/", command)
+    assert resolved(trainer["build"]["args"]["TORCH_INDEX_URL"]) == "https://download.pytorch.org/whl/cpu"
     assert "models:/models" in trainer["volumes"]
     assert any(v.split(":")[1] == "/data" for v in trainer["volumes"])
     assert trainer.get("restart", "no") == "no"
     assert "ports" not in trainer
+
+
+def run_trainer_command(services: dict, tmp_path: Path, env: dict[str, str]) -> tuple[str, list[str]]:
+    """The trainer's command as compose hands it to `/bin/sh -c` (interpolated with `env`), run with `hhvaem`
+    stubbed (it records its arguments) and /models, /data moved under tmp_path; (its output, the stub's calls)."""
+    trainer = services["trainer"]
+    assert trainer["entrypoint"] == ["/bin/sh", "-c"]
+    (command,) = trainer["command"]
+    script = resolved(command, env).replace("/models", str(tmp_path / "models")).replace("/data", str(tmp_path / "d"))
+    stub = tmp_path / "bin" / "hhvaem"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "calls"}\n')
+    stub.chmod(0o755)
+    path = f"{stub.parent}{os.pathsep}{os.environ['PATH']}"
+    out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, env={"PATH": path}, timeout=30)
+    assert out.returncode == 0, out.stderr
+    calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    return out.stdout, calls
+
+
+def test_trainer_trains_the_demo_model_by_default(services: dict, tmp_path: Path) -> None:
+    _, calls = run_trainer_command(services, tmp_path, {})
+    assert calls == [f"demo --train-only --models {tmp_path / 'models'}"]
+
+
+def test_trainer_trains_a_users_table_once(services: dict, tmp_path: Path) -> None:
+    env = {
+        "HHVAEM_TRAIN_FILE": "my.csv",
+        "HHVAEM_TRAIN_TARGET": "outcome",
+        "HHVAEM_TRAIN_ARGS": "--steps 3000 --drop id",
+    }
+    _, calls = run_trainer_command(services, tmp_path, env)
+    models, data = tmp_path / "models", tmp_path / "d"
+    assert calls == [f"train {data}/my.csv --target outcome --out {models}/mine --steps 3000 --drop id"]
+    (models / "mine").mkdir(parents=True)
+    (models / "mine" / "manifest.json").write_text("{}")
+    (tmp_path / "calls").unlink()
+    out, calls = run_trainer_command(services, tmp_path, env)
+    assert calls == [] and "model mine already trained; skipping" in out
+
+
+def test_compose_file_runs_on_compose_v1_and_v2(compose: dict) -> None:
+    assert "name" not in compose, "Debian 12's docker-compose 1.29 refuses a top-level name"
+    assert "version" not in compose
+
+
+@pytest.mark.skipif(
+    not (shutil.which("docker-compose") or shutil.which("docker")), reason="no docker compose client installed"
+)
+def test_compose_config_validates(tmp_path: Path) -> None:
+    """`docker compose config` (or Debian's docker-compose) accepts the file, with and without a user's table."""
+    clients = [["docker", "compose"]] if shutil.which("docker") else []
+    clients += [["docker-compose"]] if shutil.which("docker-compose") else []
+    usable = [c for c in clients if subprocess.run([*c, "version"], capture_output=True).returncode == 0]
+    if not usable:
+        pytest.skip("no working compose client (docker compose plugin or docker-compose)")
+    for env in ({}, {"HHVAEM_TRAIN_FILE": "my.csv", "HHVAEM_TRAIN_TARGET": "y", "HHVAEM_API_PORT": "18000"}):
+        out = subprocess.run(
+            [*usable[0], "-f", str(ROOT / "docker-compose.yml"), "config"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "hhvaem demo --train-only" in out.stdout
+        if env:
+            assert "/data/my.csv" in out.stdout and "18000" in out.stdout
 
 
 def test_named_volumes_declared(compose: dict, services: dict) -> None:
@@ -170,7 +254,8 @@ def test_serving_has_no_train_extra_and_cuda_swaps_onnxruntime(dockerfile: str) 
 
 def test_trainer_pins_torch(dockerfile: str) -> None:
     trainer = "\n".join(stages(dockerfile)["trainer"])
-    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in trainer
+    assert "pip install torch==2.13.0 --index-url ${TORCH_INDEX_URL}" in trainer
+    assert re.search(r"^ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu$", dockerfile, re.MULTILINE)
     assert "[train]" in trainer
     assert trainer.index("torch==2.13.0") < trainer.index("[train]")
 

@@ -5,6 +5,9 @@
 * The service is `create_app` served by uvicorn in a background thread, with the demo model (`demo_artifact`,
   copied into a models folder) and a SQLite registry in a temporary folder.
 * The browser is Chromium from the distribution (see `tests/e2e/__init__.py`), driven by Playwright.
+* Screenshots go to a temporary folder, or to `HHVAEM_SCREENSHOTS_DIR` when set: `make screenshots` sets it to
+  `docs/screenshots` (the README's pictures) and points `HHVAEM_TEST_ARTIFACT` at the demo model; `make test` never
+  writes into the repository.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from tests.app.service import require_redis
 from tests.e2e import CHROMIUM, HAVE_CHROMIUM, SKIP_REASON
 
 REDIS_URL = os.environ.get("HHVAEM_E2E_REDIS_URL", "redis://127.0.0.1:6379/13")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="session")
@@ -152,6 +154,11 @@ def page(browser, e2e_redis: str):
 
 
 @pytest.fixture(scope="session")
-def screenshots() -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
+def screenshots(tmp_path_factory) -> Path:
+    """Where the browser tests save their screenshots: `HHVAEM_SCREENSHOTS_DIR`, else a temporary folder."""
+    chosen = os.environ.get("HHVAEM_SCREENSHOTS_DIR")
+    if not chosen:
+        return tmp_path_factory.mktemp("screenshots")
+    folder = Path(chosen)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -109,25 +109,33 @@ def reference_log_joint(dep: DependencyVAE, eps: torch.Tensor, obs: Observed) ->
         out = dep.priors[0](eps[..., d0:])
         mu, raw = out.chunk(2, -1)
         h1 = mu + (F.softplus(raw) + MIN_SCALE) * eps[..., :d0]
-    raw = dep.decoder(h1).unflatten(-1, (dep.n_units, dep.unit_likelihood.width))
-    width = dep.unit_likelihood.input_width
-    lp, x_hat = 0.0, []
-    for j, unit in enumerate(dep.units):
-        r, z, m = raw[..., j, :], obs.z[..., j], obs.m[..., j]
-        if unit.type == "real":  # a marginal code: Gaussian; x_hat holds the mean code in a hole
-            lp = lp + torch.distributions.Normal(r[..., 0], F.softplus(r[..., 1]) + MIN_SCALE).log_prob(z) * m
-            value = torch.where(m > 0, z, r[..., 0]).unsqueeze(-1)
-        elif unit.type == "binary":
-            logit = bounded_logits(r[..., 0])[0]
-            lp = lp + torch.distributions.Bernoulli(logits=logit).log_prob(z) * m
-            value = (z * m).unsqueeze(-1)
+    # The documented layout: codes [loc (n) | raw scale (n)], then the discrete units (binary ones as 2-category
+    # categoricals) as one block [n x 3 logits], the binary unit's third category switched off; the units
+    # (obs.z, obs.m) in that block order.
+    groups: dict[str, list] = {}
+    for u in dep.units:
+        groups.setdefault("discrete" if u.is_discrete else "code", []).append(u)
+    out = dep.decoder(h1)
+    lp, x_hat, pos, unit = 0.0, [], 0, 0
+    for kind, units in groups.items():
+        n = len(units)
+        z, m = obs.z[..., unit : unit + n], obs.m[..., unit : unit + n]
+        if kind == "code":  # Gaussian; x_hat holds the mean code in a hole
+            loc, raw_scale = out[..., pos : pos + n], out[..., pos + n : pos + 2 * n]
+            lp = lp + (torch.distributions.Normal(loc, F.softplus(raw_scale) + MIN_SCALE).log_prob(z) * m).sum(-1)
+            x_hat.append(torch.where(m > 0, z, loc))
+            pos += 2 * n
         else:
-            logits = bounded_logits(r[..., : unit.n_categories])[0]
-            lp = lp + torch.distributions.Categorical(logits=logits).log_prob(z.long()) * m
-            value = F.one_hot(z.long(), width).to(z.dtype) * m.unsqueeze(-1)
-        x_hat.append(F.pad(value, (0, width - value.shape[-1])).expand(*raw.shape[:-2], width))
+            logits = bounded_logits(out[..., pos : pos + 3 * n].unflatten(-1, (n, 3)))[0]
+            real = torch.tensor([[1.0] * u.n_categories + [0.0] * (3 - u.n_categories) for u in units], dtype=DT)
+            logits = torch.where(real > 0, logits, torch.tensor(-1e30, dtype=DT))
+            lp = lp + (torch.distributions.Categorical(logits=logits).log_prob(z.long()) * m).sum(-1)
+            x_hat.append((F.one_hot(z.long(), 3).to(z.dtype) * m.unsqueeze(-1)).flatten(-2).expand(*out.shape[:-1], -1))
+            pos += 3 * n
+        unit += n
+    assert pos == out.shape[-1]
     x_hat = torch.cat(x_hat, -1)
-    pred = dep.predictor(torch.cat([x_hat, obs.m.expand_as(raw[..., 0]), h1], -1)).unflatten(-1, (2, -1))
+    pred = dep.predictor(torch.cat([x_hat, obs.m.expand(*out.shape[:-1], -1), h1], -1)).unflatten(-1, (2, -1))
     lp_t = torch.distributions.Normal(pred[..., 0, 0], F.softplus(pred[..., 0, 1]) + MIN_SCALE).log_prob(obs.y[..., 0])
     lp_c = torch.distributions.Categorical(logits=bounded_logits(pred[..., 1, :3])[0]).log_prob(obs.y[..., 1].long())
     lp = lp + lp_t * obs.my[..., 0] + lp_c * obs.my[..., 1]
@@ -150,6 +158,20 @@ def test_log_joint_and_grad_match_reference_and_autograd(variant, units):
     lp2, g2 = model.log_joint_and_grad(obs)(eps)
     torch.testing.assert_close(lp2, logp)
     torch.testing.assert_close(g2, grad)
+
+
+def test_units_are_grouped_per_family_and_back():
+    model = make_model("hhvaem", discrete_units="direct")
+    x, mx, y, my = make_data(11, 6)
+    obs = model.observed(x, mx, y, my)
+    # feature order r, p, b, c, k -> block order: codes (r, p, k), then the discrete units (b, c)
+    order = [0, 1, 4, 2, 3]
+    torch.testing.assert_close(obs.m, mx[:, order])
+    torch.testing.assert_close(obs.z[:, 3:], (x * mx)[:, [2, 3]])  # discrete units are the features themselves
+    mu, _ = model.marginal.encode(x)
+    torch.testing.assert_close(obs.z[:, :3], (mu * mx)[:, [0, 1, 4]])
+    torch.testing.assert_close(model.ungrouped(obs.m), mx)
+    assert not model.dependency.blocks.identity and make_model("hhvaem").dependency.blocks.identity
 
 
 def test_log_joint_with_nothing_observed_is_the_prior():
@@ -201,8 +223,9 @@ def test_elbo_is_finite_per_row_and_trainable(variant):
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_posterior_shapes(variant):
-    model = make_model(variant)
+@pytest.mark.parametrize("units", ["marginal", "direct"])
+def test_posterior_shapes(variant, units):
+    model = make_model(variant, discrete_units=units)
     obs = observed(model, seed=7, n=5)
     eps, info = model.posterior(obs, 6, torch.Generator().manual_seed(0))
     assert eps.shape == (5, 6, model.latent_size)
@@ -216,8 +239,13 @@ def test_posterior_shapes(variant):
     # predictive heads take the posterior samples
     raw_y = model.target_params(eps, obs.unsqueeze(-2))
     assert raw_y.shape == (5, 6, 2, model.dependency.target_likelihood.width)
-    raw_x = model.feature_params(eps, generator=torch.Generator().manual_seed(1))
-    assert raw_x.shape[:3] == (5, 6, N_FEATURES)
+    _, dists = model.dependency.decode(eps)
+    noise = torch.randn(5, 6, N_FEATURES, generator=torch.Generator().manual_seed(1), dtype=DT)
+    natural = model.feature_natural(dists, model.unit_draws(dists, noise))
+    assert natural.shape[:3] == (5, 6, N_FEATURES) and torch.isfinite(natural).all()
+    probs = natural[..., 2:4, :]  # the binary and categorical features' probabilities, feature order
+    torch.testing.assert_close(probs[..., 0, :2].sum(-1), torch.ones(5, 6, dtype=DT))
+    torch.testing.assert_close(probs[..., 1, :3].sum(-1), torch.ones(5, 6, dtype=DT))
 
 
 # ---------------------------------------------------------------- exact checks with a 1-d latent (quadrature)
@@ -232,7 +260,7 @@ def sharp_model(variant: str) -> HHVAEM:
     with torch.no_grad():
         last = model.dependency.decoder.layers[-1]
         last.weight.mul_(5.0)
-        last.bias.view(N_FEATURES, -1)[:, 1] = -1.5  # code scale about 0.2 (units laid out (loc, raw scale))
+        last.bias[N_FEATURES:] = -1.5  # code scale about 0.2 (all units are codes: [loc (D) | raw scale (D)])
     return model
 
 

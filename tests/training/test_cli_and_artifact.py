@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from hhvaem.cli import app
+from hhvaem.model.io.artifact import FORMAT_VERSION
 from hhvaem.training.artifact import ArtifactError, load_model, read_manifest
 from hhvaem.training.evaluate import protocol_test_mask, split_indices
 
@@ -45,7 +46,7 @@ def artifact(table, tmp_path_factory) -> str:
 
 def test_train_writes_a_complete_manifest(artifact):
     m = read_manifest(artifact)
-    assert m["format_version"] == 3
+    assert m["format_version"] == FORMAT_VERSION
     assert set(m["files"]) == {"model.pt", "impute.onnx", "acquire.onnx", "conditional.onnx"}
     assert {n: g["file"] for n, g in m["graphs"].items()} == {n: f"{n}.onnx" for n in m["graphs"]}
     assert [t["name"] for t in m["graphs"]["impute"]["inputs"]][:2] == ["x", "mask"]  # no targets: none observed
@@ -181,3 +182,115 @@ def test_train_on_parquet_with_a_regression_and_a_classification_target(tmp_path
     obs = model.observed(data.x, data.mx, data.y, torch.zeros_like(data.my))
     eps, _ = model.posterior(obs, 3)
     assert model.target_params(eps, obs.unsqueeze(-2)).shape[:3] == (4, 3, 2)
+
+
+# ---- the first hour (issue #12): threads, progress in a log, the demo, counts and column order ---------------
+
+
+def test_free_cores_counts_the_cores_not_busy(monkeypatch):
+    from hhvaem import cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(cli, "_cpu_quota", lambda: None)
+    for load, free in ((0.0, 4), (0.4, 4), (2.6, 1), (1.4, 3), (9.0, 1)):
+        monkeypatch.setattr(cli.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert cli.free_cores() == free, load
+    monkeypatch.setattr(cli, "_cpu_quota", lambda: 2)  # docker run --cpus 2
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert cli.free_cores() == 2
+
+
+def test_training_threads_default_to_the_free_cores(table, tmp_path, monkeypatch):
+    from hhvaem import cli
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cli, "free_cores", lambda: 1)
+    try:
+        torch.set_num_threads(2)
+        res = runner.invoke(app, ["train", table, "--target", "y", "--steps", "10", "--out", str(tmp_path / "m")])
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 1
+        assert ", 1 torch thread" in res.output
+        res = runner.invoke(app, ["train", table, "--target", "y", "--ignore-extra", "--out", str(tmp_path / "n")])
+        assert res.exit_code == 2 and "--ignore-extra: needs --schema" in res.output
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_train_logs_progress_from_the_start_then_scores_counts_as_integers(tmp_path):
+    """`hhvaem train` with its output going to a log (not a terminal): a first line before torch has loaded, the
+    plan, lines from every stage; the count column it infers comes back from `hhvaem score` as whole numbers, and
+    the scored table keeps the input's column order with the added columns after it."""
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(4)
+    n = 100
+    visits = rng.poisson(6, n).astype(object)
+    df = pd.DataFrame({"a": rng.normal(size=n), "visits": visits, "y": rng.normal(size=n)})
+    df.loc[7, "visits"] = "many"  # one text cell, read as missing on request (with a warning naming it)
+    data = tmp_path / "visits.csv"
+    df.to_csv(data, index=False)
+    out = tmp_path / "m"
+    cmd = [sys.executable, "-m", "hhvaem.cli", "train", str(data), "--target", "y", "--steps", "40", "--out", str(out)]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*cmd, "--non-numeric-as-missing"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    first = proc.stderr.readline()
+    first_after = time.monotonic() - started
+    rest, _ = proc.communicate(timeout=300)[::-1]
+    assert proc.returncode == 0, rest
+    assert first == f"reading {data}\n"
+    assert first_after < 5, f"the first line came after {first_after:.1f} s"
+    lines = rest.splitlines()
+    assert "warning: column 'visits': 1 non-numeric cell read as missing (row 8: 'many')" in lines
+    plan = next(line for line in lines if line.startswith("100 rows, 2 features"))
+    assert (
+        "(1 real, 1 count)" in plan and "target y (real); 40 steps (10 marginal + 36 VI + 4 HMC) from --steps" in plan
+    )
+    for stage, steps in (("stage 1 marginal VAEs", 10), ("stage 2 dependency VAE", 36), ("stage 3 VAE + HMC", 4)):
+        assert any(line.startswith(f"{stage}: step 1/{steps}, loss ") for line in lines), stage
+        assert any(line.startswith(f"{stage}: {steps} steps, loss ") for line in lines), stage
+    assert "exporting the ONNX graphs" in lines
+
+    rows = pd.DataFrame(
+        {"y": [0.1, None, 0.3], "note": ["p", "q", "r"], "visits": [3, None, None], "a": [None, 0.2, 1]}
+    )
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    scored = tmp_path / "scored.csv"
+    res = runner.invoke(app, ["score", str(out), str(tmp_path / "rows.csv"), str(scored), "--samples", "20"])
+    assert res.exit_code == 0, res.output
+    header, *body = scored.read_text().splitlines()
+    assert header.split(",") == [
+        "y", "note", "visits", "a",  # the input's columns, as they came
+        "a__std", "visits__std",  # per imputed feature, in the schema's order
+        "y__mean", "y__std", "y__q05", "y__q50", "y__q95",  # per target
+        "error",
+    ]  # fmt: skip
+    visits_cells = [line.split(",")[2] for line in body]
+    assert visits_cells[0] == "3" and all(v.isdigit() for v in visits_cells), visits_cells
+
+
+def test_demo_trains_once_into_its_folder_then_reuses_it(tmp_path):
+    from hhvaem.cli import _demo_needs_training
+    from hhvaem.model.io.artifact import read_manifest
+
+    models = tmp_path / "models"
+    res = runner.invoke(app, ["demo", "--train-only", "--models", str(models), "--steps", "20", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert f"training the demo model into {models / 'diabetes'} (first run only; about a minute, 1 torch thread)" in (
+        res.output
+    )
+    assert "stage 1 marginal VAEs: step 1/" in res.output and "demo model trained and exported in" in res.output
+    assert read_manifest(models / "diabetes", require_graphs=True)["name"] == "diabetes"
+    assert [p.name for p in models.iterdir()] == ["diabetes"], "nothing half-written left beside it"
+
+    res = runner.invoke(app, ["demo", "--train-only", "--models", str(models)])
+    assert res.exit_code == 0 and f"the demo model is in {models / 'diabetes'}" in res.output
+    assert "training" not in res.output
+
+    (models / "diabetes" / "impute.onnx").write_bytes(b"not a graph")  # e.g. an interrupted copy
+    assert "checksum mismatch for impute.onnx" in _demo_needs_training(models / "diabetes", rebuild=False)
+    assert _demo_needs_training(tmp_path / "nothing", rebuild=False) == "first run only"

@@ -5,17 +5,20 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from hhvaem.model.io.tables import TableWarning
 from hhvaem.model.preprocessing import EncodingError, Preprocessor
 from hhvaem.model.schema import Column, Schema
 from hhvaem.training.tabular import (
     TableError,
     infer_schema,
+    is_count_like,
     load_dataset,
     load_schema_file,
     read_table,
@@ -91,9 +94,12 @@ def test_infer_schema_uses_observed_values_only_and_keeps_target_order() -> None
 
 
 def test_infer_schema_ten_distinct_numeric_values_is_continuous() -> None:
-    df = pd.DataFrame({"a": np.arange(30) % 10, "b": np.arange(30) % 9, "y": np.arange(30) - 5.0})
+    df = pd.DataFrame(
+        {"a": np.arange(30) % 10 + 0.5, "k": np.arange(30) % 10, "b": np.arange(30) % 9, "y": np.arange(30) - 5.0}
+    )
     schema = infer_schema(df, ["y"])
     assert schema.column("a").type == "positive"  # 10 distinct -> not discrete
+    assert schema.column("k").type == "count"  # the same, in whole numbers 0..9
     assert schema.column("b").type == "categorical" and schema.column("b").n_categories == 9
     assert schema.column("y").type == "real"
 
@@ -395,17 +401,190 @@ def test_load_dataset_with_schema_file(tmp_path: Path) -> None:
     schema_path = tmp_path / "schema.json"
     schema_path.write_text(json.dumps(listed))
 
-    with pytest.raises(TableError, match="column 'note': in the data but not in the schema"):
+    # `note` is not listed, so it is inferred: 30 distinct texts in 30 rows is no categorical.
+    with pytest.raises(TableError, match="column 'note': 30 distinct text values in 30 observed rows, too many"):
         load_dataset(data, [], schema_path)
     df, schema = load_dataset(data, [], schema_path, ignore_extra=True)
     assert "note" not in df.columns and [c.name for c in schema.targets] == ["y"]
     assert schema.column("grade").type == "count"
+    df, schema = load_dataset(data, [], schema_path, drop=["note"])
+    assert list(df.columns) == list(mixed_frame().columns)
 
     # A listed column absent from the data is named, with the data's columns.
     listed["features"].append({"name": "ghost", "type": "real"})
     schema_path.write_text(json.dumps(listed))
     with pytest.raises(TableError, match="column 'ghost': listed in the schema but not in the data .*note"):
         load_dataset(data, [], schema_path, ignore_extra=True)
+
+
+# ---- partial schemas, dropped columns (issue #12, item 4) ---------------------------------------
+
+
+def test_partial_schema_overrides_only_the_columns_it_names(tmp_path: Path) -> None:
+    data = csv_of(mixed_frame(), tmp_path)
+    schema_path = tmp_path / "schema.json"
+    schema_path.write_text(json.dumps({"grade": {"type": "count"}, "income": "real"}))
+    df, schema = load_dataset(data, ["y"], schema_path)
+    inferred = infer_schema(mixed_frame(), ["y"])
+    assert [c.name for c in schema.features] == [c.name for c in inferred.features]  # every column, file order
+    for c in schema.columns:
+        want = {"grade": "count", "income": "real"}.get(c.name, inferred.column(c.name).type)
+        assert c.type == want, c.name
+    assert schema.column("grade").categories is None
+    # The on-disk form may be partial too, and name the target.
+    schema_path.write_text(
+        json.dumps({"features": [{"name": "delta", "type": "real"}], "targets": [{"name": "y", "type": "positive"}]})
+    )
+    df, schema = load_dataset(data, [], schema_path)
+    assert [c.name for c in schema.targets] == ["y"] and schema.column("y").type == "positive"
+    assert len(schema.features) == 6
+    # --ignore-extra: only what the schema names (and the targets).
+    df, schema = load_dataset(data, [], schema_path, ignore_extra=True)
+    assert [c.name for c in schema.features] == ["delta"] and list(df.columns) == ["delta", "y"]
+
+
+def test_ignore_extra_needs_a_schema_and_drop_names_real_columns(tmp_path: Path) -> None:
+    data = csv_of(mixed_frame(), tmp_path)
+    with pytest.raises(TableError, match="ignoring extra columns needs a schema file"):
+        load_dataset(data, ["y"], ignore_extra=True)
+    with pytest.raises(TableError, match=r"cannot drop column 'nope': not in the data \(columns: colour, "):
+        load_dataset(data, ["y"], drop=["nope"])
+    with pytest.raises(TableError, match="cannot drop column 'y': it is a target"):
+        load_dataset(data, ["y"], drop=["y"])
+    df, schema = load_dataset(data, ["y"], drop=["colour", "delta"])
+    assert [c.name for c in schema.features] == ["smoker", "sex", "grade", "income"]
+
+
+# ---- text in numeric columns, too many levels (issue #12, item 3) ---------------------------
+
+
+def weights(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"weight_kg": rng.normal(80, 10, n).round(1), "y": rng.normal(size=n)})
+
+
+def test_one_text_cell_in_a_numeric_column_is_refused_naming_it(tmp_path: Path) -> None:
+    """The issue's case: "heavy" in 1 of 300 rows made a 203-level categorical and training went ahead."""
+    df = weights().astype({"weight_kg": object})
+    df.loc[16, "weight_kg"] = "heavy"
+    path = csv_of(df, tmp_path)
+    with pytest.raises(TableError) as e:
+        load_dataset(path, ["y"])
+    assert str(e.value) == (
+        "column 'weight_kg': 1 of 300 values is not a number in an otherwise numeric column (row 17: 'heavy'); "
+        "correct it, or read such cells as missing (--non-numeric-as-missing)"
+    )
+    with pytest.raises(TableError, match="row 17: 'heavy'"):
+        infer_schema(read_table(path), ["y"])  # inference alone refuses it too
+
+
+def test_text_cells_in_a_numeric_column_read_as_missing_only_when_asked(tmp_path: Path) -> None:
+    df = weights().astype({"weight_kg": object})
+    bad = {2: "heavy", 10: "?", 50: "n/a ", 51: "light", 52: "x", 99: "80kg", 200: "--"}
+    for i, v in bad.items():
+        df.loc[i, "weight_kg"] = v
+    path = csv_of(df, tmp_path)
+    with pytest.raises(
+        TableError,
+        match=r"7 of 300 values are not a number .*\(rows 3 \('heavy'\), 11 \('\?'\), "
+        r"51 \('n/a'\), 52 \('light'\), 53 \('x'\) and 2 more\); correct them",
+    ):
+        load_dataset(path, ["y"])
+    with pytest.warns(TableWarning) as caught:
+        out, schema = load_dataset(path, ["y"], non_numeric_as_missing=True)
+    assert [str(w.message) for w in caught] == [
+        "column 'weight_kg': 7 non-numeric cells read as missing "
+        "(rows 3 ('heavy'), 11 ('?'), 51 ('n/a'), 52 ('light'), 53 ('x') and 2 more)"
+    ]
+    assert schema.column("weight_kg").type == "positive"
+    assert out["weight_kg"].isna().sum() == 7 and out["weight_kg"].dtype == np.float64
+    assert out["weight_kg"].drop(index=list(bad)).tolist() == weights()["weight_kg"].drop(index=list(bad)).tolist()
+
+
+def test_text_cells_in_a_declared_numeric_column(tmp_path: Path) -> None:
+    df = weights().astype({"weight_kg": object})
+    df.loc[[4, 8], "weight_kg"] = ["heavy", "light"]
+    path = csv_of(df, tmp_path)
+    schema_path = tmp_path / "schema.json"
+    schema_path.write_text(json.dumps({"weight_kg": "real"}))
+    with pytest.raises(TableError) as e:
+        load_dataset(path, ["y"], schema_path)
+    assert str(e.value) == (
+        "column 'weight_kg', row 5: non-numeric value 'heavy' in a real column; 1 more (row 9: 'light'); "
+        "correct them, or read such cells as missing (--non-numeric-as-missing)"
+    )
+    with pytest.warns(TableWarning, match=r"column 'weight_kg': 2 non-numeric cells read as missing \(rows 5 "):
+        out, schema = load_dataset(path, ["y"], schema_path, non_numeric_as_missing=True)
+    assert schema.column("weight_kg").type == "real" and out["weight_kg"].isna().sum() == 2
+
+
+def test_a_few_numeric_codes_with_text_stay_categorical() -> None:
+    df = pd.DataFrame({"stage": ["1", "2", "3", "unknown"] * 10, "y": np.arange(40.0)})
+    schema = infer_schema(df, ["y"])
+    assert schema.column("stage").type == "categorical"
+    assert set(schema.column("stage").categories) == {"1", "2", "3", "unknown"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and nothing is read as missing
+        from hhvaem.training.tabular import read_non_numeric_as_missing
+
+        assert read_non_numeric_as_missing(df).equals(df)
+
+
+@pytest.mark.parametrize(
+    ("levels", "rows", "refused"),
+    [(300, 300, True), (51, 1000, True), (12, 20, True), (12, 100, False), (50, 1000, False), (9, 12, False)],
+)
+def test_too_many_levels_for_a_categorical_are_refused(levels: int, rows: int, refused: bool) -> None:
+    df = pd.DataFrame({"code": [f"c{i % levels}" for i in range(rows)], "y": np.arange(rows, dtype=float)})
+    if not refused:
+        assert infer_schema(df, ["y"]).column("code").n_categories == levels
+        return
+    with pytest.raises(TableError) as e:
+        infer_schema(df, ["y"])
+    assert str(e.value) == (
+        f"column 'code': {levels} distinct text values in {rows} observed rows, too many for a categorical (at most "
+        "50, and at most half the observed values); an identifier or free text can be left out (--drop code), a "
+        "category with this many levels declared in --schema"
+    )
+    # Declared, it is modelled as asked.
+    assert infer_schema(df, ["y"], {"code": {"type": "categorical"}}).column("code").n_categories == levels
+
+
+# ---- counts (issue #12, item 5) -------------------------------------------------------------
+
+
+def test_integer_columns_are_counts_where_a_count_fits() -> None:
+    rng = np.random.default_rng(0)
+    n = 300
+    df = pd.DataFrame(
+        {
+            "visits": rng.poisson(7, n),  # the issue's case: was positive, imputed as 7.02
+            "age": rng.integers(19, 80, n),  # whole years, dense
+            "tax": rng.choice(np.arange(187, 712, 8), n),  # whole numbers, but a sparse code (every 8th value)
+            "year": rng.integers(1990, 2021, n),  # dense, but far narrower than a Poisson with its mean
+            "dose": rng.poisson(7, n) + 0.5,  # not whole
+            "change": rng.integers(-20, 21, n),  # negative
+            "y": rng.normal(size=n),
+        }
+    )
+    types = {c.name: c.type for c in infer_schema(df, ["y"]).features}
+    assert types == {
+        "visits": "count",
+        "age": "count",
+        "tax": "positive",
+        "year": "positive",
+        "dose": "positive",
+        "change": "real",
+    }
+    assert is_count_like(np.array([0.0, 1, 2, 3, 5, 8, 13]))  # 7 of 14 integers 0..13: dense enough
+    assert not is_count_like(np.array([0.0, 1, 2, 3, 5, 8, 14]))  # 7 of 15
+
+
+def test_count_columns_read_from_csv_train_as_counts(tmp_path: Path) -> None:
+    df = pd.DataFrame({"visits": np.random.default_rng(1).poisson(7, 60), "y": np.arange(60.0)})
+    df.loc[[3, 9], "visits"] = np.nan  # a hole makes pandas read the column as float: still whole numbers
+    table, schema = load_dataset(csv_of(df, tmp_path), ["y"])
+    assert schema.column("visits").type == "count" and table["visits"].isna().sum() == 2
 
 
 # ---- Preprocessor round trip ----------------------------------------------------------------

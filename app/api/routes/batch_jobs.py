@@ -1,27 +1,36 @@
-"""Batch scoring jobs: upload a CSV or Parquet table, score it in the background, fetch the result."""
+"""Batch scoring jobs: upload a CSV or Parquet table, score it in the background, fetch the result, or cancel it.
+
+The upload is checked before a job exists (readable, within the size and row limits, with some of the model's
+columns); a refused one is recorded as a failed job with the reason and answered 422. Scoring itself is the batch
+runner's (`app/services/jobs.py`): checkpointed, resumed after a restart, retried through a database outage.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import re
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from hhvaem.app.api.deps import Inferrer, State, check_samples, resolve_model
-from hhvaem.app.api.problems import Problem, not_found, problem_responses, unprocessable
-from hhvaem.app.api.schemas import MAX_VERSION, BatchJobOut
+from hhvaem.app.api.problems import Problem, clip, not_found, problem_responses, unprocessable
+from hhvaem.app.api.schemas import JOB_ID, JOB_LINKS, MAX_VERSION, MODEL_NAME, BatchJobOut
 from hhvaem.app.db import repository as repo
-from hhvaem.app.engine.scoring import OPERATIONS, score_frame
-from hhvaem.model.io.tables import TableError, read_table
+from hhvaem.app.db.models import new_job_id
+from hhvaem.app.engine.scoring import check_columns
+from hhvaem.app.services.jobs import CHUNK_ROWS
+from hhvaem.model.io.tables import TableError, read_table_with_notes
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/batch-jobs", tags=["batch"])
 SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+JobId = Annotated[str, PathParam(description="The job's id (32 hex characters).", examples=["0" * 32])]
 
 
 def _out(job) -> dict:
@@ -43,115 +52,91 @@ def _out(job) -> dict:
     }
 
 
-@router.post("", status_code=202, response_model=BatchJobOut, responses=problem_responses(401, 403, 404, 413, 422))
+def _file_name(upload: UploadFile) -> str:
+    """The client's file name, safe to echo and store (no path, no control characters, bounded)."""
+    name = Path(upload.filename or "upload.csv").name
+    return clip("".join(ch if ch.isprintable() else "?" for ch in name), 120) or "upload.csv"
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=BatchJobOut,
+    responses={202: {"description": "Accepted", "links": JOB_LINKS}, **problem_responses(401, 403, 404, 413, 422, 503)},
+)
 async def create_job(
     state: State,
     caller: Inferrer,
     file: Annotated[UploadFile, File(description="The table: .csv, .csv.gz or .parquet with a header row.")],
-    model: Annotated[str, Form(description="Registered model name.")],
-    operation: Annotated[str, Form(description="impute | predict | both")] = "both",
+    model: Annotated[str, Form(description="Registered model name.", pattern="^" + MODEL_NAME + "$")],
+    operation: Annotated[Literal["impute", "predict", "both"], Form(description="What to score.")] = "both",
     samples: Annotated[int | None, Form(ge=2)] = None,
     version: Annotated[int | None, Form(ge=1, le=MAX_VERSION)] = None,
+    imputations: Annotated[
+        int | None,
+        Form(ge=1, description="Multiple imputation: each row M times in a row, `imputation` 1..M (at most samples)."),
+    ] = None,
 ):
     """Accepts a table and scores it in the background; poll the job, then fetch `result_url` (CSV)."""
-    if operation not in OPERATIONS:
-        raise unprocessable([{"field": "operation", "reason": f"must be one of {', '.join(OPERATIONS)}"}])
     samples = check_samples(state.settings, samples)
+    if imputations is not None and (operation == "predict" or imputations > samples):
+        why = "needs operation impute or both" if operation == "predict" else f"at most samples ({samples})"
+        raise unprocessable([{"field": "imputations", "reason": why}])
     m = await run_in_threadpool(resolve_model, state.registry, model, version)
-    name = Path(file.filename or "upload.csv").name
+    name = _file_name(file)
     if not name.lower().endswith(SUFFIXES):
         raise unprocessable([{"field": "file", "reason": f"{name!r}: expected a .csv, .csv.gz or .parquet file"}])
-    root = state.settings.data_dir / "batch"
-
-    def save_and_check():
-        with state.database.transaction() as tx:
-            job = repo.create_batch_job(tx, m.name, m.version, operation, api_key_id=caller.key_id)
-            job_id = job.id
-        folder = root / job_id
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / ("input" + "".join(Path(name).suffixes[-2:]))
-        with open(path, "wb") as f:
-            shutil.copyfileobj(file.file, f)
-        try:
-            df = read_table(path)
-        except TableError as e:
-            shutil.rmtree(folder, ignore_errors=True)
-            reason = str(e).replace(str(path), name).replace(path.name, name)  # the user's file, not our copy
-            with state.database.transaction() as tx:
-                repo.update_batch_job(tx, job_id, status="failed", message=reason)
-            return None, reason
-        with state.database.transaction() as tx:
-            job = repo.update_batch_job(tx, job_id, input_path=str(path), total_rows=len(df))
-            return job, df
-
-    job, df = await run_in_threadpool(save_and_check)
+    parameters = {"samples": samples, "seed": 0, "chunk_rows": CHUNK_ROWS}
+    if imputations is not None:
+        parameters["imputations"] = imputations  # passed on to score_frame
+    job, detail = await run_in_threadpool(_accept, state, caller, m, operation, parameters, file, name)
     if job is None:
-        raise unprocessable([{"field": "file", "reason": df}])
-    task = asyncio.create_task(_run(state, job.id, m.engine, df, operation, samples))
-    _tasks(state).add(task)
-    task.add_done_callback(_tasks(state).discard)
-    await state.audit("batch.created", caller, (m.name, m.version), detail={"job": job.id, "rows": len(df)})
+        raise unprocessable([{"field": "file", "reason": detail}])
+    state.jobs.wake()
+    await state.audit("batch.created", caller, (m.name, m.version), detail={"job": job.id, "rows": detail})
     return _out(job)
 
 
-def _tasks(state) -> set:
-    if not hasattr(state, "_batch_tasks"):
-        state._batch_tasks = set()
-    return state._batch_tasks
-
-
-async def _run(state, job_id: str, engine, df, operation: str, samples: int | None) -> None:
-    folder = state.settings.data_dir / "batch" / job_id
-
-    def update(**fields):
-        with state.database.transaction() as tx:
-            repo.update_batch_job(tx, job_id, **fields)
-
-    def progress(done: int, total: int, new_errors: list[dict]) -> None:
-        with state.database.transaction() as tx:
-            if new_errors:
-                repo.add_batch_job_errors(tx, job_id, new_errors)
-            repo.update_batch_job(tx, job_id, processed_rows=done)
-
-    def work():
-        update(status="running")
-        out, errors = score_frame(engine, df, operation, samples, progress=progress)
-        result = folder / "result.csv"
-        out.to_csv(result, index=False)
-        failed = len({e["row"] for e in errors if e["row"] is not None})
-        table_notes = [e for e in errors if e["row"] is None]  # e.g. ignored extra columns, reported once
-        with state.database.transaction() as tx:
-            if table_notes:
-                repo.add_batch_job_errors(tx, job_id, table_notes)
-            repo.update_batch_job(
-                tx,
-                job_id,
-                status="succeeded",
-                result_path=str(result),
-                failed_rows=failed,
-                message=f"{len(df) - failed} rows scored, {failed} rows rejected",
-            )
-
+def _accept(state, caller, m, operation: str, parameters: dict, file: UploadFile, name: str):
+    """Saves and checks the upload; (the queued job, its rows), or (None, why) after recording the refusal as a
+    failed job. Nothing is left behind when this fails (no folder without a job, no job without its input)."""
+    job_id = new_job_id()
+    folder = state.jobs.folder(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ("input" + "".join(Path(name).suffixes[-2:]).lower())
+    job_fields = {"api_key_id": caller.key_id, "job_id": job_id, "parameters": parameters}
     try:
-        await run_in_threadpool(work)
-    except asyncio.CancelledError:
+        with open(path, "wb") as f:
+            shutil.copyfileobj(file.file, f)
+        df, notes = read_table_with_notes(path, **state.jobs.limits)
+        check_columns(m.engine, df)
+    except TableError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        reason = str(e).replace(str(path), name).replace(path.name, name)  # the user's file, not our copy
+        with state.database.transaction() as tx:
+            repo.create_batch_job(tx, m.name, m.version, operation, failed_because=reason, **job_fields)
+        return None, reason
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
         raise
-    except Exception as e:  # the job fails with a reason; the service goes on
-        log.error("batch job %s failed: %s: %s", job_id, type(e).__name__, e)
-        try:
-            await run_in_threadpool(update, status="failed", message=f"scoring failed ({type(e).__name__})")
-        except Exception as again:  # the database is down too: the log is all we can leave
-            log.error("batch job %s: could not record the failure: %s", job_id, type(again).__name__)
-
-
-async def shutdown(state) -> None:
-    tasks = list(_tasks(state))
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    notes = [{"row": None, "column": None, "reason": n.replace(path.name, name)} for n in notes]
+    try:
+        with state.database.transaction() as tx:
+            job = repo.create_batch_job(
+                tx, m.name, m.version, operation, input_path=str(path), total_rows=len(df), **job_fields
+            )
+            if notes:
+                job = repo.add_batch_job_errors(tx, job_id, notes)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # no job: nothing may be left behind
+        raise
+    return job, len(df)
 
 
 async def _job(state, job_id: str, caller):
+    if not _is_job_id(job_id):  # never sent to the database (a NUL byte would not even get there)
+        raise not_found("batch job", clip(job_id, 64))
+
     def get():
         with state.database.read() as tx:
             return repo.get_batch_job(tx, job_id)
@@ -162,19 +147,26 @@ async def _job(state, job_id: str, caller):
     return job
 
 
-@router.get("/{job_id}", response_model=BatchJobOut, responses=problem_responses(401, 403, 404))
-async def get_job(job_id: str, state: State, caller: Inferrer):
+def _is_job_id(job_id: str) -> bool:
+    return _JOB_ID.fullmatch(job_id) is not None
+
+
+_JOB_ID = re.compile(JOB_ID.strip("^$"))
+
+
+@router.get("/{job_id}", response_model=BatchJobOut, responses=problem_responses(401, 403, 404, 503))
+async def get_job(job_id: JobId, state: State, caller: Inferrer):
     return _out(await _job(state, job_id, caller))
 
 
 @router.get(
     "/{job_id}/result",
     response_class=FileResponse,
-    responses={200: {"content": {"text/csv": {}}}, **problem_responses(401, 403, 404, 409)},
+    responses={200: {"content": {"text/csv": {}}}, **problem_responses(401, 403, 404, 409, 503)},
 )
-async def get_result(job_id: str, state: State, caller: Inferrer):
+async def get_result(job_id: JobId, state: State, caller: Inferrer):
     job = await _job(state, job_id, caller)
-    if job.status != "succeeded" or not job.result_path:
+    if job.status != "succeeded" or not job.result_path or not Path(job.result_path).is_file():
         raise Problem(
             409,
             "Result not ready",
@@ -183,3 +175,28 @@ async def get_result(job_id: str, state: State, caller: Inferrer):
             status_of_job=job.status,
         )
     return FileResponse(job.result_path, media_type="text/csv", filename=f"{job_id}.csv")
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=BatchJobOut,
+    responses=problem_responses(401, 403, 404, 409, 503),
+    summary="Cancel a job",
+)
+async def cancel_job(job_id: JobId, state: State, caller: Inferrer):
+    """Stops a queued or running job (a running one stops after the chunk it is scoring) and deletes its files;
+    409 when it has already finished."""
+    job = await _job(state, job_id, caller)
+
+    def cancel():
+        with state.database.transaction() as tx:
+            return repo.cancel_batch_job(tx, job.id)
+
+    cancelled = await run_in_threadpool(cancel)
+    if cancelled is None:
+        raise Problem(
+            409, "Job finished", f"Job {job_id} has already {job.status}.", "job-finished", status_of_job=job.status
+        )
+    state.jobs.wake()
+    await state.audit("batch.cancelled", caller, (job.model_name, job.model_version), detail={"job": job.id})
+    return _out(cancelled)

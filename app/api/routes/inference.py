@@ -73,8 +73,4 @@ async def next_features(name: str, body: NextFeaturesRequest, state: State, call
 
 def _rowless(e: InputError):
     """next-features takes one `row`: report its cells as row.<feature>, not rows.0.<feature>."""
-    errors = [
-        {**err, "field": "row." + err["field"][len("rows.0.") :]} if err["field"].startswith("rows.0.") else err
-        for err in input_problem(e).errors or []
-    ]
-    return unprocessable(errors)
+    return input_problem(e, row_prefix="row.")

@@ -10,8 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from hhvaem.app.api.deps import Admin, Inferrer, State, resolve_model
 from hhvaem.app.api.problems import not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import MAX_VERSION, ModelDetail, ModelInfo, RegisterModelRequest
-from hhvaem.app.db import repository as repo
-from hhvaem.model.io.artifact import ArtifactError
+from hhvaem.model.io.artifact import ArtifactError, name_problem
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -30,7 +29,8 @@ def _info(r) -> dict:
 
 @router.get("", response_model=list[ModelInfo], responses=problem_responses(401, 403), summary="Registered models")
 async def list_models(state: State, caller: Inferrer):
-    return [_info(r) for r in await run_in_threadpool(state.registry.records)]
+    """Every registered version, as this process last read the registry (see `registry_refresh_seconds`)."""
+    return [_info(r) for r in state.registry.records()]
 
 
 @router.get("/{name}", response_model=ModelDetail, responses=problem_responses(401, 403, 404), summary="One model")
@@ -39,8 +39,10 @@ async def get_model(
 ):
     """Schema (features, types, categories, units), targets, sampler settings, metrics and versions."""
     m = await run_in_threadpool(resolve_model, state.registry, name, version)
-    records = [r for r in await run_in_threadpool(state.registry.records) if r.name == name]
-    record = next(r for r in records if r.version == m.version)
+    records = [r for r in state.registry.records() if r.name == name]
+    record = next((r for r in records if r.version == m.version), None)
+    if record is None:  # unregistered between the two reads
+        raise not_found("model", name if version is None else f"{name} version {version}")
     d = m.engine.describe()
     return {
         **_info(record),
@@ -52,10 +54,11 @@ async def get_model(
 
 
 @router.post(
-    "", status_code=201, response_model=ModelInfo, responses=problem_responses(401, 403, 422), summary="Register"
+    "", status_code=201, response_model=ModelInfo, responses=problem_responses(401, 403, 422, 503), summary="Register"
 )
 async def register_model(body: RegisterModelRequest, state: State, caller: Admin):
-    """Registers an artifact directory on the server (checksums verified, graph loaded) as a new version."""
+    """Registers an artifact directory on the server as a new version: the manifest's shape and name, every
+    checksum, and one tiny run of each question through the graphs are checked first."""
     try:
         record, _ = await run_in_threadpool(state.registry.register, body.path, body.name, body.activate)
     except ArtifactError as e:
@@ -71,17 +74,13 @@ async def register_model(body: RegisterModelRequest, state: State, caller: Admin
 @router.post(
     "/{name}/versions/{version}/activate",
     response_model=ModelInfo,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, 503),
     summary="Make a version the active one",
 )
 async def activate(name: str, version: Annotated[int, Path(ge=1, le=MAX_VERSION)], state: State, caller: Admin):
-    def run():
-        with state.database.transaction() as tx:
-            if repo.get_model(tx, name, version) is None:
-                return None
-            return _info(repo.activate_model(tx, name, version))
-
-    out = await run_in_threadpool(run)
-    if out is None:
+    """Serves `version` from now on: here at once, in the service's other processes within the registry's refresh
+    delay (`registry_refresh_seconds`)."""
+    record = None if name_problem(name) else await run_in_threadpool(state.registry.activate, name, version)
+    if record is None:
         raise not_found("model", f"{name} version {version}")
-    return out
+    return _info(record)

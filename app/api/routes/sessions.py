@@ -11,6 +11,7 @@ from hhvaem.app.api.answer import answer, recommended
 from hhvaem.app.api.deps import Inferrer, Principal, State, check_samples, resolve_model
 from hhvaem.app.api.problems import Problem, not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import (
+    SESSION_LINKS,
     CreateSessionRequest,
     NextFeaturesResponse,
     ObservationsRequest,
@@ -80,7 +81,13 @@ def _validate(engine, observations: dict[str, Any]) -> None:
         ) from None
 
 
-@router.post("", status_code=201, response_model=SessionOut, responses=ERRORS, summary="Start a questionnaire")
+@router.post(
+    "",
+    status_code=201,
+    response_model=SessionOut,
+    responses={201: {"description": "Created", "links": SESSION_LINKS}, **ERRORS},
+    summary="Start a questionnaire",
+)
 async def create_session(body: CreateSessionRequest, state: State, caller: Inferrer, response: Response):
     m = await _checked_model(state, body.model, body.version, body.observations)
     s = await state.store.create(m.name, m.version, caller.owner, body.observations)
@@ -144,8 +151,8 @@ async def session_next_features(
     method: Annotated[str, Query(pattern="^(mixture|histogram)$")] = "mixture",
     costs: Annotated[str | None, Query(description="feature:cost pairs, comma-separated, e.g. ldl:5,hdl:5")] = None,
     exclude: Annotated[str | None, Query(description="Comma-separated features not to ask (e.g. skipped).")] = None,
-    min_gain: Annotated[float, Query(ge=0)] = 0.01,
-    max_uncertainty: Annotated[float | None, Query(ge=0)] = None,
+    min_gain: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 0.01,
+    max_uncertainty: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
     samples: Annotated[int | None, Query(ge=2)] = None,
     seed: Annotated[int | None, Query(ge=0)] = None,
 ):

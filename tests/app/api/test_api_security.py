@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import httpx
 import pytest
@@ -280,3 +281,27 @@ def test_cors(svc: Service, keys) -> None:
     assert "authorization" in r.headers["access-control-allow-headers"].lower()
     r = svc.client().options(f"/v1/models/{MODEL}/predict", headers={**preflight, "Origin": "https://evil.example"})
     assert r.status_code < 500 and "access-control-allow-origin" not in r.headers
+
+
+def test_a_key_in_the_url_is_refused_and_never_logged(svc: Service, keys) -> None:
+    key = keys["a"][1]
+    r = svc.client().get("/v1/models", params={"api_key": key})
+    assert "never in the URL" in problem(r, 401)["detail"]
+    time.sleep(0.2)  # the access log line comes after the response
+    assert key not in svc.logs.text and key[4:12] not in svc.logs.text and "api_key=***" in svc.logs.text
+
+
+def test_verified_keys_are_cached_and_a_revocation_takes_effect_within_the_cache_time(svc: Service) -> None:
+    from hhvaem.app.db import repository as repo
+
+    key_id, key = svc.create_api_key("cached", ["infer"])
+    c = svc.client(key)
+    assert c.get("/v1/models").status_code == 200
+    with svc.db() as s, s.begin():
+        repo.revoke_api_key(s, key_id)
+    assert c.get("/v1/models").status_code == 200  # still within api_key_cache_seconds
+    svc.state.keys.ttl = 0.0  # what the passing of the cache time does
+    try:
+        problem(c.get("/v1/models"), 401)
+    finally:
+        svc.state.keys.ttl = svc.settings.api_key_cache_seconds
