@@ -69,7 +69,7 @@ StepsOpt = Annotated[
     typer.Option(
         "--steps",
         min=10,
-        help="Dependency-VAE steps, the last 10% with HMC (default: scaled to the table).",
+        help="Dependency-VAE steps, the last 10% with HMC (default: 100 x sqrt(rows), between 3000 and 20000).",
         show_default=False,
     ),
 ]

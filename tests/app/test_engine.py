@@ -185,3 +185,37 @@ def test_large_calls_are_split_into_whole_rows_with_the_same_answers(demo_artifa
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert_close(split.impute(rows, samples=20, seed=3), whole.impute(rows, samples=20, seed=3))
+
+
+def test_device_cuda_without_the_cuda_provider_is_a_clear_error(demo_artifact):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(ArtifactError, match="CUDAExecutionProvider.*onnxruntime-gpu"):
+        Engine(demo_artifact, device="cuda")
+    assert Engine(demo_artifact, device="auto").backend_name.startswith("onnxruntime:CPUExecutionProvider")
+
+
+def test_device_auto_asks_onnx_runtime_for_cuda_first_when_it_has_it(demo_artifact, monkeypatch):
+    """The selection logic on a CPU machine: with the CUDA provider listed, auto and cuda ask for CUDA then CPU
+    (ONNX Runtime falls back per node); cpu never asks for CUDA."""
+    import onnxruntime as ort
+
+    asked: list[list[str]] = []
+    real = ort.InferenceSession
+
+    def session(path, sess_options=None, providers=None):
+        asked.append(list(providers))
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    for device, first in (
+        ("auto", "CUDAExecutionProvider"),
+        ("cuda", "CUDAExecutionProvider"),
+        ("cpu", "CPUExecutionProvider"),
+    ):
+        asked.clear()
+        Engine(demo_artifact, device=device)
+        assert asked and all(p[0] == first and p[-1] == "CPUExecutionProvider" for p in asked), (device, asked)

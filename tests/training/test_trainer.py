@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hhvaem.model.hhvaem import HHVAEM, ModelConfig
@@ -93,3 +94,11 @@ def test_early_stopping_restores_the_best_validation_checkpoint():
     # Validation rows never reach the training batches.
     seen = torch.cat([trainer.next_rows() for _ in range(20)])
     assert not set(seen.tolist()) & set(trainer.val_rows.tolist())
+
+
+def test_the_default_budget_grows_sub_linearly_in_rows_between_its_bounds() -> None:
+    from hhvaem.training.fit import default_steps
+
+    assert default_steps(300, 13) == 3000 and default_steps(10_000_000, 13) == 20_000
+    assert default_steps(4000, 13) == 6325  # 100 x sqrt(4000)
+    assert default_steps(16_000, 13) / default_steps(4000, 13) == pytest.approx(2.0, abs=0.01)  # 4x rows, 2x steps
