@@ -174,6 +174,47 @@ def cmd_render(args) -> None:
                 print(f"| {table} | {key} | " + " | ".join(row) + " |")
 
 
+def relative_change(run: dict, ref: dict, key: str) -> float | None:
+    """Per cent change of `key` from `ref` to `run`, signed so that negative is better."""
+    a, b = run.get("metrics", {}).get(key), ref.get("metrics", {}).get(key)
+    if a is None or b is None:
+        return None
+    if key.startswith("nll"):  # NLLs can be near zero or negative: report the difference in nats instead
+        return a["mean"] - b["mean"]
+    change = 100 * (a["mean"] - b["mean"]) / abs(b["mean"])
+    return -change if key in HIGHER_IS_BETTER else change
+
+
+def cmd_ablation(args) -> None:
+    """One row per run: its change against the reference run, per table and averaged over tables."""
+    runs = load_runs(args.out)
+    ref = runs[args.ref]
+    keys = ("rmse_xu", "acc_xu", "target", "nll_xu", "nll_y")
+    print(f"Against `{args.ref}`; RMSE_xu, ACC_xu and target error in per cent (negative: better; ACC signed the same")
+    print("way), NLL_xu and NLL_y as differences in nats (negative: better). Per table, then the mean over tables.\n")
+    print("| run | metric | " + " | ".join(sorted(ref)) + " | mean |")
+    print("|" + "---|" * (3 + len(ref)))
+    for name in args.runs.split(","):
+        if name not in runs:
+            print(f"| {name} | (no results) |" + " |" * (len(ref) + 1))
+            continue
+        for key in keys:
+            cells, found = [], []
+            for table in sorted(ref):
+                run = runs[name].get(table)
+                k = key
+                if key == "target" and run is not None:
+                    k = "target_accuracy" if "target_accuracy" in run["metrics"] else "target_rmse"
+                d = relative_change(run, ref[table], k) if run is not None else None
+                cells.append("-" if d is None else (f"{d:+.2f}" if key.startswith("nll") else f"{d:+.1f} %"))
+                if d is not None:
+                    found.append(d)
+            if found:
+                avg = sum(found) / len(found)
+                total = f"{avg:+.2f}" if key.startswith("nll") else f"{avg:+.1f} %"
+                print(f"| {name} | {key} | " + " | ".join(cells) + f" | **{total}** |")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -203,8 +244,14 @@ def main(argv: list[str] | None = None) -> None:
     rd.add_argument("out", type=Path)
     rd.add_argument("--runs")
     rd.add_argument("--metrics", default="rmse_xu,acc_xu,target_rmse,target_accuracy")
+    ab = sub.add_parser("ablation", help="each run's change against a reference run, per table")
+    ab.add_argument("out", type=Path)
+    ab.add_argument("--ref", required=True)
+    ab.add_argument("--runs", required=True)
     args = ap.parse_args(argv)
-    {"run": cmd_run, "baselines": cmd_baselines, "render": cmd_render, "snapshot": cmd_snapshot}[args.cmd](args)
+    commands = {"run": cmd_run, "baselines": cmd_baselines, "render": cmd_render, "snapshot": cmd_snapshot}
+    commands["ablation"] = cmd_ablation
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from hhvaem.app.core.config import Settings
+
 ROWS = [
     {"age": 59, "sex": 2, "bmi": 32.1, "blood_pressure": 101},
     {"age": 48, "sex": 1, "bmi": 21.6},
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "batch_window_ms": float(os.environ.get("HHVAEM_BATCH_WINDOW_MS") or Settings().batch_window_ms),
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "settings": {"samples": args.samples, "requests": args.requests, "seconds": args.seconds, "levels": levels},

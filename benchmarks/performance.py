@@ -608,14 +608,17 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--json", type=Path)
     rd = sub.add_parser("render")
     rd.add_argument("json", type=Path)
-    rd.add_argument("--load", type=Path, help="benchmarks/load_test.py's JSON, for the service section")
+    rd.add_argument("--load", type=Path, nargs="*", help="benchmarks/load_test.py's JSON files, for the service section")
+    rd.add_argument("--notes", type=Path, help="markdown appended after the tables (the analysis)")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         cmd_run(args)
     else:
         text = render(json.loads(args.json.read_text()))
-        if args.load:
-            text += "\n" + render_load(json.loads(args.load.read_text()))
+        for load_json in args.load or []:
+            text += "\n" + render_load(json.loads(load_json.read_text()))
+        if args.notes:
+            text += "\n" + args.notes.read_text().rstrip() + "\n"
         print(text)
 
 

@@ -128,11 +128,13 @@ class Settings(BaseSettings):
         default=100, gt=0, description="Posterior samples drawn when a request does not say (at most `max_samples`)."
     )
     batch_window_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0.0,
         description=(
-            "Dynamic batching window, in milliseconds: concurrent requests arriving within it share one "
-            "inference call (0: no waiting)."
+            "Dynamic batching window, in milliseconds: how long a free inference worker waits for more requests "
+            "before it runs what is queued. 0 (the default): it never waits; requests that arrive while every "
+            "worker is busy queue up and share the next call, so batches still grow under load "
+            "(docs/performance.md measures both)."
         ),
     )
     max_batch_rows: int = Field(default=256, gt=0, description="Most rows in one dynamically batched inference call.")
