@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--json", type=Path)
     rd = sub.add_parser("render")
     rd.add_argument("json", type=Path)
-    rd.add_argument("--load", type=Path, nargs="*", help="benchmarks/load_test.py's JSON files, for the service section")
+    rd.add_argument("--load", type=Path, nargs="*", help="benchmarks/load_test.py JSON files (service section)")
     rd.add_argument("--notes", type=Path, help="markdown appended after the tables (the analysis)")
     args = ap.parse_args(argv)
     if args.cmd == "run":
