@@ -103,13 +103,20 @@ def cmd_run(args) -> None:
 def cmd_baselines(args) -> None:
     folder = args.out / "baselines"
     folder.mkdir(parents=True, exist_ok=True)
+    wanted = args.methods.split(",")
     for table in tables(args.tables_dir, args.tables):
         dest = folder / f"{table.name}.json"
-        if dest.exists() and not args.force:
+        done = json.loads(dest.read_text()) if dest.exists() and not args.force else {}
+        todo = [m for m in wanted if m not in done]
+        if not todo:
             continue
-        cmd = [sys.executable, "-m", "hhvaem.cli", "baselines", str(table / "data.csv")]
-        cmd += ["--schema", str(table / "schema.json"), "--splits", args.splits, "--json", str(dest)]
+        part = folder / f".{table.name}.part.json"
+        cmd = [sys.executable, "-m", "hhvaem.cli", "baselines", str(table / "data.csv"), "--methods", ",".join(todo)]
+        cmd += ["--schema", str(table / "schema.json"), "--splits", args.splits, "--json", str(part)]
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if res.returncode == 0:  # methods already measured are kept; the new ones are added
+            dest.write_text(json.dumps({**done, **json.loads(part.read_text())}, indent=1))
+            part.unlink()
         print(f"baselines/{table.name}: " + ("done" if res.returncode == 0 else f"FAILED {res.stderr[-300:]}"))
 
 
@@ -162,7 +169,7 @@ def cmd_render(args) -> None:
     runs = load_runs(args.out)
     names = args.runs.split(",") if args.runs else [r for r in runs if r != "baselines"]
     base = runs.get("baselines", {})
-    methods = ("mean", "knn", "mice", "missforest", "hgb_nan")
+    methods = ("mean", "knn", "mice", "missforest", "constant", "hgb_nan")
     keys = args.metrics.split(",")
     print("| table | metric | " + " | ".join(names) + " | " + " | ".join(methods) + " |")
     print("|" + "---|" * (2 + len(names) + len(methods)))
@@ -239,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     bl.add_argument("--out", type=Path, required=True)
     bl.add_argument("--tables")
     bl.add_argument("--splits", default="0,1,2")
+    bl.add_argument("--methods", default="mean,knn,mice,missforest,constant,hgb_nan")
     bl.add_argument("--force", action="store_true")
     rd = sub.add_parser("render")
     rd.add_argument("out", type=Path)

@@ -558,7 +558,7 @@ def render(res: dict[str, Any]) -> str:
 def render_load(load: dict[str, Any]) -> str:
     """The service against the engine on the same cores (benchmarks/load_test.py's JSON)."""
     lines = [
-        "## The service against the engine",
+        f"## The service against the engine (batching window {load.get('batch_window_ms', 2.0):g} ms)",
         "",
         f"`python -m benchmarks.load_test` at commit {load['commit']}, {load['machine']['cpus']} cores, "
         f"{load['settings']['samples']} samples per request, load average {_rounded(load.get('load_before'))} before "

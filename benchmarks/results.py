@@ -64,7 +64,7 @@ def summary_lines(runs: dict, variants: dict[str, str], tables: list[str]) -> li
         "target error HH-VAEM | hgb_nan | NLL_xu HH-VAEM / VAEM | NLL_y HH-VAEM / VAEM |",
         "|" + "---|" * 9,
     ]
-    counts = {"rmse": [0, 0], "target": [0, 0], "nll": [0, 0]}
+    counts = {"rmse": [0, 0], "target": [0, 0], "nll": [0, 0], "mean": [0, 0], "constant": [0, 0]}
     for table in tables:
         h, v, b = runs[ours].get(table), runs.get(ref, {}).get(table) if ref else None, base.get(table, {})
         if h is None:
@@ -92,6 +92,12 @@ def summary_lines(runs: dict, variants: dict[str, str], tables: list[str]) -> li
         for key in ("nll_xu", "nll_y"):
             a, c = mean(h, key), mean(v, key)
             cells.append(f"{a:.3f} / {c:.3f}" if c is not None else f"{a:.3f} / -")
+        floor, t_const = mean(b.get("mean"), "rmse_xu"), mean(b.get("constant"), tk)
+        if floor is not None:
+            counts["mean"][0 if mean(h, "rmse_xu") < 0.9 * floor else 1] += 1
+        if t_const is not None:
+            margin = 0.02 if tk in HIGHER_IS_BETTER else -0.1 * t_const  # accuracy points / a tenth of the error
+            counts["constant"][0 if better(t_ours, t_const + margin, tk) else 1] += 1
         if v is not None:
             ahead = all(mean(h, k) <= mean(v, k) for k in ("nll_xu", "nll_y"))
             counts["nll"][0 if ahead else 1] += 1
@@ -103,6 +109,9 @@ def summary_lines(runs: dict, variants: dict[str, str], tables: list[str]) -> li
         f"- target error at or below hgb_nan (RMSE; accuracy at or above): {counts['target'][0]} of "
         f"{sum(counts['target'])}",
         f"- HH-VAEM ahead of VAEM on both NLL_xu and NLL_y: {counts['nll'][0]} of {sum(counts['nll'])}",
+        f"- RMSE_xu at least 10 % below mean imputation: {counts['mean'][0]} of {sum(counts['mean'])}",
+        f"- target error at least 10 % below the constant predictor's (accuracy 2 points above the majority "
+        f"class): {counts['constant'][0]} of {sum(counts['constant'])}",
     ]
     return lines
 
@@ -132,7 +141,7 @@ def calibration_lines(runs: dict, variants: dict[str, str], tables: list[str]) -
 
 def full_lines(runs: dict, variants: dict[str, str], tables: list[str]) -> list[str]:
     base = runs.get("baselines", {})
-    methods = ("mean", *IMPUTERS, "hgb_nan")
+    methods = ("mean", *IMPUTERS, "constant", "hgb_nan")
     lines = [
         "| table | metric | " + " | ".join(variants) + " | " + " | ".join(methods) + " | paper HH-VAEM / VAEM |",
         "|" + "---|" * (3 + len(variants) + len(methods)),

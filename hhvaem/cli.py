@@ -369,8 +369,8 @@ def baselines(
     schema: SchemaOpt = None,
     target: TargetOpt = None,
     methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated: mean, knn, mice, missforest, hgb_nan.")
-    ] = "mean,knn,mice,missforest,hgb_nan",
+        str, typer.Option("--methods", help="Comma-separated: mean, knn, mice, missforest, constant, hgb_nan.")
+    ] = "mean,knn,mice,missforest,constant,hgb_nan",
     splits: Annotated[str, typer.Option("--splits", help="Comma-separated split indices in 0..9.")] = "0,1,2",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write {method: metrics} as JSON here.")] = None,
     seed: SeedOpt = 0,

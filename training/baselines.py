@@ -16,6 +16,8 @@ Imputers are fitted on the training rows (their genuine holes included) and impu
 Targets (hidden at test time) are predicted by ``hgb_nan``: HistGradientBoosting (regressor or classifier)
 trained on 10 copies of the training rows, each with a fresh random mask (missing rate ~ U(0, 1) per row), so
 that it has seen every pattern of holes; it handles NaN natively and the categories as categorical features.
+``constant`` is the floor every predictor must clear: the training rows' mean target (original units) or their
+majority class.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from hhvaem.training.fit import encode_rows
 from hhvaem.training.tabular import table_columns
 
 IMPUTERS = ("mean", "knn", "mice", "missforest")
-PREDICTORS = ("hgb_nan",)
+PREDICTORS = ("constant", "hgb_nan")
 METHODS = IMPUTERS + PREDICTORS
 MASKED_COPIES = 10
 
@@ -177,6 +179,21 @@ def hgb_nan_metrics(schema: Schema, pp: Preprocessor, train, test, observed, see
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
+def constant_metrics(schema: Schema, pp: Preprocessor, train, test) -> dict:
+    """The target error of the best constant: the training rows' mean (original units) or majority class."""
+    out: dict[str, list[float]] = {}
+    for j, col in enumerate(schema.targets):
+        seen, t_seen = train.my[:, j].numpy(), test.my[:, j].numpy()
+        y, truth = train.y[seen, j].numpy(), test.y[t_seen, j].numpy()
+        if col.is_discrete:
+            values, counts = np.unique(y, return_counts=True)
+            out.setdefault("target_accuracy", []).append(float((truth == values[counts.argmax()]).mean()))
+        else:
+            err = pp.to_original(col, truth) - pp.to_original(col, y).mean()
+            out.setdefault("target_rmse", []).append(float(np.sqrt(np.mean(err**2))))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
 def baseline_split(df: pd.DataFrame, schema: Schema, split: int, method: str, seed: int = 0) -> dict[str, float]:
     """One method on one split: the same training rows, test rows and test mask as `evaluate_split`."""
     if method not in METHODS:
@@ -189,7 +206,9 @@ def baseline_split(df: pd.DataFrame, schema: Schema, split: int, method: str, se
     observed = protocol_test_mask(len(test_idx), len(schema.features), split) & test.mx.numpy()
     hidden = test.mx.numpy() & ~observed
     t0 = time.perf_counter()
-    if method in PREDICTORS:
+    if method == "constant":
+        metrics = constant_metrics(schema, pp, train, test)
+    elif method == "hgb_nan":
         metrics = hgb_nan_metrics(schema, pp, train, test, observed, seed)
     else:
         imputed = impute(method, seed, Encoding(schema, pp), train, test.x.numpy(), observed)
