@@ -38,7 +38,7 @@ def test_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.max_body_bytes == 2 * 1024 * 1024
     assert s.max_upload_bytes == 64 * 1024 * 1024
     assert (s.max_samples, s.default_samples) == (1000, 100)
-    assert s.batch_window_ms == 2.0
+    assert s.batch_window_ms == 0.0
     assert s.max_batch_rows == 256
     assert s.cors_origins == []
     assert s.audit_values is False
