@@ -171,7 +171,8 @@ def test_units_are_grouped_per_family_and_back():
     mu, _ = model.marginal.encode(x)
     torch.testing.assert_close(obs.z[:, :3], (mu * mx)[:, [0, 1, 4]])
     torch.testing.assert_close(model.ungrouped(obs.m), mx)
-    assert not model.dependency.blocks.identity and make_model("hhvaem").dependency.blocks.identity
+    assert not model.dependency.blocks.identity
+    assert make_model("hhvaem", discrete_units="marginal").dependency.blocks.identity
 
 
 def test_log_joint_with_nothing_observed_is_the_prior():
@@ -256,7 +257,7 @@ GRID = torch.linspace(-9.0, 9.0, 6001, dtype=DT)
 
 def sharp_model(variant: str) -> HHVAEM:
     """A 1-d latent model whose codes depend strongly on eps, so the posterior is far from the prior and q."""
-    model = make_model(variant, seed=3, latent_dims=(1,))
+    model = make_model(variant, seed=3, latent_dims=(1,), discrete_units="marginal")  # every unit a code
     with torch.no_grad():
         last = model.dependency.decoder.layers[-1]
         last.weight.mul_(5.0)

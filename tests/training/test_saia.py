@@ -53,7 +53,8 @@ def artifact(tmp_path_factory) -> str:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     df = synthetic(100)
-    fitted = fit(df, SCHEMA, "hhvaem", 60, seed=0)
+    # every unit a marginal code, so that feature j is the encoder's input columns j and D + j (the KL test)
+    fitted = fit(df, SCHEMA, "hhvaem", 60, seed=0, overrides={"discrete_units": "marginal"})
     out = tmp_path_factory.mktemp("saia") / "tiny"
     write_artifact(out, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(df))
     torch.set_num_threads(threads)
