@@ -116,6 +116,15 @@ def summary_lines(runs: dict, variants: dict[str, str], tables: list[str]) -> li
     return lines
 
 
+def per_variant(runs: dict, variants: dict[str, str], tables: list[str]):
+    """(table, label, summary) for every table each variant has a run of."""
+    for table in tables:
+        for label, run in variants.items():
+            s = runs[run].get(table)
+            if s is not None:
+                yield table, label, s
+
+
 def calibration_lines(runs: dict, variants: dict[str, str], tables: list[str]) -> list[str]:
     names = {k: k.replace("xu_", "").replace("target_", "") for k in CALIBRATION + TARGET_CALIBRATION}
     lines = [
@@ -126,16 +135,12 @@ def calibration_lines(runs: dict, variants: dict[str, str], tables: list[str]) -
         + " |",
         "|---|---|---|---|",
     ]
-    for table in tables:
-        for label, run in variants.items():
-            s = runs[run].get(table)
-            if s is None:
-                continue
+    for table, label, s in per_variant(runs, variants, tables):
 
-            def part(keys: tuple[str, ...], s: dict = s) -> str:
-                return " / ".join("-" if mean(s, k) is None else f"{mean(s, k):.3f}" for k in keys)
+        def part(keys: tuple[str, ...], s: dict = s) -> str:
+            return " / ".join("-" if mean(s, k) is None else f"{mean(s, k):.3f}" for k in keys)
 
-            lines.append(f"| {table} | {label} | {part(CALIBRATION)} | {part(TARGET_CALIBRATION)} |")
+        lines.append(f"| {table} | {label} | {part(CALIBRATION)} | {part(TARGET_CALIBRATION)} |")
     return lines
 
 
@@ -164,16 +169,12 @@ def cost_lines(runs: dict, variants: dict[str, str], tables: list[str]) -> list[
         "| table | variant | splits | steps | train s per split | eval ms per test row (K samples) |",
         "|---|---|---|---|---|---|",
     ]
-    for table in tables:
-        for label, run in variants.items():
-            s = runs[run].get(table)
-            if s is None:
-                continue
-            samples = s.get("run", {}).get("samples", "")
-            lines.append(
-                f"| {table} | {label} | {len(s['splits'])} | {mean(s, 'train_steps'):.0f} | "
-                f"{fmt(s, 'train_seconds', 0)} | {fmt(s, 'eval_ms_per_row', 1)} (K = {samples}) |"
-            )
+    for table, label, s in per_variant(runs, variants, tables):
+        samples = s.get("run", {}).get("samples", "")
+        lines.append(
+            f"| {table} | {label} | {len(s['splits'])} | {mean(s, 'train_steps'):.0f} | "
+            f"{fmt(s, 'train_seconds', 0)} | {fmt(s, 'eval_ms_per_row', 1)} (K = {samples}) |"
+        )
     return lines
 
 

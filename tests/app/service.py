@@ -155,6 +155,21 @@ def pg_schema() -> Iterator[str]:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
+@contextlib.contextmanager
+def proxied_pg_schema() -> Iterator[tuple[str, Any]]:
+    """`pg_schema` reached only through a TCP proxy the test controls: (the URL through the proxy, the proxy)."""
+    from benchmarks.proxy import TcpProxy
+    from hhvaem.app.db.database import normalize_url
+
+    with pg_schema() as url:
+        parsed = normalize_url(url)
+        proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5432)).start()
+        try:
+            yield parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), proxy
+        finally:
+            proxy.stop()
+
+
 # --------------------------------------------------------------------------------------------------------- Redis
 
 

@@ -11,10 +11,17 @@ import httpx
 import pandas as pd
 import pytest
 
-from benchmarks.proxy import TcpProxy
-from hhvaem.app.db.database import normalize_url
 from tests.app.api.test_api_batch import JOBS, csv_bytes, result, table, upload, wait
-from tests.app.service import SAMPLES, TARGET, Service, artifact_dir, pg_schema, problem, reason, running_service
+from tests.app.service import (
+    SAMPLES,
+    TARGET,
+    Service,
+    artifact_dir,
+    problem,
+    proxied_pg_schema,
+    reason,
+    running_service,
+)
 
 
 def trailing_commas(df: pd.DataFrame) -> bytes:
@@ -107,34 +114,28 @@ def test_retention_deletes_old_jobs_and_their_results(short_retention: Service) 
 
 
 def test_a_database_outage_during_a_job_loses_nothing(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    with pg_schema() as url:
-        parsed = normalize_url(url)
-        proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5432)).start()
-        through = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        try:
-            with running_service(
-                artifact_dir(request), tmp_path, database="url", database_url=through, sessions="memory",
-                database_timeout_seconds=2, registry_refresh_seconds=0.5, default_samples=SAMPLES,
-            ) as svc:  # fmt: skip
-                c = svc.client()
-                df = table(640, seed=9)
-                job_id = upload(c, "p.csv", csv_bytes(df), operation="predict").json()["id"]
-                deadline = time.monotonic() + 60
-                while c.get(f"{JOBS}/{job_id}").json()["processed_rows"] == 0 and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                proxy.mode = "refuse"  # mid-job: progress cannot be recorded
-                problem(c.get(f"{JOBS}/{job_id}"), 503)
-                time.sleep(3)
-                proxy.mode = "forward"
-                deadline = time.monotonic() + 10  # recovery by itself: within a registry refresh or two
-                while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                job, _ = wait(c, job_id, timeout=120)
-                assert job["status"] == "succeeded" and job["processed_rows"] == 640 and job["failed_rows"] == 0
-                out = result(c, job)
-                assert len(out) == 640 and out[f"{TARGET}__mean"].notna().all()
-        finally:
-            proxy.stop()
+    with proxied_pg_schema() as (through, proxy):
+        with running_service(
+            artifact_dir(request), tmp_path, database="url", database_url=through, sessions="memory",
+            database_timeout_seconds=2, registry_refresh_seconds=0.5, default_samples=SAMPLES,
+        ) as svc:  # fmt: skip
+            c = svc.client()
+            df = table(640, seed=9)
+            job_id = upload(c, "p.csv", csv_bytes(df), operation="predict").json()["id"]
+            deadline = time.monotonic() + 60
+            while c.get(f"{JOBS}/{job_id}").json()["processed_rows"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proxy.mode = "refuse"  # mid-job: progress cannot be recorded
+            problem(c.get(f"{JOBS}/{job_id}"), 503)
+            time.sleep(3)
+            proxy.mode = "forward"
+            deadline = time.monotonic() + 10  # recovery by itself: within a registry refresh or two
+            while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            job, _ = wait(c, job_id, timeout=120)
+            assert job["status"] == "succeeded" and job["processed_rows"] == 640 and job["failed_rows"] == 0
+            out = result(c, job)
+            assert len(out) == 640 and out[f"{TARGET}__mean"].notna().all()
 
 
 def test_score_cli_reads_a_trailing_comma_table_in_place(request: pytest.FixtureRequest, tmp_path: Path) -> None:

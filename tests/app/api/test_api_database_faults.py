@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks.proxy import TcpProxy
-from hhvaem.app.db.database import normalize_url
 from tests.app.service import (
     MODEL,
     ROW,
@@ -22,8 +21,8 @@ from tests.app.service import (
     ServiceProcess,
     artifact_dir,
     free_port,
-    pg_schema,
     problem,
+    proxied_pg_schema,
     running_service,
 )
 
@@ -34,21 +33,15 @@ TIMEOUT = 2.0
 @pytest.fixture(scope="module")
 def outage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """(service, proxy, verified key): the service reaches PostgreSQL only through `proxy`."""
-    with pg_schema() as url:
-        parsed = normalize_url(url)
-        proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5432)).start()
-        through = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        try:
-            with running_service(
-                artifact_dir(request), tmp_path_factory.mktemp("service-outage"), database="url",
-                database_url=through, auth_enabled=True, database_timeout_seconds=TIMEOUT,
-                registry_refresh_seconds=0.5, default_samples=SAMPLES,
-            ) as service:  # fmt: skip
-                _, key = service.create_api_key("verified", ["infer"])
-                assert service.client(key).get("/v1/models").status_code == 200  # verified: now cached
-                yield service, proxy, key
-        finally:
-            proxy.stop()
+    with proxied_pg_schema() as (through, proxy):
+        with running_service(
+            artifact_dir(request), tmp_path_factory.mktemp("service-outage"), database="url",
+            database_url=through, auth_enabled=True, database_timeout_seconds=TIMEOUT,
+            registry_refresh_seconds=0.5, default_samples=SAMPLES,
+        ) as service:  # fmt: skip
+            _, key = service.create_api_key("verified", ["infer"])
+            assert service.client(key).get("/v1/models").status_code == 200  # verified: now cached
+            yield service, proxy, key
 
 
 def timed(fn):
