@@ -7,8 +7,9 @@ train a smaller one the same way.
 The recipe (`DEMO_STEPS`) is sized so that the first `make demo` serves within two minutes of the
 install on a busy 2-core machine, one torch thread: dependency-VAE steps are cheap (~3 ms) and
 take the model most of the way, HMC steps are not (~0.4 s each, 30 chains), and on this table
-stage 3's early stopping keeps a checkpoint from its first few dozen steps (best step 35 of 200
-in the 2000-step recipe). Training and export then take about a minute (README, "Quick start").
+stage 3 gains little after its first few dozen steps (with early stopping, when that was the
+default, the best step was 35 of 200 in a 2000-step recipe). Training and export then take
+about a minute (README, "Quick start").
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from hhvaem.training.tabular import load_dataset
 
 SHAPES = {
     # 84 columns, 40 categorical with 3-12 levels, all driven by a 3-d factor; binary target
-    "categorical_wide": (tables.categorical_wide, 600, 800),
+    "categorical_wide": (tables.categorical_wide, 600, 1200),
     # 14 near-deterministic functions of two hidden quantities, 2 binned; 8-class target
     "sensors": (tables.sensors, 1500, 800),
 }
