@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     lb, api = free_port(), free_port()
     env = buildkit_env({**os.environ, "HHVAEM_LB_PORT": str(lb), "HHVAEM_API_PORT": str(api)})
     env |= {"HHVAEM_API_REPLICAS": "2", "HHVAEM_RAY_WORKERS": "1", "HHVAEM_RAY_WORKER_CPUS": "1"}
-    env |= {"HHVAEM_RAY_ADDRESS": "ray-head:6379", "HHVAEM_RAY_PARTITION_ROWS": "256"}
+    env |= {"HHVAEM_RAY_ADDRESS": "ray://ray-head:10001", "HHVAEM_RAY_PARTITION_ROWS": "256"}
     ok = False
     with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as stack:
         if args.local_base:

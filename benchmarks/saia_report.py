@@ -127,6 +127,13 @@ def _paired(a: dict, b: dict) -> tuple[float, float, int, int]:
     return float(d.mean()), float(d.std()), int((d < 0).sum()), int((d > 0).sum())
 
 
+def _budget(settings: dict, runs: list[dict]) -> str:
+    if settings["steps"] is not None:
+        return f"`--steps {settings['steps']}`"
+    used = sorted({p["train_steps"] for r in runs for p in r.get("per_split", []) if "train_steps" in p})
+    return "the default budget of `hhvaem train` (" + ", ".join(f"{n:,}" for n in used) + " steps)"
+
+
 def render(results: Path, notes: Path | None) -> str:
     runs = {}
     for name in TABLES:
@@ -152,7 +159,8 @@ def render(results: Path, notes: Path | None) -> str:
         f"- Commit recorded per table ({_commit_kind(runs)}): {_commits(runs)}; {run['machine']}, "
         f"torch {run['torch']}.",
         f"- Splits {', '.join(map(str, first['splits']))} of the 10 docs/protocol.md splits (a quick run, as the "
-        f"protocol allows); per split an HH-VAEM is trained on the training rows with `--steps {s['steps']}` "
+        f"protocol allows); per split an HH-VAEM is trained on the training rows with "
+        f"{_budget(s, list(runs.values()))} "
         f"(seed {s['seed']}), written as an artifact and served by the inference engine (ONNX Runtime, 1 thread): "
         "the evaluated code is the served `next_features`.",
         f"- Test rows: a seeded subset of {s['max_rows'] or 'all'} test rows per split; every row starts with "
@@ -292,7 +300,7 @@ def main() -> None:
     r.add_argument("--tables", default=",".join(TABLES))
     r.add_argument("--methods", default="random,kl,histogram,mixture")
     r.add_argument("--splits", default="0,1,2")
-    r.add_argument("--steps", type=int, default=2000)
+    r.add_argument("--steps", type=int, default=None, help="training steps per split (default: hhvaem train's budget)")
     r.add_argument("--samples", type=int, default=100)
     r.add_argument("--max-rows", type=int, default=40)
     r.add_argument("--kl-draws", type=int, default=32)

@@ -751,7 +751,9 @@ def saia(
         typer.Option("--methods", help="Comma-separated: random, kl, kl-latent, histogram, mixture."),
     ] = "random,kl,histogram,mixture",
     splits: Annotated[str, typer.Option("--splits", help="Comma-separated split indices in 0..9.")] = "0,1,2",
-    steps: Annotated[int, typer.Option("--steps", min=10, help="Training steps per split.")] = 3000,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=10, help="Training steps per split (default: `train`'s budget).")
+    ] = None,
     samples: Annotated[int, typer.Option("--samples", min=2, help="Posterior samples K per sampler call.")] = 100,
     max_rows: Annotated[
         int | None, typer.Option("--max-rows", min=1, help="Seeded subset of test rows per split (default: all).")

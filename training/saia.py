@@ -413,7 +413,7 @@ def run_split(
     schema: Schema,
     split: int,
     target: str | None = None,
-    steps: int | StageSteps = 3000,
+    steps: int | StageSteps | None = None,  # None: `hhvaem train`'s default budget for the table
     settings: SaiaSettings | None = None,
     variant: str = "hhvaem",
     progress: Progress | None = None,
@@ -432,6 +432,7 @@ def run_split(
         write_artifact(art, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(train_df))
         out = saia_artifact(art, df.iloc[test_idx].reset_index(drop=True), target, settings, split, log)
     out["train_seconds"] = train_seconds
+    out["train_steps"] = int(fitted.history["steps"]["total"])
     return out
 
 
@@ -450,7 +451,7 @@ def summarise(per_split: list[dict[str, Any]], target: Column, settings: SaiaSet
         "target": target.name,
         "target_error": "error_rate" if target.is_discrete else "rmse",
         "splits": [s["split"] for s in per_split],
-        "settings": {**asdict(settings), "steps": steps if isinstance(steps, int) else asdict(steps)},
+        "settings": {**asdict(settings), "steps": steps if isinstance(steps, int | None) else asdict(steps)},
         "methods": methods,
         "per_split": per_split,
     }
@@ -461,7 +462,7 @@ def run_saia(
     schema: Schema,
     splits: Sequence[int],
     target: str | None = None,
-    steps: int | StageSteps = 3000,
+    steps: int | StageSteps | None = None,  # None: `hhvaem train`'s default budget for the table
     settings: SaiaSettings | None = None,
     progress_for: Callable[[int], AbstractContextManager[Progress | None]] | None = None,
     compile: bool | None = None,

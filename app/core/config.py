@@ -191,8 +191,9 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         default=None,
         description=(
-            "Score batch jobs on a Ray cluster: `auto`, `ray://host:10001` or `host:6379` (`local`: one started in "
-            "this process). Unset: in the service's own process. The cluster must see `data_dir` and the models at "
+            "Score batch jobs on a Ray cluster: `ray://host:10001` (Ray Client, from outside the cluster's nodes), or "
+            "`auto` / `host:6379` where this machine is a node (`local`: one started in this process). Unset: in the "
+            "service's own process. The cluster must see `data_dir` and the models at "
             "the same paths (a shared volume) and have this version of hhvaem installed (docs/scaling.md)."
         ),
     )

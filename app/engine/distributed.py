@@ -18,6 +18,9 @@
   interruption, a crash, or a failure). Ray Data's own checkpointing (beta) is not used: its filter actors take a
   CPU each, which deadlocks a small cluster whose CPUs the scorers hold, and rows are the wrong unit here.
 * **Progress**: each actor reports every partition it finishes to a small tracker actor, which the driver polls.
+* **Drivers**: a process on a node of the cluster (`auto`, `host:6379`, a local cluster) runs the pipeline itself; a
+  Ray Client driver (`ray://host:10001`: an API replica or a laptop outside the cluster) cannot run Ray Data's
+  executor, so the pipeline runs in a task on the cluster (no CPU of its own) and the driver only polls the tracker.
 
 Paths (artifact, input, output) must be the same on every node: one machine, or a shared file system.
 """
@@ -169,18 +172,17 @@ class _Pipeline:
         """Writes the partitions into `report.output`; fills in `report.errors`, `pending`, `workers`."""
         resources = connect(address)
         report.workers = self.workers or max(1, int(resources.get("CPU", 1)))
-        context = DataContext.get_current()
-        context.max_errored_blocks = -1  # a partition that keeps failing is dropped and reported, the rest go on
-        context.enable_progress_bars = False  # progress goes to `progress`
-        context.print_on_execution_start = False
         tracker = _Tracker.remote()
         poller = _Poller(tracker, report, self.plan.total_rows - sum(p.rows for p in self.todo), progress, should_stop)
         poller.start()
         try:
-            with warnings.catch_warnings():
-                # Ray 2.60 names no parameter for actor restarts: `**ray_remote_args` (deprecated for 2.64) it is.
-                warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
-                self.dataset(tracker, report.workers).write_parquet(str(report.output))
+            if ray.util.client.ray.is_connected():
+                # A Ray Client driver (ray://, e.g. an API replica outside the cluster) cannot run Ray Data's
+                # executor (it needs a core worker: ray-project/ray#39860); the pipeline runs in a task on the
+                # cluster instead, while progress and the stop flag still go through the tracker.
+                ray.get(_write_on_cluster.remote(self, tracker, report.workers, str(report.output)))
+            else:
+                self.write(tracker, report.workers, str(report.output))
         finally:
             poller.finish()
             if poller.stopped:
@@ -188,6 +190,16 @@ class _Pipeline:
             ray.kill(tracker)
         if poller.error is not None:
             raise poller.error
+
+    def write(self, tracker, workers: int, output: str) -> None:
+        context = DataContext.get_current()
+        context.max_errored_blocks = -1  # a partition that keeps failing is dropped and reported, the rest go on
+        context.enable_progress_bars = False  # progress goes to `progress`
+        context.print_on_execution_start = False
+        with warnings.catch_warnings():
+            # Ray 2.60 names no parameter for actor restarts: `**ray_remote_args` (deprecated for 2.64) it is.
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+            self.dataset(tracker, workers).write_parquet(output)
 
     def dataset(self, tracker, workers: int):
         """Parquet: one block per partition naming it, read by the actor that scores it; a CSV, read by the
@@ -215,6 +227,11 @@ class _Pipeline:
             max_restarts=self.max_retries,
             max_task_retries=self.max_retries,
         )
+
+
+@ray.remote(num_cpus=0, max_retries=0)  # no CPU: the scorers hold them; not retried: the rerun resumes instead
+def _write_on_cluster(pipeline: _Pipeline, tracker, workers: int, output: str) -> None:
+    pipeline.write(tracker, workers, output)
 
 
 def _failed_rows(output: Path) -> int:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.app.api.test_api_batch import csv_bytes, table
-from tests.app.service import MODEL, SAMPLES, ServiceProcess, artifact_dir
+from tests.app.service import MODEL, SAMPLES, ServiceProcess, artifact_dir, free_port
 
 ray = pytest.importorskip("ray")
 
@@ -269,6 +269,37 @@ def test_an_interrupted_cli_run_resumes_where_it_stopped(cluster, artifact, engi
     assert got[ROW].tolist() == list(range(1, 2049))
     expected = pd.read_csv(io.StringIO(expected.to_csv(index=False)))  # as a CSV reads back
     pd.testing.assert_frame_equal(got[list(expected.columns)], expected, check_dtype=False)
+
+
+@pytest.fixture
+def ray_client_address(cluster):
+    """A Ray Client server on the module's cluster (what `ray start --head` runs on port 10001): the address a
+    driver outside the cluster, e.g. an API replica in another container, connects to."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ray.util.client.server", f"--address={cluster}", "--host=127.0.0.1"]
+        + [f"--port={port}", "--mode=specific-server"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield f"ray://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(30)
+
+
+def test_a_ray_client_driver_scores_on_the_cluster(ray_client_address, artifact, engine, tmp_path: Path) -> None:
+    """Ray Data's executor cannot run in a Ray Client driver (it needs a core worker): the pipeline then runs in a task
+    on the cluster, and the numbers are the same as in-process."""
+    df = rows_with_problems(400, seed=5)
+    df.to_parquet(tmp_path / "in.parquet", index=False)
+    command = [artifact, str(tmp_path / "in.parquet"), str(tmp_path / "out"), "--engine", "ray"]
+    command += ["--address", ray_client_address, "--samples", str(SAMPLES), "--seed", str(SEED)]
+    p = hhvaem(*command, "--partition-rows", "256")
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, stderr
+    assert "2 partitions scored" in stdout, stdout
+    expected, _ = in_process(engine, df)
+    assert_same_rows(read_results(tmp_path / "out"), expected)
 
 
 def test_bad_input_is_one_line_and_exit_2(cluster, artifact, tmp_path: Path) -> None:

@@ -84,7 +84,8 @@ def test_early_stopping_restores_the_best_validation_checkpoint():
     data = TrainData(x, torch.ones(300, 2, dtype=torch.bool), 2 * a[:, None], torch.ones(300, 1, dtype=torch.bool))
     torch.manual_seed(0)
     model = HHVAEM(schema, ModelConfig(variant="hmcvaem", latent_dims=(2,), hidden=8, marginal_hidden=8, hmc_steps=2))
-    trainer = Trainer(model, data, TrainConfig(StageSteps(20, 40, 6), batch_size=32, validation_fraction=0.1, validate_every=10))
+    config = TrainConfig(StageSteps(20, 40, 6), batch_size=32, validation_fraction=0.1, validate_every=10)
+    trainer = Trainer(model, data, config)
     history = trainer.run()
     assert history["rows"] == {"train": 270, "validation": 30}
     assert history["vi"]["best_step"] in (10, 20, 30, 40)
