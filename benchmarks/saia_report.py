@@ -235,7 +235,7 @@ def render(results: Path, notes: Path | None) -> str:
             ties.append(f"{t:.1%}")
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ties) + " |")
     total = sum(r["run"]["wall_seconds"] for r in runs.values())
-    lines += ["", f"Total run time: {total / 60:.1f} min (trainings + SAIA, all tables, one process)."]
+    lines += ["", f"Total run time: {total / 60:.1f} min (trainings + SAIA, summed over the tables)."]
     lines += _prototype_section(results, runs)
     if notes is not None and notes.exists():
         lines += ["", notes.read_text().rstrip()]

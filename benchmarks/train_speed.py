@@ -31,10 +31,13 @@ PAPER_FULL_S = 107 * 60
 
 
 def commit() -> str:
+    """HEAD of the checkout run from, or the commit of the snapshot run from (`benchmarks.accuracy snapshot`)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
-        return "unknown"
+        head = ""
+    snapshot = Path("COMMIT")
+    return head or (snapshot.read_text().strip() if snapshot.exists() else "unknown")
 
 
 def time_steps(step, n: int, warmup: int) -> float:

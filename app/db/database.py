@@ -207,8 +207,12 @@ def alembic_config(url: str | URL | None = None) -> Any:
     return config
 
 
+MIGRATION_LOCK = 0x68687661656D  # the PostgreSQL advisory lock key migrations hold ("hhvaem" in ASCII)
+
+
 def migrate(url: str | URL | Engine, revision: str = "head", timeout: float | None = None) -> None:
-    """Upgrade the database to ``revision`` (default: the newest). Idempotent; safe to call on every start.
+    """Upgrade the database to ``revision`` (default: the newest). Idempotent; safe to call on every start, from
+    several processes at once (on PostgreSQL they take turns under an advisory lock).
 
     ``url`` may also be an existing :class:`Engine` (needed for an in-memory SQLite database, which lives only
     as long as its engine); an engine made here from a URL is disposed of afterwards. ``timeout`` bounds every wait
@@ -219,6 +223,10 @@ def migrate(url: str | URL | Engine, revision: str = "head", timeout: float | No
     engine = url if isinstance(url, Engine) else sql_engine(url, timeout)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Replicas of a new deployment start, and migrate, at once: one at a time, the others then find the
+                # database at head (unlocked, all but one failed creating the same tables). Released at commit.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             config = alembic_config(engine.url)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)

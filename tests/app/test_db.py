@@ -463,3 +463,42 @@ def test_api_key_scopes_are_validated(db_tx):
     with pytest.raises(ValueError):
         repo.create_api_key(db_tx, "x", [])
     assert repo.list_api_keys(db_tx) == []
+
+
+def test_replicas_starting_together_on_an_empty_postgresql_all_migrate(request):
+    """Replicas of a fresh deployment start at once and each migrates at start-up: they must not race on the empty
+    database (creating `alembic_version` twice failed all but one of them: docker compose, 3 API containers)."""
+    import threading
+
+    from psycopg import sql
+
+    from tests.app.conftest import _connect
+
+    schemas = request.getfixturevalue("_postgres_schemas")
+    schema = f"hhv_test_race_{os.getpid()}"
+    with _connect(schemas.base) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    schemas.created.append(schema)  # dropped at the end of the session
+    url = schemas.url(schema)
+    barrier, failures = threading.Barrier(6), []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            migrate(url)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+    engine = sql_engine(url)
+    try:
+        assert TABLES <= set(inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
+    finally:
+        engine.dispose()

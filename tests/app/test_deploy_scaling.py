@@ -57,6 +57,9 @@ def test_the_ray_cluster_is_one_image_one_token_and_the_same_volumes(services: d
     assert "--address=ray-head:6379" in worker["command"] and "--block" in worker["command"]
     assert worker["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
     assert "ray" in head["healthcheck"]["test"] and "status" in head["healthcheck"]["test"]
+    # The API replicas are Ray Client drivers (not nodes): the head runs the client server they connect to.
+    assert "--ray-client-server-port=10001" in head["command"]
+    assert worker["healthcheck"]["test"][1:3] == ["ray", "status"]  # not the image's HTTP check: no API there
     token = {k: v for k, v in head["environment"].items() if k.startswith("RAY_AUTH")}
     assert token == {k: v for k, v in worker["environment"].items() if k.startswith("RAY_AUTH")}
     assert token == {k: v for k, v in replica["environment"].items() if k.startswith("RAY_AUTH")}
@@ -73,5 +76,5 @@ def test_the_image_gets_ray_only_when_asked(services: dict) -> None:
     assert '"$(ls /wheels/hhvaem-*.whl)${EXTRAS:+[$EXTRAS]}"' in dockerfile
     assert "EXTRAS" not in str(services["api"]["build"])  # the default serving image stays without Ray
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert any(r.startswith("ray[data]") for r in extras["ray"])
+    assert any(r.startswith("ray[data,client]") for r in extras["ray"])  # client: API replicas join by ray://
     assert "hhvaem[ray]" in extras["dev"]  # installed by `make` / .ci/run, so CI runs the Ray tests

@@ -294,7 +294,7 @@ def test_a_ray_client_driver_scores_on_the_cluster(ray_client_address, artifact,
     df.to_parquet(tmp_path / "in.parquet", index=False)
     command = [artifact, str(tmp_path / "in.parquet"), str(tmp_path / "out"), "--engine", "ray"]
     command += ["--address", ray_client_address, "--samples", str(SAMPLES), "--seed", str(SEED)]
-    p = hhvaem(*command, "--partition-rows", "256")
+    p = hhvaem(*command, "--partition-rows", "256", "--workers", "1")
     stdout, stderr = p.communicate(timeout=300)
     assert p.returncode == 0, stderr
     assert "2 partitions scored" in stdout, stdout
