@@ -27,7 +27,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.train_speed import commit
+from benchmarks.train_speed import commit, snapshot_commit
 
 KEY_METRICS = ("rmse_xu", "acc_xu", "target_rmse", "target_accuracy", "nll_xu", "nll_y")
 HIGHER_IS_BETTER = {"acc_xu", "target_accuracy"}
@@ -142,11 +142,6 @@ def cmd_snapshot(args) -> None:
             shutil.copytree(src / folder, dest / "hhvaem" / folder)
     (dest / "COMMIT").write_text(rev)
     print(dest)
-
-
-def snapshot_commit(code: Path) -> str:
-    f = Path(code) / "COMMIT"
-    return f.read_text().strip() if f.exists() else str(code)
 
 
 def load_runs(root: Path) -> dict[str, dict[str, dict]]:

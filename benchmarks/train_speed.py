@@ -36,8 +36,13 @@ def commit() -> str:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         head = ""
-    snapshot = Path("COMMIT")
-    return head or (snapshot.read_text().strip() if snapshot.exists() else "unknown")
+    return head or snapshot_commit(Path("."))
+
+
+def snapshot_commit(code: Path) -> str:
+    """The commit a snapshot folder (`benchmarks.accuracy snapshot`) was taken from, or the folder's name."""
+    f = Path(code) / "COMMIT"
+    return f.read_text().strip() if f.exists() else "unknown" if str(code) == "." else str(code)
 
 
 def time_steps(step, n: int, warmup: int) -> float:
