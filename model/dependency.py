@@ -83,8 +83,10 @@ class UnitBlocks(nn.Module):
     comes from its slice of the decoder output, so no evaluation gathers or pads across units.
     """
 
-    def __init__(self, units: tuple[Column, ...]):
+    def __init__(self, units: tuple[Column, ...], scale_max: float | None = None):
         super().__init__()
+        # the codes' decoder scale cannot exceed this (None: unbounded), so a unit cannot be explained as noise
+        self.scale_max = scale_max
         groups: dict[type, list[int]] = {}
         for j, u in enumerate(units):
             groups.setdefault(unit_likelihood_class(u), []).append(j)
@@ -119,7 +121,7 @@ class UnitBlocks(nn.Module):
 
     def dists(self, out: Tensor) -> list:
         """Each block's distribution from a network output [..., out_width]."""
-        return [b.family.from_block(out[..., b.out], b.n, b.k, b.pad) for b in self.blocks]
+        return [b.family.from_block(out[..., b.out], b.n, b.k, b.pad, self.scale_max) for b in self.blocks]
 
     def split(self, t: Tensor) -> list[Tensor]:
         """[..., D] per-unit values -> one [..., n] slice per block.
@@ -203,11 +205,12 @@ class DependencyVAE(nn.Module):
         hidden: int,
         activation: str = "silu",
         encoder_hidden: int | None = None,
+        code_scale_max: float | None = None,
     ):
         super().__init__()
         self.units = units
         self.n_units = len(units)
-        self.blocks = UnitBlocks(units)
+        self.blocks = UnitBlocks(units, code_scale_max)
         # [D] block order: 1.0 where a unit is a marginal code (not in the state dict: derived from the schema)
         coded = torch.tensor([not u.is_discrete for u in units], dtype=torch.float32)
         self.register_buffer("coded", self.blocks.grouped(coded), persistent=False)

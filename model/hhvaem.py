@@ -63,6 +63,8 @@ class ModelConfig:
     # "marginal" (its marginal VAE's 1-d Gaussian code, as the paper does for every type). Direct is the
     # default: better categorical imputation and target error on the open tables (docs/accuracy.md).
     discrete_units: str = "direct"
+    # Ceiling of the dependency decoder's scale for a marginal code (None: unbounded).
+    code_scale_max: float | None = None
 
     def __post_init__(self) -> None:
         if self.mass not in ("encoder", "identity"):
@@ -118,6 +120,7 @@ class HHVAEM(nn.Module):
             config.hidden,
             config.activation,
             encoder_hidden=config.encoder_hidden,
+            code_scale_max=config.code_scale_max,
         )
         e = self.dependency.latent_size
         lo, hi = config.step_size_range
@@ -258,7 +261,13 @@ class HHVAEM(nn.Module):
             self._compiled_transition = compiled
 
     # ---- losses ----------------------------------------------------------------------------
-    def elbo(self, obs: Observed, generator: torch.Generator | None = None, hidden: Observed | None = None) -> Tensor:
+    def elbo(
+        self,
+        obs: Observed,
+        generator: torch.Generator | None = None,
+        hidden: Observed | None = None,
+        kl_weight: float = 1.0,
+    ) -> Tensor:
         """Per-row ELBO (or the importance-weighted bound for MIWAEM), analytic KL for the Gaussian case.
 
         With `hidden` (the entries the training mask hid, their true codes and targets), plus
@@ -280,7 +289,7 @@ class HHVAEM(nn.Module):
             return bound + weight * (torch.logsumexp(log_w + hidden_lp, -1) - torch.logsumexp(log_w, -1))
         fwd = self.dependency.forward_pass(eps, obs.unsqueeze(-2), hidden=hidden.unsqueeze(-2) if weight else None)
         kl = (0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)).sum(-1)
-        out = fwd.log_lik.squeeze(-1) - kl
+        out = fwd.log_lik.squeeze(-1) - kl_weight * kl
         return out + weight * fwd.hidden_log_lik.squeeze(-1) if weight else out
 
     def hmc_objective(

@@ -49,6 +49,14 @@ def positive_scale(raw: Tensor, floor: float = MIN_SCALE) -> tuple[Tensor, Tenso
     return sp + floor, slope
 
 
+def bounded_scale(raw: Tensor, ceiling: float, floor: float = MIN_SCALE) -> tuple[Tensor, Tensor]:
+    """floor + (ceiling - floor) * sigmoid(raw) and its derivative with respect to raw: a scale that cannot grow
+    past `ceiling`."""
+    s = torch.sigmoid(raw)
+    width = ceiling - floor
+    return floor + width * s, width * s * (1.0 - s)
+
+
 class Gaussian:
     pads_categories = False
     family = "gaussian"
@@ -108,8 +116,11 @@ class Gaussian:
         return n
 
     @classmethod
-    def from_block(cls, out: Tensor, n: int, k: int, pad: Tensor | None = None) -> Gaussian:
-        return cls(out[..., :n], *positive_scale(out[..., n : 2 * n]))
+    def from_block(
+        cls, out: Tensor, n: int, k: int, pad: Tensor | None = None, scale_max: float | None = None
+    ) -> Gaussian:
+        raw = out[..., n : 2 * n]
+        return cls(out[..., :n], *(positive_scale(raw) if scale_max is None else bounded_scale(raw, scale_max)))
 
     def block_score(self, x: Tensor, m: Tensor) -> tuple[Tensor, list[Tensor]]:
         """(log p per unit, the pieces of d sum(m log p) / d block), sharing the standardised residual."""
@@ -316,7 +327,9 @@ class Categorical:
         return n * k
 
     @classmethod
-    def from_block(cls, out: Tensor, n: int, k: int, pad: Tensor | None = None) -> Categorical:
+    def from_block(
+        cls, out: Tensor, n: int, k: int, pad: Tensor | None = None, scale_max: float | None = None
+    ) -> Categorical:
         return cls.from_raw(_unflatten(out[..., : n * k], n, k), pad)
 
     def block_score(self, x: Tensor, m: Tensor) -> tuple[Tensor, list[Tensor]]:

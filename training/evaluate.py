@@ -28,6 +28,7 @@ from hhvaem.model.hhvaem import HHVAEM
 from hhvaem.model.preprocessing import Preprocessor
 from hhvaem.model.schema import Schema
 from hhvaem.training.artifact import data_fingerprint, write_artifact
+from hhvaem.training.diagnosis import diagnose
 from hhvaem.training.fit import encode_rows, fit
 from hhvaem.training.metrics import brier, numeric_scores
 from hhvaem.training.trainer import Progress, StageSteps, TrainData
@@ -91,7 +92,10 @@ def protocol_metrics(
     observed: np.ndarray,
     n_samples: int,
     seed: int = 0,
+    train: TrainData | None = None,
 ) -> dict[str, float]:
+    """The protocol's metrics of the test rows `data` given what the model sees (`observed`); with the training
+    rows (`train`), the per-column diagnosis too (training/diagnosis.py)."""
     out = served_posterior(engine, data, observed, n_samples, seed)
     lp_x, lp_y = likelihoods(model, data, observed, out["eps"], seed)
     hidden = data.mx.numpy() & ~observed  # unobserved entries whose true value is known
@@ -100,6 +104,13 @@ def protocol_metrics(
     metrics.update(feature_metrics(model.schema, pp, out["features"], data.x.numpy(), hidden, rng))
     metrics.update(target_metrics(model.schema, pp, out["target"], data.y.numpy(), data.my.numpy(), rng))
     metrics["acceptance_rate"] = float(out["acceptance"].mean())
+    if train is not None:
+        known = data.mx.numpy()
+        metrics.update(
+            diagnose(
+                model, pp, out["features"], data.x.numpy(), known, observed & known, train.x.numpy(), train.mx.numpy()
+            )
+        )
     return metrics
 
 
@@ -206,7 +217,8 @@ def evaluate_split(
         write_artifact(art, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(train_df))
         t2 = time.perf_counter()
         engine = Engine(art, threads=threads)
-        metrics = protocol_metrics(fitted.model, fitted.preprocessor, engine, test, mask, n_samples, seed)
+        train = encode_rows(fitted.preprocessor, train_df)
+        metrics = protocol_metrics(fitted.model, fitted.preprocessor, engine, test, mask, n_samples, seed, train)
     metrics["train_seconds"] = train_seconds
     metrics["train_steps"] = float(fitted.history["steps"]["total"])
     for stage in ("vi", "hmc"):  # where early stopping ended each stage

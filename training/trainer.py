@@ -77,6 +77,8 @@ class TrainConfig:
     mask_rates: tuple[float, float] = (0.01, 0.99)
     # Stage 2's learning rate over its steps: "constant", or "cosine" (annealed from lr to lr / 100).
     lr_schedule: str = "constant"
+    # Weight of the dependency VAE's KL term in the encoder's objective (1: the ELBO).
+    kl_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -219,7 +221,7 @@ class Trainer:
     # ---- stage 2 --------------------------------------------------------------------------
     def vi_step(self) -> float:
         obs, hidden = self.batch()
-        loss = -self.model.elbo(obs, self.gen, hidden).mean()
+        loss = -self.model.elbo(obs, self.gen, hidden, self.config.kl_weight).mean()
         self.opt_enc.zero_grad(set_to_none=True)
         self.opt_gen.zero_grad(set_to_none=True)
         loss.backward()
@@ -231,7 +233,7 @@ class Trainer:
     def hmc_step(self) -> tuple[float, dict]:
         model, (obs, hidden) = self.model, self.batch()
         # Encoder: ELBO (and the predictive term of the hidden entries).
-        loss_enc = -model.elbo(obs, self.gen, hidden).mean()
+        loss_enc = -model.elbo(obs, self.gen, hidden, self.config.kl_weight).mean()
         enc = model.encoder_parameters()
         for p, g in zip(enc, torch.autograd.grad(loss_enc, enc)):
             p.grad = g
