@@ -449,3 +449,29 @@ def test_config_builds_the_named_variant_however_it_is_constructed():
     assert ModelConfig(variant="hhvaem").importance_samples == 0 and ModelConfig(variant="hhvaem").uses_hmc
     assert ModelConfig(variant="vaem", latent_dims=(10, 5)).latent_dims == (10,)  # one layer without hierarchy
     assert ModelConfig(variant="miwaem", importance_samples=3).importance_samples == 3  # an explicit value wins
+
+
+def test_a_bounded_code_scale_never_passes_its_ceiling_and_keeps_the_gradient_exact():
+    model = make_model("hhvaem", code_scale_max=0.3)
+    obs = observed(model, seed=1, n=6).unsqueeze(-2)
+    eps = (
+        3.0 * torch.randn(6, 4, model.latent_size, generator=torch.Generator().manual_seed(2), dtype=DT)
+    ).requires_grad_(True)
+    _, dists = model.dependency.decode(eps)
+    scales = torch.cat([d.scale.detach().flatten() for d in dists if hasattr(d, "scale")])
+    assert scales.numel() > 0 and float(scales.max()) <= 0.3 and float(scales.min()) >= MIN_SCALE
+    logp, grad = model.dependency.log_joint_and_grad(eps, obs)
+    (auto,) = torch.autograd.grad(logp.sum(), eps)
+    torch.testing.assert_close(grad, auto, rtol=1e-8, atol=1e-8)
+
+
+def test_the_kl_weight_scales_the_analytic_kl_of_the_elbo():
+    model = make_model("hvaem")
+    obs = observed(model, seed=3, n=8)
+    full = model.elbo(obs, torch.Generator().manual_seed(0))
+    half = model.elbo(obs, torch.Generator().manual_seed(0), kl_weight=0.5)
+    none = model.elbo(obs, torch.Generator().manual_seed(0), kl_weight=0.0)
+    mu, sigma = model.dependency.encode(obs)
+    kl = (0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)).sum(-1)
+    torch.testing.assert_close(none - full, kl)
+    torch.testing.assert_close(half, full + 0.5 * kl)

@@ -1,0 +1,108 @@
+"""The per-column diagnosis (training/diagnosis.py) on a tiny table whose every figure is worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hhvaem.model.hhvaem import HHVAEM, ModelConfig
+from hhvaem.model.preprocessing import Preprocessor
+from hhvaem.model.schema import Column, Schema
+from hhvaem.training.diagnosis import copyable_entries, diagnose
+from hhvaem.training.evaluate import feature_metrics
+
+SCHEMA = Schema(
+    features=(Column("a", "real"), Column("b", "real"), Column("c", "categorical", categories=("x", "y", "z"))),
+    targets=(Column("t", "real"),),
+)
+
+
+def test_copyable_entries_need_the_value_and_all_but_one_observed_column():
+    train = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 9.0, 5.0], [7.0, 7.0, 7.0, 7.0]])
+    known = np.ones_like(train, dtype=bool)
+    x = np.array(
+        [
+            [1.0, 2.0, 3.0, 5.0],  # observes a, b, c: row 0 agrees on all three -> its d (4) is not 5; row 1
+            # agrees on a, b (all but one) and holds d = 5 -> copyable at d; c = 3 is held by row 0 (agrees)
+            [1.0, 0.0, 0.0, 4.0],  # observes a only: rows 0 and 1 agree on a; d = 4 is row 0's -> copyable
+            [0.0, 0.0, 7.0, 7.0],  # observes a, b: no row agrees on either -> nothing copyable
+        ]
+    )
+    observed = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]], dtype=bool)
+    got = copyable_entries(train, known, x, observed)
+    assert got[0, 3] and got[1, 3]
+    assert not got[2].any()
+    assert not got[1, 1]  # b = 0 is held by no training row
+    # a training value that is not known does not count
+    unknown = known.copy()
+    unknown[0, 3] = False
+    assert not copyable_entries(train, unknown, x, observed)[1, 3]
+
+
+@pytest.fixture
+def model() -> HHVAEM:
+    torch.manual_seed(0)
+    return HHVAEM(SCHEMA, ModelConfig(variant="vaem", latent_dims=(2,), hidden=8, marginal_hidden=4)).eval()
+
+
+def test_figures_by_hand(model):
+    pp = Preprocessor(SCHEMA, {})  # scale 1: the metric scale is the model's
+    # 4 test rows; the served "posterior" has K = 2 samples, whose Gaussian locs average to the point predictions
+    x = np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [2.0, -1.0, 2.0], [3.0, 0.0, 2.0]])
+    known = np.ones_like(x, dtype=bool)
+    known[3, 1] = False
+    observed = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 0], [0, 1, 1]], dtype=bool) & known
+    pred_a = np.array([0.5, 1.0, 2.0, 1.0])  # errors at a: shown rows 0, 2 -> 0.5, 0; hidden rows 1, 3 -> 0, -2
+    pred_b = np.array([0.0, 2.0, -1.0, 0.0])  # b: shown row 1 -> 1; hidden rows 0, 2 -> -1, 0 (row 3 unknown)
+    pred_c = np.array([0, 1, 0, 2])  # c: shown rows 0, 3 -> right, right; hidden 1, 2 -> right, wrong
+    natural = np.zeros((4, 2, 3, 3))
+    for d, pred in enumerate((pred_a, pred_b)):
+        natural[:, 0, d, 0], natural[:, 1, d, 0] = pred - 0.25, pred + 0.25
+        natural[:, :, d, 1] = 1.0
+    natural[np.arange(4), :, 2, pred_c] = 1.0  # class probabilities
+    train_x = np.array([[0.0, 1.0, 1.0], [5.0, 1.0, 1.0], [9.0, 9.0, 0.0]])
+    train_known = np.ones_like(train_x, dtype=bool)
+    out = diagnose(model, pp, natural, x, known, observed, train_x, train_known)
+
+    assert out["col/a/hidden_rmse"] == pytest.approx(math.sqrt((0 + 4) / 2))
+    assert out["col/a/observed_rmse"] == pytest.approx(math.sqrt((0.25 + 0) / 2))
+    assert out["col/b/hidden_rmse"] == pytest.approx(math.sqrt((1 + 0) / 2))
+    assert out["col/b/observed_rmse"] == pytest.approx(1.0)
+    # squared error on hidden numbers: a 4, b 1 -> shares 0.8, 0.2; the shares rebuild RMSE_xu
+    assert out["col/a/share"] == pytest.approx(0.8) and out["col/b/share"] == pytest.approx(0.2)
+    hidden = known & ~observed
+    rmse_xu = feature_metrics(SCHEMA, pp, natural, x, hidden, np.random.default_rng(0))["rmse_xu"]
+    assert rmse_xu == pytest.approx(math.sqrt(5 / 4))
+    assert out["col/c/hidden_accuracy"] == pytest.approx(0.5)
+    assert out["col/c/observed_accuracy"] == pytest.approx(1.0)
+    # the training rows' majority class of c is y (1): hidden rows 1 and 2 hold y and z
+    assert out["col/c/majority_accuracy"] == pytest.approx(0.5)
+    assert out["accuracy_over_majority_min"] == pytest.approx(0.0)
+    assert out["observed_rmse_median"] == pytest.approx(np.median([math.sqrt(0.125), 1.0]))
+    assert out["observed_rmse_max"] == pytest.approx(1.0)
+    # copyable hidden numbers: row 0's b = 1 (training row 0 agrees on a, one of two shown, and holds b = 1); row 1's a = 1? no
+    # training row holds a = 1; row 2's b = -1: none; row 3's a = 3: none. So copyable = {(0, b)}: error 1.
+    assert out["rmse_xu_copyable"] == pytest.approx(1.0)
+    assert out["rmse_xu_other"] == pytest.approx(math.sqrt((0 + 4 + 0) / 3))
+    assert out["copyable_fraction"] == pytest.approx(0.25)
+
+
+def test_marginal_reconstruction_is_the_decoded_mean_at_the_mean_code(model):
+    pp = Preprocessor(SCHEMA, {})
+    x = np.array([[0.0, 1.0, 0.0], [1.0, -1.0, 1.0], [2.0, 0.5, 2.0]])
+    known = np.ones_like(x, dtype=bool)
+    natural = np.zeros((3, 1, 3, 3))
+    natural[..., :2, 1] = 1.0
+    natural[..., 2, 0] = 1.0
+    out = diagnose(model, pp, natural, x, known, known, x, known)
+    with torch.no_grad():
+        mu, _ = model.marginal.encode(torch.tensor(x, dtype=torch.float32))
+        loc = model.marginal.decode(mu)[..., 0].numpy()  # a Gaussian's first raw parameter is its loc
+    for d, name in enumerate("ab"):
+        want = math.sqrt(float(((loc[:, d] - x[:, d]) ** 2).mean()))
+        assert out[f"col/{name}/marginal_rmse"] == pytest.approx(want, rel=1e-5)
+    assert "col/c/marginal_rmse" not in out
+    assert out["marginal_rmse_max"] == pytest.approx(max(out["col/a/marginal_rmse"], out["col/b/marginal_rmse"]))
