@@ -164,7 +164,7 @@ def cmd_render(args) -> None:
     runs = load_runs(args.out)
     names = args.runs.split(",") if args.runs else [r for r in runs if r != "baselines"]
     base = runs.get("baselines", {})
-    methods = ("mean", "knn", "mice", "missforest", "constant", "hgb_nan")
+    methods = ("mean", "knn", "mice", "missforest", "miceforest", "constant", "hgb_nan")
     keys = args.metrics.split(",")
     print("| table | metric | " + " | ".join(names) + " | " + " | ".join(methods) + " |")
     print("|" + "---|" * (2 + len(names) + len(methods)))
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     bl.add_argument("--out", type=Path, required=True)
     bl.add_argument("--tables")
     bl.add_argument("--splits", default="0,1,2")
-    bl.add_argument("--methods", default="mean,knn,mice,missforest,constant,hgb_nan")
+    bl.add_argument("--methods", default="mean,knn,mice,missforest,miceforest,constant,hgb_nan")
     bl.add_argument("--force", action="store_true")
     rd = sub.add_parser("render")
     rd.add_argument("out", type=Path)

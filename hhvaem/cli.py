@@ -369,7 +369,12 @@ def baselines(
     schema: SchemaOpt = None,
     target: TargetOpt = None,
     methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated: mean, knn, mice, missforest, constant, hgb_nan.")
+        str,
+        typer.Option(
+            "--methods",
+            help="Comma-separated: mean, knn, mice, missforest, miceforest (LightGBM MICE: needs the optional "
+            "miceforest package, the anchors extra), constant, hgb_nan.",
+        ),
     ] = "mean,knn,mice,missforest,constant,hgb_nan",
     splits: Annotated[str, typer.Option("--splits", help="Comma-separated split indices in 0..9.")] = "0,1,2",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write {method: metrics} as JSON here.")] = None,
@@ -380,7 +385,7 @@ def baselines(
     non_numeric_as_missing: NonNumericOpt = False,
 ) -> None:
     """The classical imputers and hgb_nan under the same protocol, splits and metrics as `evaluate`."""
-    from hhvaem.training.baselines import METHODS
+    from hhvaem.training.baselines import METHODS, missing_packages
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in method_list if m not in METHODS]
@@ -390,6 +395,8 @@ def baselines(
             if bad
             else "--methods: none given"
         )
+    for reason in missing_packages(method_list):  # before loading the table: a missing package is known now
+        fail(reason)
     split_list = _split_list(splits)
     _setup(threads, seed)
     with user_errors():

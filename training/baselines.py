@@ -12,6 +12,26 @@ Imputers are fitted on the training rows (their genuine holes included) and impu
   column's holes by a ``LogisticRegression`` on the completed other columns (chained regressions for numbers, a
   classifier for categories, as MICE does with mixed types).
 * ``missforest``: the same with ``ExtraTreesRegressor`` / ``ExtraTreesClassifier`` (MissForest-style).
+* ``miceforest``: the literature's LightGBM MICE (the ``miceforest`` package, an optional dependency: the
+  ``anchors`` extra, ``pip install 'hhvaem[anchors]'``; without it the method stops with a one-line error naming
+  the package). Numeric columns on the metric scale, categorical and binary columns as pandas categoricals
+  (LightGBM splits on them as categories). An ``ImputationKernel`` on the training rows with
+  ``MICEFOREST_DATASETS`` = 3 datasets and ``MICEFOREST_ITERATIONS`` = 3 rounds, every column modelled
+  (``variable_schema`` = all columns, so that a column complete in the training rows can still be imputed in the
+  test rows), miceforest's default forests (LightGBM random forest, 48 trees, depth 8) with ``num_threads=1``,
+  seeded by ``random_state=seed`` (miceforest derives LightGBM's seeds from it; the test rows' initial draws use
+  ``numpy.random.default_rng(seed)``). ``mean_match_candidates=0``: a hole gets the forest's prediction (the
+  regression's value, the most probable class), not a donor value drawn near it, as a point imputation wants. The
+  test rows are imputed with the kernel's fitted models as ``kernel.impute_new_data`` means to: holes first drawn
+  from the training rows' observed values, then each round predicts every hole from the previous round's rows.
+  The point imputation is the mean over the datasets for numbers, their mode for categories (ties: the lowest).
+  Two bugs of miceforest 6.0.5 are worked around: ``impute_new_data`` never advances the new data's iteration
+  count (every round predicts from the random initial draws and ``complete_data()`` returns those draws), so the
+  rounds over the test rows are our loop; and a column's training rows are indexed in the smallest unsigned type
+  that holds its last hole (uint8 for a column without holes), so on over 256 rows models train on rows 0-255
+  repeated: a sentinel row, all missing, goes last in the training table (no model trains on it). Every column then
+  has a hole, so miceforest never takes the path (also mean matching's) that calls ``Booster.__inner_predict``
+  positionally, which lightgbm 4.7 made keyword-only: lightgbm 4.7 works.
 
 Targets (hidden at test time) are predicted by ``hgb_nan``: HistGradientBoosting (regressor or classifier)
 trained on 10 copies of the training rows, each with a fresh random mask (missing rate ~ U(0, 1) per row), so
@@ -22,6 +42,7 @@ majority class.
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from collections.abc import Callable
@@ -44,10 +65,42 @@ from hhvaem.training.evaluate import protocol_test_mask, split_indices
 from hhvaem.training.fit import encode_rows
 from hhvaem.training.tabular import table_columns
 
-IMPUTERS = ("mean", "knn", "mice", "missforest")
+IMPUTERS = ("mean", "knn", "mice", "missforest", "miceforest")
 PREDICTORS = ("constant", "hgb_nan")
 METHODS = IMPUTERS + PREDICTORS
 MASKED_COPIES = 10
+# Methods that need a package outside the `train` extra: {method: (module, pip requirement, extra)}.
+OPTIONAL = {"miceforest": ("miceforest", "miceforest", "anchors")}
+MICEFOREST_DATASETS = 3
+MICEFOREST_ITERATIONS = 3
+
+
+class MissingPackageError(ImportError):
+    """A baseline whose package is not installed; the message names the package and how to install it."""
+
+
+def require(method: str):
+    """The optional package `method` needs, imported; MissingPackageError (a one-line reason) when it is absent."""
+    module, requirement, extra = OPTIONAL[method]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingPackageError(
+            f"the {method} baseline needs the {requirement!r} package, which is not installed: "
+            f"pip install 'hhvaem[{extra}]' (or pip install {requirement})"
+        ) from None
+
+
+def missing_packages(methods) -> list[str]:
+    """Why each of `methods` cannot run here (its package is missing); empty when all can."""
+    out = []
+    for method in methods:
+        if method in OPTIONAL:
+            try:
+                require(method)
+            except MissingPackageError as e:
+                out.append(str(e))
+    return out
 
 
 class Encoding:
@@ -112,8 +165,69 @@ def make_imputer(method: str, seed: int):
     raise ValueError(f"unknown imputer {method!r} (expected one of {', '.join(IMPUTERS)})")
 
 
+def _frame(enc: Encoding, x: np.ndarray, observed: np.ndarray) -> pd.DataFrame:
+    """miceforest's table: numbers on the metric scale, categories as pandas categoricals, NaN in the holes."""
+    cols = {}
+    for d, col in enumerate(enc.schema.features):
+        if col.is_discrete:
+            codes = np.where(observed[:, d], x[:, d], -1).astype(int)  # -1: a hole
+            cols[f"x{d}"] = pd.Categorical.from_codes(codes, categories=list(range(col.n_categories)))
+        else:
+            cols[f"x{d}"] = np.where(observed[:, d], x[:, d].astype(np.float64) / enc.scales[d], np.nan)
+    return pd.DataFrame(cols)
+
+
+def miceforest_impute(enc: Encoding, train, x_test: np.ndarray, observed: np.ndarray, seed: int) -> np.ndarray:
+    """LightGBM MICE (the module docstring): fitted on the training rows, then the test rows' holes."""
+    mf = require("miceforest")
+    train_frame = _frame(enc, train.x.numpy(), train.mx.numpy())
+    test_frame = _frame(enc, x_test, observed)
+    names = list(train_frame.columns)
+    # The sentinel (module docstring): a last row, all missing, so that every column's hole positions (and the
+    # training rows miceforest derives from them) get an index type wide enough for the table.
+    sentinel = train_frame.iloc[:0].reindex([0])  # one row of NaN, the same dtypes
+    kernel = mf.ImputationKernel(
+        pd.concat([train_frame, sentinel], ignore_index=True),
+        num_datasets=MICEFOREST_DATASETS,
+        variable_schema=names,
+        mean_match_candidates=0,
+        random_state=seed,
+    )
+    kernel.mice(MICEFOREST_ITERATIONS, num_threads=1)
+    rng = np.random.default_rng(seed)
+    holes = {c: test_frame[c].isna().to_numpy() for c in names if test_frame[c].isna().any()}
+    draws = []
+    for dataset in range(MICEFOREST_DATASETS):
+        filled = test_frame.copy()
+        for c, h in holes.items():  # round 0: values drawn from the training rows' observed ones
+            pool = train_frame[c].dropna().to_numpy()
+            filled.loc[h, c] = pool[rng.integers(0, len(pool), h.sum())]
+        for iteration in range(1, MICEFOREST_ITERATIONS + 1):
+            previous, filled = filled, filled.copy()  # each round predicts from the previous round's rows
+            for c, h in holes.items():
+                model = kernel.get_model(c, dataset, iteration)
+                pred = model.predict(previous.loc[h, model.feature_name()])
+                if isinstance(test_frame[c].dtype, pd.CategoricalDtype):
+                    # binary: P(second category); multiclass: one probability per category
+                    index = (pred > 0.5).astype(int) if pred.ndim == 1 else pred.argmax(1)
+                    pred = test_frame[c].cat.categories[index]
+                filled.loc[h, c] = pred
+        draws.append(filled)
+    imputed = np.zeros_like(x_test, dtype=np.float64)
+    for d, (c, col) in enumerate(zip(names, enc.schema.features)):
+        values = np.stack([draw[c].to_numpy(dtype=np.float64) for draw in draws])
+        if col.is_discrete:  # the mode over datasets (ties: the lowest category)
+            counts = np.stack([(values == k).sum(0) for k in range(col.n_categories)])
+            imputed[:, d] = counts.argmax(0)
+        else:
+            imputed[:, d] = values.mean(0) * enc.scales[d]
+    return np.where(observed, x_test, imputed)
+
+
 def impute(method: str, seed: int, enc: Encoding, train, x_test: np.ndarray, observed: np.ndarray) -> np.ndarray:
     """The test rows with their holes filled, one value per feature (metric scale / category index)."""
+    if method == "miceforest":
+        return miceforest_impute(enc, train, x_test, observed, seed)
     imputer, classifier = make_imputer(method, seed)
     train_design = imputer.fit_transform(enc.encode(train.x.numpy(), train.mx.numpy()))
     test_design = imputer.transform(enc.encode(x_test, observed))
