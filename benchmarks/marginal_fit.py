@@ -1,6 +1,7 @@
 """How well each column's marginal VAE reconstructs it: stage 1 only, with and without the per-column warps.
 
     python -m benchmarks.marginal_fit ../shared/data/uci/boston --steps 1000
+    python -m benchmarks.marginal_fit ../shared/data/uci/concrete --type blast_furnace_slag=zero_positive
 
 Fits the Preprocessor on all rows (with warps, the default, and with `warps=False`), trains the marginal VAEs
 alone (`Trainer.marginal_step`, the stage-1 schedule), then prints per numeric column the RMSE of the
@@ -21,8 +22,9 @@ import torch
 
 from hhvaem.model.hhvaem import HHVAEM, ModelConfig
 from hhvaem.model.preprocessing import Preprocessor
+from hhvaem.model.schema import Column, Schema
 from hhvaem.training.fit import encode_rows
-from hhvaem.training.tabular import load_dataset, table_columns
+from hhvaem.training.tabular import infer_schema, load_dataset, table_columns
 from hhvaem.training.trainer import StageSteps, TrainConfig, Trainer
 
 
@@ -59,10 +61,19 @@ def main() -> None:
     ap.add_argument("table", type=Path, help="folder with data.csv and schema.json")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--type", action="append", default=[], metavar="COLUMN=TYPE", help="override a column's type")
+    ap.add_argument("--infer", action="store_true", help="infer the features' types (the schema file: targets only)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     schema_path = args.table / "schema.json"
     df, schema = load_dataset(args.table / "data.csv", schema_path=schema_path if schema_path.exists() else None)
+    if args.infer:
+        inferred = infer_schema(df, targets=[c.name for c in schema.targets])
+        schema = Schema(inferred.features, schema.targets)
+    overrides = dict(item.split("=", 1) for item in args.type)
+    if overrides:
+        retype = lambda c: Column(c.name, overrides[c.name], c.categories, c.unit) if c.name in overrides else c  # noqa: E731
+        schema = Schema(tuple(map(retype, schema.features)), schema.targets)
     plain = reconstruction(df, schema, False, args.steps, args.seed)
     warped = reconstruction(df, schema, True, args.steps, args.seed)
     print(f"{args.table.name}: marginal VAE reconstruction, {args.steps} steps (sd units; categories: error rate)")

@@ -294,6 +294,10 @@ class Family:
         """Per-component first and second moments ``[..., K]`` on the normalised scale."""
         raise NotImplementedError
 
+    def summary_extras(self, p: np.ndarray) -> dict[str, np.ndarray]:
+        """Family-specific figures ``{name: [B]}`` the served summaries add for mixtures ``p [B, K, w]``."""
+        return {}
+
 
 # ---- numeric families -------------------------------------------------------------------------------------
 class Gaussian(Family):
@@ -417,6 +421,96 @@ class LogNormal(Gaussian):
         m2 = np.exp(np.minimum(2 * loc + 2 * scale**2, _MAX_EXP))
         mean = np.maximum(m1.mean(-1) - 1.0, 0.0)
         return mean, _std(mean, m2.mean(-1) - 2 * m1.mean(-1) + 1.0)
+
+
+class ZeroLogNormal(LogNormal):
+    """zero_positive: a non-negative column with many exact zeros: a point mass at 0 (probability pi) and the
+    positive family's log-normal on log(1 + x) for the rest.
+
+    The model's scale is ``v = log(1 + x) / std`` (the protocol's standardisation without its shift, so that a
+    zero is exactly ``v = 0``, which the likelihoods recognise); the protocol's scale is ``v - mean / std``.
+    Natural parameters ``(loc, scale, pi)``: the positive part's Gaussian on v, and the probability of zero.
+    """
+
+    name = "zero_lognormal"
+    likelihood = "zero_lognormal"
+    warpable = False
+
+    def raw_width(self, n_categories: int) -> int:
+        return 3
+
+    def natural_width(self, n_categories: int) -> int:
+        return 3
+
+    def example(self, rng, n, n_categories):
+        return np.where(rng.random(n) < 0.3, 0.0, np.abs(rng.standard_normal(n)) + 0.1)
+
+    def normalise(self, x, stats):
+        return self.transform(x) / stats.std
+
+    def to_user(self, v, stats):
+        return self.untransform(np.asarray(v, dtype=np.float64) * stats.std)
+
+    def to_protocol(self, v, stats):
+        return np.asarray(v, dtype=np.float64) - stats.mean / stats.std
+
+    def protocol_log_jacobian(self, v, stats):
+        return np.zeros(np.shape(v))
+
+    def protocol_moments(self, p, stats):
+        m1, m2 = self.moments(p)
+        c = stats.mean / stats.std
+        return m1 - c, m2 - 2.0 * c * m1 + c * c
+
+    def component_params(self, natural, n_categories):
+        p = np.array(natural[..., :3], dtype=np.float64)
+        p[..., 2] = np.clip(p[..., 2], 0.0, 1.0)
+        return p
+
+    def check_params(self, p):
+        if p.shape[-1] != 3:
+            raise ValueError(f"zero_lognormal mixture params must have shape [K, 3] (loc, scale, pi); got {p.shape}")
+        if np.any(p[:, 1] <= 0):
+            raise ValueError("zero_lognormal mixture scales must be > 0")
+        if np.any((p[:, 2] < 0) | (p[:, 2] > 1)):
+            raise ValueError("zero_lognormal mixture zero probabilities must lie in [0, 1]")
+
+    def log_prob(self, p, x):
+        """A probability (mass) at 0, a density on the positive part: ``log pi`` or ``log(1 - pi) + log N``."""
+        loc, scale, pi = p[:, 0], p[:, 1], p[:, 2]
+        u = (x[:, None] - loc[None, :]) / scale[None, :]
+        with np.errstate(divide="ignore"):
+            positive = np.log1p(-pi)[None, :] - 0.5 * u * u - (np.log(scale) + 0.5 * _LOG_2PI)[None, :]
+            zero = np.broadcast_to(np.log(pi)[None, :], positive.shape)
+        return np.where((x == 0)[:, None], zero, positive)
+
+    def sample(self, p, rng):
+        v = rng.normal(p[..., 0], p[..., 1])
+        return np.where(rng.random(v.shape) < p[..., 2], 0.0, v)
+
+    def moments(self, p):
+        loc, scale, pi = p[..., 0], p[..., 1], p[..., 2]
+        return (1.0 - pi) * loc, (1.0 - pi) * (scale**2 + loc**2)
+
+    def point(self, p, stats):
+        return self.to_user(self.moments(p)[0].mean(-1), stats)
+
+    def user_moments(self, p, stats):
+        loc, scale, keep = p[..., 0] * stats.std, p[..., 1] * stats.std, 1.0 - p[..., 2]
+        m1 = np.exp(np.minimum(loc + 0.5 * scale**2, _MAX_EXP)) - 1.0
+        m2 = np.exp(np.minimum(2 * loc + 2 * scale**2, _MAX_EXP)) - 2.0 * m1 - 1.0  # E[(e^Y - 1)^2]
+        mean = np.maximum((keep * m1).mean(-1), 0.0)
+        return mean, _std(mean, (keep * m2).mean(-1))
+
+    def user_draws(self, p, stats, rng, draws):
+        loc = np.repeat(p[..., 0], draws, axis=-1)
+        scale = np.repeat(p[..., 1], draws, axis=-1)
+        pi = np.repeat(p[..., 2], draws, axis=-1)
+        x = self.to_user(loc + scale * rng.standard_normal(loc.shape), stats)
+        return np.where(rng.random(loc.shape) < pi, 0.0, x)
+
+    def summary_extras(self, p):
+        return {"probability_zero": p[..., 2].mean(-1)}
 
 
 class Poisson(Family):
@@ -598,6 +692,7 @@ def _integers(x: np.ndarray) -> np.ndarray:
 FAMILIES: dict[str, Family] = {
     "real": Gaussian(),
     "positive": LogNormal(),
+    "zero_positive": ZeroLogNormal(),
     "count": Poisson(),
     "binary": Bernoulli(),
     "categorical": Categorical(),
