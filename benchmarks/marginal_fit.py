@@ -28,13 +28,19 @@ from hhvaem.training.tabular import infer_schema, load_dataset, table_columns
 from hhvaem.training.trainer import StageSteps, TrainConfig, Trainer
 
 
-def reconstruction(df, schema, warps: bool, steps: int, seed: int) -> dict[str, tuple[float, bool]]:
+def reconstruction(
+    df, schema, warps: bool, steps: int, seed: int, kl_weight: float = 1.0
+) -> dict[str, tuple[float, bool]]:
     """{column: (error, warped)}: RMSE in sd units (numeric) or the error rate (categories)."""
     torch.manual_seed(seed)
     pp = Preprocessor.fit(schema, table_columns(df), warps=warps)
     data = encode_rows(pp, df)
     model = HHVAEM(schema, ModelConfig.for_table("hhvaem", len(schema.features), len(df)))
-    trainer = Trainer(model, data, TrainConfig(StageSteps(marginal=steps, vi=0, hmc=0), seed=seed, compile=False))
+    trainer = Trainer(
+        model,
+        data,
+        TrainConfig(StageSteps(marginal=steps, vi=0, hmc=0), seed=seed, compile=False, marginal_kl_weight=kl_weight),
+    )
     for _ in range(steps):
         trainer.marginal_step()
     with torch.no_grad():
@@ -62,6 +68,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--type", action="append", default=[], metavar="COLUMN=TYPE", help="override a column's type")
+    ap.add_argument("--kl-weight", type=float, default=1.0, help="TrainConfig.marginal_kl_weight")
     ap.add_argument("--infer", action="store_true", help="infer the features' types (the schema file: targets only)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -74,8 +81,8 @@ def main() -> None:
     if overrides:
         retype = lambda c: Column(c.name, overrides[c.name], c.categories, c.unit) if c.name in overrides else c  # noqa: E731
         schema = Schema(tuple(map(retype, schema.features)), schema.targets)
-    plain = reconstruction(df, schema, False, args.steps, args.seed)
-    warped = reconstruction(df, schema, True, args.steps, args.seed)
+    plain = reconstruction(df, schema, False, args.steps, args.seed, args.kl_weight)
+    warped = reconstruction(df, schema, True, args.steps, args.seed, args.kl_weight)
     print(f"{args.table.name}: marginal VAE reconstruction, {args.steps} steps (sd units; categories: error rate)")
     print(f"{'column':<24} {'type':<12} {'no warp':>8} {'warps':>8}")
     for col in schema.features:
