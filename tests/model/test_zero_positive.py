@@ -153,6 +153,13 @@ def test_a_model_with_zero_positive_columns_exports_to_onnx_and_matches_torch(tm
     summary = answer[0]["imputed"]["slag"]
     assert 0.0 <= summary["probability_zero"] <= 1.0 and summary["mean"] >= 0.0
     assert "probability_zero" not in answer[0]["imputed"]["b"]
+    predicted = onnx.predict(rows[:1], samples=30, seed=3)[0]["targets"]["y"]
+    assert 0.0 <= predicted["probability_zero"] <= 1.0
+    # the acquisition estimators take a zero_positive feature and target (a mass and a density in one mixture)
+    for method in ("mixture", "histogram"):
+        ranking = onnx.next_features({"a": 0.3}, samples=60, seed=0, method=method)["ranking"]
+        assert sorted(r["feature"] for r in ranking) == ["b", "slag"]
+        assert all(np.isfinite(r["gain"]) and r["gain"] >= 0 for r in ranking)
 
 
 def test_the_marginal_vae_keeps_zeros_apart_from_the_positive_part():
