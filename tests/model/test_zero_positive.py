@@ -155,6 +155,16 @@ def test_a_model_with_zero_positive_columns_exports_to_onnx_and_matches_torch(tm
     assert "probability_zero" not in answer[0]["imputed"]["b"]
     predicted = onnx.predict(rows[:1], samples=30, seed=3)[0]["targets"]["y"]
     assert 0.0 <= predicted["probability_zero"] <= 1.0
+    # a scored table adds the probability of zero beside the standard deviation
+    from hhvaem.app.engine.scoring import score_frame
+
+    table = df.head(6).drop(columns="y").copy()
+    table.loc[:2, "slag"] = np.nan
+    scored, errors = score_frame(onnx, table, "both", 30, 128, 0)
+    assert not errors
+    assert scored["slag__p_zero"].iloc[:3].between(0, 1).all() and scored["slag__p_zero"].iloc[3:].isna().all()
+    assert scored["y__p_zero"].between(0, 1).all()
+    assert list(scored.columns).index("slag__p_zero") == list(scored.columns).index("slag__std") + 1
     # the acquisition estimators take a zero_positive feature and target (a mass and a density in one mixture)
     for method in ("mixture", "histogram"):
         ranking = onnx.next_features({"a": 0.3}, samples=60, seed=0, method=method)["ranking"]
