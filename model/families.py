@@ -37,15 +37,148 @@ MAX_STANDARD_DEVIATIONS = 100.0
 MAX_COUNT = 1e6
 
 
+# A numeric column is warped (`Warp`) when its standardised values are more skewed than this (either way).
+SKEW_THRESHOLD = 1.0
+# Fewer observed values or distinct values than these: no warp (the skewness says too little).
+_WARP_MIN_VALUES = 20
+_WARP_MIN_DISTINCT = 5
+# A column with a point mass holding more than this share of its values is not warped (see Warp.fit).
+_WARP_MAX_POINT_MASS = 0.5
+# The warp's offset is searched on a log grid between these (in training standard deviations).
+_WARP_OFFSETS = (1e-3, 1e3)
+_WARP_GRID = 121
+_WARP_MAX_VALUES = 100_000
+# Gauss-Hermite nodes for moments through a warp (probabilists' weight exp(-x^2 / 2)).
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(48)
+_GH_WEIGHTS = _GH_WEIGHTS / math.sqrt(2.0 * math.pi)
+
+
+def _skewness(v: np.ndarray) -> float:
+    c = v - v.mean()
+    s2 = float(np.mean(c * c))
+    return float(np.mean(c**3)) / s2**1.5 if s2 > 0 else 0.0
+
+
+def _kurtosis(v: np.ndarray) -> float:
+    c = v - v.mean()
+    s2 = float(np.mean(c * c))
+    return float(np.mean(c**4)) / s2**2 if s2 > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Warp:
+    """A monotone increasing map from a column's protocol scale u (standardised, docs/protocol.md) to the model's
+    scale v, for strongly skewed columns: a shifted log on the long tail's side, then standardised.
+
+    With ``y = sign * u`` (sign -1 reflects a left-skewed column), ``r(y) = log(y - low + offset)`` for
+    ``y >= low`` (`low` the training minimum of y) and the tangent line ``log(offset) + (y - low) / offset``
+    below it (values beyond the training range stay valid and the map stays total and invertible);
+    ``v = sign * (r - loc) / scale``. The offset is chosen at fit time to make the warped training values' tails
+    as light as it can (the least kurtosis on a log grid; a column whose tails get no lighter is not warped): for
+    a left-skewed bounded column such as boston's B, a reflected log ``log(c - x)`` with c a little above the
+    training maximum.
+    """
+
+    sign: float
+    low: float
+    offset: float
+    loc: float = 0.0
+    scale: float = 1.0
+
+    def _r(self, u: np.ndarray) -> np.ndarray:
+        y = self.sign * np.asarray(u, dtype=np.float64) - self.low
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_part = np.log(np.maximum(y, 0.0) + self.offset)
+        return np.where(y >= 0, log_part, math.log(self.offset) + y / self.offset)
+
+    def forward(self, u: np.ndarray) -> np.ndarray:
+        """Protocol scale -> the model's scale."""
+        return self.sign * (self._r(u) - self.loc) / self.scale
+
+    def inverse(self, v: np.ndarray) -> np.ndarray:
+        """The model's scale -> protocol scale (total: every real v has a preimage)."""
+        r = self.loc + self.sign * np.asarray(v, dtype=np.float64) * self.scale
+        edge = math.log(self.offset)
+        y = np.where(r >= edge, np.exp(np.minimum(r, _MAX_EXP)) - self.offset, (r - edge) * self.offset)
+        return self.sign * (y + self.low)
+
+    def log_derivative(self, v: np.ndarray) -> np.ndarray:
+        """``log dv/du`` at the model-scale value v: what turns a density on the model's scale into one on the
+        protocol scale (``log p(u) = log p(v) + log dv/du``)."""
+        r = self.loc + self.sign * np.asarray(v, dtype=np.float64) * self.scale
+        return -math.log(self.scale) - np.maximum(r, math.log(self.offset))
+
+    @classmethod
+    def fit(cls, u: np.ndarray) -> Warp | None:
+        """The warp for observed protocol-scale values `u`, or None when the column is not skewed enough."""
+        u = np.asarray(u, dtype=np.float64)
+        values, counts = np.unique(u, return_counts=True)
+        if u.size < _WARP_MIN_VALUES or values.size < _WARP_MIN_DISTINCT:
+            return None
+        if counts.max() > _WARP_MAX_POINT_MASS * u.size:  # mostly one value (boston's ZN): a log only squeezes the
+            return None  # rest, which the model then reconstructs worse on the protocol's scale (measured)
+        skew = _skewness(u)
+        if abs(skew) <= SKEW_THRESHOLD:
+            return None
+        sign = 1.0 if skew > 0 else -1.0
+        y = np.sort(sign * u)
+        if y.size > _WARP_MAX_VALUES:  # evenly spaced order statistics stand for a very long column
+            y = y[np.linspace(0, y.size - 1, _WARP_MAX_VALUES).round().astype(np.int64)]
+        low = float(y[0])
+        best: tuple[float, float] | None = None
+        for offset in np.geomspace(*_WARP_OFFSETS, _WARP_GRID):
+            k = _kurtosis(np.log(y - low + offset))
+            if best is None or k < best[0]:
+                best = (k, float(offset))
+        assert best is not None
+        if best[0] >= _kurtosis(y):  # the log makes the tails no lighter: leave the column as it is
+            return None
+        r = np.log(sign * u - low + best[1])
+        scale = float(r.std())
+        return cls(sign, low, best[1], float(r.mean()), scale if scale > 1e-8 else 1.0)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"sign": self.sign, "low": self.low, "offset": self.offset, "loc": self.loc, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> Warp:
+        return cls(*(float(d[k]) for k in ("sign", "low", "offset", "loc", "scale")))
+
+
 @dataclass(frozen=True)
 class Stats:
-    """Shift and scale of a numeric column on its transformed scale (log1p for positive columns)."""
+    """Shift and scale of a numeric column on its transformed scale (log1p for positive columns), and the
+    column's `Warp` (None: the model's scale is the protocol scale, the standardised values themselves)."""
 
     mean: float = 0.0
     std: float = 1.0
+    warp: Warp | None = None
 
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "std": self.std}
+    def to_protocol(self, v: np.ndarray) -> np.ndarray:
+        """The model's scale -> the protocol scale (standardised; docs/protocol.md)."""
+        v = np.asarray(v, dtype=np.float64)
+        return v if self.warp is None else self.warp.inverse(v)
+
+    def standardise(self, t: np.ndarray) -> np.ndarray:
+        """Transformed values (log1p for positive columns) -> the model's scale."""
+        u = (np.asarray(t, dtype=np.float64) - self.mean) / self.std
+        return u if self.warp is None else self.warp.forward(u)
+
+    def unstandardise(self, v: np.ndarray) -> np.ndarray:
+        """The model's scale -> transformed values."""
+        return self.to_protocol(v) * self.std + self.mean
+
+    def to_dict(self) -> dict:
+        d: dict = {"mean": self.mean, "std": self.std}
+        if self.warp is not None:
+            d["warp"] = self.warp.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d) -> Stats:
+        """Reads `to_dict`'s output; artifacts written before warps existed have none."""
+        warp = d.get("warp")
+        return cls(float(d["mean"]), float(d["std"]), Warp.from_dict(warp) if warp else None)
 
 
 def log_factorial(x: np.ndarray) -> np.ndarray:
@@ -72,6 +205,7 @@ class Family:
     discrete: ClassVar[bool] = False  # values are categories (summaries: mode and class probabilities)
     countable: ClassVar[bool] = False  # the support can be enumerated (categories, counts)
     uses_stats: ClassVar[bool] = True  # Preprocessor.fit computes Stats for the column
+    warpable: ClassVar[bool] = False  # Preprocessor.fit may give the column a Warp (strongly skewed columns)
 
     # ---- widths ------------------------------------------------------------------------------
     def raw_width(self, n_categories: int) -> int:
@@ -122,6 +256,20 @@ class Family:
         """Normalised values back to user units (elementwise)."""
         return np.asarray(v, dtype=np.float64)
 
+    # ---- the protocol's scale (docs/protocol.md), where accuracy is measured ----------------------------------
+    def to_protocol(self, v: np.ndarray, stats: Stats | None) -> np.ndarray:
+        """Values on the model's normalised scale -> the protocol's scale (they differ only for warped columns)."""
+        return np.asarray(v, dtype=np.float64)
+
+    def protocol_log_jacobian(self, v: np.ndarray, stats: Stats | None) -> np.ndarray:
+        """``log |d model / d protocol|`` at model-scale values: added to a model-scale log density, it gives the
+        density on the protocol's scale."""
+        return np.zeros(np.shape(v))
+
+    def protocol_moments(self, p: np.ndarray, stats: Stats | None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-component first and second moments ``[..., K]`` on the protocol's scale."""
+        return self.moments(p)
+
     # ---- components ------------------------------------------------------------------------------
     def component_params(self, natural: np.ndarray, n_categories: int) -> np.ndarray:
         """The used part of natural parameters ``[..., K, W] -> [..., K, w]`` (float64, made valid)."""
@@ -146,6 +294,10 @@ class Family:
         """Per-component first and second moments ``[..., K]`` on the normalised scale."""
         raise NotImplementedError
 
+    def summary_extras(self, p: np.ndarray) -> dict[str, np.ndarray]:
+        """Family-specific figures ``{name: [B]}`` the served summaries add for mixtures ``p [B, K, w]``."""
+        return {}
+
 
 # ---- numeric families -------------------------------------------------------------------------------------
 class Gaussian(Family):
@@ -153,6 +305,7 @@ class Gaussian(Family):
 
     name = "gaussian"
     likelihood = "gaussian"
+    warpable = True
 
     def raw_width(self, n_categories: int) -> int:
         return 2
@@ -161,10 +314,28 @@ class Gaussian(Family):
         return 2
 
     def normalise(self, x, stats):
-        return (self.transform(x) - stats.mean) / stats.std
+        return stats.standardise(self.transform(x))
+
+    def untransform(self, t: np.ndarray) -> np.ndarray:
+        """The inverse of `transform` (elementwise)."""
+        return np.asarray(t, dtype=np.float64)
 
     def to_user(self, v, stats):
-        return np.asarray(v, dtype=np.float64) * stats.std + stats.mean
+        return self.untransform(stats.unstandardise(v))
+
+    def to_protocol(self, v, stats):
+        return stats.to_protocol(v)
+
+    def protocol_log_jacobian(self, v, stats):
+        if stats.warp is None:
+            return np.zeros(np.shape(v))
+        return stats.warp.log_derivative(v)
+
+    def protocol_moments(self, p, stats):
+        if stats is None or stats.warp is None:
+            return self.moments(p)
+        u = stats.warp.inverse(_nodes(p))
+        return u @ _GH_WEIGHTS, (u * u) @ _GH_WEIGHTS
 
     def implausible(self, v):
         if abs(v) <= MAX_STANDARD_DEVIATIONS:
@@ -197,15 +368,26 @@ class Gaussian(Family):
         return loc, scale**2 + loc**2
 
     def point(self, p: np.ndarray, stats: Stats | None) -> np.ndarray:
-        """The point imputation ``[B]`` in user units: the predictive mean on the model's scale, mapped back (what
-        RMSE_xu scores; for positive columns exp(E[log(1 + x)]) - 1, robust to a heavy right tail)."""
-        return self.to_user(self.moments(p)[0].mean(-1), stats)
+        """The point imputation ``[B]`` in user units: the predictive mean on the protocol's scale, mapped back
+        (what RMSE_xu scores; for positive columns exp(E[log(1 + x)]) - 1, robust to a heavy right tail)."""
+        return self.untransform(self.protocol_moments(p, stats)[0].mean(-1) * stats.std + stats.mean)
 
     def user_moments(self, p: np.ndarray, stats: Stats) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation ``[B]`` in user units of the equal-weight mixtures ``p [B, K, 2]``."""
+        if stats.warp is not None:
+            return self._warped_user_moments(p, stats)
         loc, scale = p[..., 0] * stats.std + stats.mean, p[..., 1] * stats.std
         mean = loc.mean(-1)
         return mean, _std(mean, (scale**2 + loc**2).mean(-1))
+
+    def _warped_user_moments(self, p: np.ndarray, stats: Stats) -> tuple[np.ndarray, np.ndarray]:
+        """Through a warp there are no closed forms: Gauss-Hermite quadrature per component (exact enough for
+        the smooth, at most exponential maps a warp and log1p make)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = self.to_user(_nodes(p), stats)
+        m1, m2 = x @ _GH_WEIGHTS, (x * x) @ _GH_WEIGHTS
+        mean = m1.mean(-1)
+        return mean, _std(mean, m2.mean(-1))
 
     def user_draws(self, p: np.ndarray, stats: Stats, rng: np.random.Generator, draws: int) -> np.ndarray:
         """`draws` values per component in user units: ``[B, K * draws]``."""
@@ -228,16 +410,107 @@ class LogNormal(Gaussian):
     def transform(self, x):
         return np.log1p(np.asarray(x, dtype=np.float64))
 
-    def to_user(self, v, stats):
-        x = np.asarray(v, dtype=np.float64) * stats.std + stats.mean
-        return np.maximum(np.expm1(x), 0.0)  # rounding can dip below 0
+    def untransform(self, t):
+        return np.maximum(np.expm1(np.asarray(t, dtype=np.float64)), 0.0)  # rounding can dip below 0
 
     def user_moments(self, p, stats):
+        if stats.warp is not None:
+            return self._warped_user_moments(p, stats)
         loc, scale = p[..., 0] * stats.std + stats.mean, p[..., 1] * stats.std
         m1 = np.exp(np.minimum(loc + 0.5 * scale**2, _MAX_EXP))
         m2 = np.exp(np.minimum(2 * loc + 2 * scale**2, _MAX_EXP))
         mean = np.maximum(m1.mean(-1) - 1.0, 0.0)
         return mean, _std(mean, m2.mean(-1) - 2 * m1.mean(-1) + 1.0)
+
+
+class ZeroLogNormal(LogNormal):
+    """zero_positive: a non-negative column with many exact zeros: a point mass at 0 (probability pi) and the
+    positive family's log-normal on log(1 + x) for the rest.
+
+    The model's scale is ``v = log(1 + x) / std`` (the protocol's standardisation without its shift, so that a
+    zero is exactly ``v = 0``, which the likelihoods recognise); the protocol's scale is ``v - mean / std``.
+    Natural parameters ``(loc, scale, pi)``: the positive part's Gaussian on v, and the probability of zero.
+    """
+
+    name = "zero_lognormal"
+    likelihood = "zero_lognormal"
+    warpable = False
+
+    def raw_width(self, n_categories: int) -> int:
+        return 3
+
+    def natural_width(self, n_categories: int) -> int:
+        return 3
+
+    def example(self, rng, n, n_categories):
+        return np.where(rng.random(n) < 0.3, 0.0, np.abs(rng.standard_normal(n)) + 0.1)
+
+    def normalise(self, x, stats):
+        return self.transform(x) / stats.std
+
+    def to_user(self, v, stats):
+        return self.untransform(np.asarray(v, dtype=np.float64) * stats.std)
+
+    def to_protocol(self, v, stats):
+        return np.asarray(v, dtype=np.float64) - stats.mean / stats.std
+
+    def protocol_log_jacobian(self, v, stats):
+        return np.zeros(np.shape(v))
+
+    def protocol_moments(self, p, stats):
+        m1, m2 = self.moments(p)
+        c = stats.mean / stats.std
+        return m1 - c, m2 - 2.0 * c * m1 + c * c
+
+    def component_params(self, natural, n_categories):
+        p = np.array(natural[..., :3], dtype=np.float64)
+        p[..., 2] = np.clip(p[..., 2], 0.0, 1.0)
+        return p
+
+    def check_params(self, p):
+        if p.shape[-1] != 3:
+            raise ValueError(f"zero_lognormal mixture params must have shape [K, 3] (loc, scale, pi); got {p.shape}")
+        if np.any(p[:, 1] <= 0):
+            raise ValueError("zero_lognormal mixture scales must be > 0")
+        if np.any((p[:, 2] < 0) | (p[:, 2] > 1)):
+            raise ValueError("zero_lognormal mixture zero probabilities must lie in [0, 1]")
+
+    def log_prob(self, p, x):
+        """A probability (mass) at 0, a density on the positive part: ``log pi`` or ``log(1 - pi) + log N``."""
+        loc, scale, pi = p[:, 0], p[:, 1], p[:, 2]
+        u = (x[:, None] - loc[None, :]) / scale[None, :]
+        with np.errstate(divide="ignore"):
+            positive = np.log1p(-pi)[None, :] - 0.5 * u * u - (np.log(scale) + 0.5 * _LOG_2PI)[None, :]
+            zero = np.broadcast_to(np.log(pi)[None, :], positive.shape)
+        return np.where((x == 0)[:, None], zero, positive)
+
+    def sample(self, p, rng):
+        v = rng.normal(p[..., 0], p[..., 1])
+        return np.where(rng.random(v.shape) < p[..., 2], 0.0, v)
+
+    def moments(self, p):
+        loc, scale, pi = p[..., 0], p[..., 1], p[..., 2]
+        return (1.0 - pi) * loc, (1.0 - pi) * (scale**2 + loc**2)
+
+    def point(self, p, stats):
+        return self.to_user(self.moments(p)[0].mean(-1), stats)
+
+    def user_moments(self, p, stats):
+        loc, scale, keep = p[..., 0] * stats.std, p[..., 1] * stats.std, 1.0 - p[..., 2]
+        m1 = np.exp(np.minimum(loc + 0.5 * scale**2, _MAX_EXP)) - 1.0
+        m2 = np.exp(np.minimum(2 * loc + 2 * scale**2, _MAX_EXP)) - 2.0 * m1 - 1.0  # E[(e^Y - 1)^2]
+        mean = np.maximum((keep * m1).mean(-1), 0.0)
+        return mean, _std(mean, (keep * m2).mean(-1))
+
+    def user_draws(self, p, stats, rng, draws):
+        loc = np.repeat(p[..., 0], draws, axis=-1)
+        scale = np.repeat(p[..., 1], draws, axis=-1)
+        pi = np.repeat(p[..., 2], draws, axis=-1)
+        x = self.to_user(loc + scale * rng.standard_normal(loc.shape), stats)
+        return np.where(rng.random(loc.shape) < pi, 0.0, x)
+
+    def summary_extras(self, p):
+        return {"probability_zero": p[..., 2].mean(-1)}
 
 
 class Poisson(Family):
@@ -402,6 +675,11 @@ class Bernoulli(Categorical):
         return None if n_categories == 2 else f"binary needs exactly 2 categories, got {n_categories}"
 
 
+def _nodes(p: np.ndarray) -> np.ndarray:
+    """Gauss-Hermite nodes ``[..., K, n]`` of Gaussian components ``p [..., K, 2]`` (loc, scale)."""
+    return p[..., 0, None] + p[..., 1, None] * _GH_NODES
+
+
 def _std(mean: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(second - mean**2, 0.0))
 
@@ -414,6 +692,7 @@ def _integers(x: np.ndarray) -> np.ndarray:
 FAMILIES: dict[str, Family] = {
     "real": Gaussian(),
     "positive": LogNormal(),
+    "zero_positive": ZeroLogNormal(),
     "count": Poisson(),
     "binary": Bernoulli(),
     "categorical": Categorical(),

@@ -36,12 +36,13 @@ class MarginalVAEs(nn.Module):
         """Negative ELBO, averaged over each feature's observed entries, summed over features.
 
         `kl_weight` < 1 early in training (warm-up) keeps a 1-d code from collapsing onto the prior
-        before the decoder has learnt to use it (seen on nearly-Gaussian columns).
+        before the decoder has learnt to use it (seen on nearly-Gaussian columns). A likelihood may weight its
+        column's KL term further (`ColumnLikelihoods.kl_weights`: zero-inflated columns).
         """
         mu, sigma = self.encode(x)
         z = mu + sigma * torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
         rec = self.likelihood.log_prob(self.decode(z), x)
-        kl = 0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)
+        kl = (0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)) * self.likelihood.kl_weights.to(mu)
         m = mask.to(x.dtype)
         per_feature = ((kl_weight * kl - rec) * m).sum(0) / m.sum(0).clamp_min(1.0)
         return per_feature.sum()

@@ -4,6 +4,10 @@ Normalised scale (docs/protocol.md): real -> standardised; positive -> log(1 + x
 standardised; count -> the raw count (its likelihood is a probability mass);
 binary / categorical -> the category's index. Missing cells are encoded as 0
 with mask 0. Statistics come from the training rows only.
+
+A real or positive column whose standardised values are strongly skewed (|skewness| > SKEW_THRESHOLD) is
+warped on top (`families.Warp`, chosen at fit time and stored with its Stats): the model works on the warped
+scale, and the families map it back to the protocol's scale (`Family.to_protocol`) and to the user's units.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hhvaem.model.families import Stats
+from hhvaem.model.families import Stats, Warp
 from hhvaem.model.schema import Column, Schema
 
 
@@ -61,7 +65,9 @@ class Preprocessor:
 
     # ---- fitting -------------------------------------------------------------------------
     @classmethod
-    def fit(cls, schema: Schema, columns: Mapping[str, np.ndarray]) -> Preprocessor:
+    def fit(cls, schema: Schema, columns: Mapping[str, np.ndarray], warps: bool = True) -> Preprocessor:
+        """Statistics from the training rows; `warps=False` keeps every column on the protocol's scale (what the
+        classical baselines work on)."""
         stats: dict[str, Stats] = {}
         bare = cls(schema, {})
         for col in schema.columns:
@@ -72,7 +78,9 @@ class Preprocessor:
             if v.size == 0:
                 raise EncodingError(col.name, "no observed values to fit on")
             std = float(v.std())
-            stats[col.name] = Stats(mean=float(v.mean()), std=std if std > 1e-8 else 1.0)
+            mean, std = float(v.mean()), std if std > 1e-8 else 1.0
+            warp = Warp.fit((v - mean) / std) if warps and col.family.warpable else None
+            stats[col.name] = Stats(mean=mean, std=std, warp=warp)
         return cls(schema, stats)
 
     # ---- encoding ------------------------------------------------------------------------
@@ -147,9 +155,14 @@ class Preprocessor:
     def category(self, col: Column, index: int) -> Any:
         return col.categories[int(index)]
 
+    def to_protocol(self, col: Column, normalised: np.ndarray) -> np.ndarray:
+        """Normalised numeric values on the protocol's scale (docs/protocol.md; differs for warped columns)."""
+        return col.family.to_protocol(normalised, self.stats.get(col.name))
+
     def to_dict(self) -> dict[str, Any]:
         return {name: s.to_dict() for name, s in self.stats.items()}
 
     @classmethod
-    def from_dict(cls, schema: Schema, d: Mapping[str, Mapping[str, float]]) -> Preprocessor:
-        return cls(schema, {k: Stats(float(v["mean"]), float(v["std"])) for k, v in d.items()})
+    def from_dict(cls, schema: Schema, d: Mapping[str, Mapping[str, Any]]) -> Preprocessor:
+        """Reads `to_dict`'s output (artifacts from before warps carry none: their columns stay unwarped)."""
+        return cls(schema, {k: Stats.from_dict(v) for k, v in d.items()})

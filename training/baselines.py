@@ -314,7 +314,7 @@ def baseline_split(df: pd.DataFrame, schema: Schema, split: int, method: str, se
         raise ValueError(f"unknown method {method!r} (expected one of {', '.join(METHODS)})")
     train_idx, test_idx = split_indices(len(df), split)
     train_df = df.iloc[train_idx].reset_index(drop=True)
-    pp = Preprocessor.fit(schema, table_columns(train_df))
+    pp = Preprocessor.fit(schema, table_columns(train_df), warps=False)  # the protocol's scale, as documented
     train = encode_rows(pp, train_df)
     test = encode_rows(pp, df.iloc[test_idx].reset_index(drop=True))
     observed = protocol_test_mask(len(test_idx), len(schema.features), split) & test.mx.numpy()

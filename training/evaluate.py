@@ -98,6 +98,9 @@ def protocol_metrics(
     rows (`train`), the per-column diagnosis too (training/diagnosis.py)."""
     out = served_posterior(engine, data, observed, n_samples, seed)
     lp_x, lp_y = likelihoods(model, data, observed, out["eps"], seed)
+    # densities on the protocol's scale: warped columns add log |d model / d protocol| at the true value
+    lp_x = lp_x + protocol_log_jacobian(model.schema.features, pp, data.x.numpy())[:, None, :]
+    lp_y = lp_y + protocol_log_jacobian(model.schema.targets, pp, data.y.numpy())[:, None, :]
     hidden = data.mx.numpy() & ~observed  # unobserved entries whose true value is known
     metrics = likelihood_metrics(lp_x, lp_y, hidden, data.my.numpy(), n_samples)
     rng = np.random.default_rng(seed + 1)
@@ -112,6 +115,14 @@ def protocol_metrics(
             )
         )
     return metrics
+
+
+def protocol_log_jacobian(columns, pp: Preprocessor, x: np.ndarray) -> np.ndarray:
+    """``log |d model / d protocol|`` [N, C] at model-scale values x [N, C] (0 except for warped columns)."""
+    out = np.zeros(x.shape, dtype=np.float64)
+    for d, col in enumerate(columns):
+        out[:, d] = col.family.protocol_log_jacobian(x[:, d], pp.stats.get(col.name))
+    return out
 
 
 def likelihood_metrics(lp_x, lp_y, hidden: np.ndarray, seen_y: np.ndarray, n_samples: int) -> dict[str, float]:
@@ -143,10 +154,13 @@ def feature_metrics(schema: Schema, pp: Preprocessor, natural, x, hidden, rng) -
             probs.append(np.pad(prob, ((0, 0), (0, natural.shape[-1] - prob.shape[1]))))
             labels.append(x[h, d])
         else:
-            scale = col.family.metric_scale(pp.stats.get(col.name))
-            sq.append(((col.family.moments(p)[0].mean(1) - x[h, d]) / scale) ** 2)
-            draws.append(col.family.sample(p, rng) / scale)
-            truth.append(x[h, d] / scale)
+            # on the protocol's scale (warped columns are mapped back), so that every model and baseline compares
+            stats = pp.stats.get(col.name)
+            scale = col.family.metric_scale(stats)
+            true = col.family.to_protocol(x[h, d], stats)
+            sq.append(((col.family.protocol_moments(p, stats)[0].mean(1) - true) / scale) ** 2)
+            draws.append(col.family.to_protocol(col.family.sample(p, rng), stats) / scale)
+            truth.append(true / scale)
     metrics: dict[str, float] = {}
     if sq:
         metrics["rmse_xu"] = math.sqrt(float(np.concatenate(sq).mean()))

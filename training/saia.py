@@ -296,7 +296,9 @@ def _acquire(engine, model, tr: _Track, r: int, prep, outputs, result, ti: int, 
         tr.prediction[r].append(float(np.argmax(category_probabilities(pred)[0])))
     else:
         tr.prediction[r].append(float(moments(pred, engine.preprocessor)[0][0]))
-    tr.log_lik[r].append(float(pred.mixture(0).log_marginal(np.array([table.y_enc[r]]))[0]))
+    y = np.array([table.y_enc[r]])
+    jacobian = pred.column.family.protocol_log_jacobian(y, engine.preprocessor.stats.get(pred.column.name))
+    tr.log_lik[r].append(float(pred.mixture(0).log_marginal(y)[0] + jacobian[0]))  # on the protocol's scale
     if step == d:
         return
     if tr.method == "random":

@@ -9,8 +9,9 @@ refusing what would be modelled the wrong way):
   of its observed cells, with at least `DISCRETE_MAX_DISTINCT` distinct numbers) is a numeric column with a few
   bad cells, refused with those cells named (or, when asked, read with them missing);
 * numeric with fewer than `DISCRETE_MAX_DISTINCT` distinct values -> binary (2) or categorical;
-* otherwise count when the values are whole numbers >= 0 that look like a tally (`is_count_like`), else positive
-  if all values are >= 0, else real.
+* otherwise count when the values are whole numbers >= 0 that look like a tally (`is_count_like`), else, if all
+  values are >= 0, zero_positive when at least `ZERO_INFLATED_SHARE` of them are exact zeros (a point mass at 0
+  plus the positive family), positive otherwise; else real.
 
 A schema (file or mapping) overrides inference column by column and may name only some columns. Every problem is
 a `TableError` whose one-line message names the column (and the 1-based data row, i.e. the row after the header)
@@ -40,6 +41,9 @@ DISCRETE_MAX_DISTINCT = 10
 # An inferred categorical with more levels than this (or, from DISCRETE_MAX_DISTINCT levels on, with more levels
 # than half its observed values) is refused: one weight per level learnt from a handful of rows is no model of it.
 MAX_CATEGORIES = 50
+# A non-negative column with at least this share of exact zeros is zero_positive (a point mass at 0 plus the
+# positive family): a log-normal alone almost never puts a hidden true zero near zero.
+ZERO_INFLATED_SHARE = 0.10
 # Cells named in a message (the rest are counted).
 SHOWN_CELLS = 5
 
@@ -165,7 +169,10 @@ def _infer_column(name: str, s: pd.Series, entry: dict[str, Any] | None) -> Colu
             return _make_column(name, "binary" if len(levels) == 2 else "categorical", levels)
         if is_count_like(x):
             return _make_column(name, "count", None)
-        return _make_column(name, "positive" if float(np.min(x)) >= 0 else "real", None)
+        if float(np.min(x)) < 0:
+            return _make_column(name, "real", None)
+        zeros = float(np.mean(x == 0))
+        return _make_column(name, "zero_positive" if zeros >= ZERO_INFLATED_SHARE else "positive", None)
     bad = _mostly_numeric_bad_cells(s)
     if bad is not None:
         raise TableError(

@@ -75,6 +75,9 @@ class ColumnSummary(BaseModel):
     quantiles: dict[str, float] | None = None
     mean_se: float | None = Field(None, description="Monte Carlo standard error of `mean` (from the samples).")
     quantiles_se: dict[str, float] | None = Field(None, description="Monte Carlo standard errors of the quantiles.")
+    probability_zero: float | None = Field(
+        None, description="zero_positive columns: the predictive probability of an exact zero."
+    )
     mode: Value = None
     probabilities: dict[str, float] | None = None
     probabilities_se: dict[str, float] | None = Field(None, description="Monte Carlo standard errors.")

@@ -58,8 +58,9 @@ def score_frame(
     """Scores `df`; returns (result table, errors [{row, column, reason}]).
 
     The result keeps the input's columns (holes filled for impute) and adds, per imputed numeric
-    column `<col>__std`, per discrete one `<col>__prob`; per target `<t>__mean/__std/__q05/__q50/__q95`
-    or `<t>__label` and `<t>__p_<category>`; and `error` for rows that could not be scored.
+    column `<col>__std` (and `<col>__p_zero` for a zero_positive one), per discrete one `<col>__prob`; per target
+    `<t>__mean/__std/__q05/__q50/__q95` (and `<t>__p_zero`) or `<t>__label` and `<t>__p_<category>`; and `error`
+    for rows that could not be scored.
     `progress(done, total, new_errors)` is called after every chunk.
 
     `imputations=M` (impute or both): multiple imputation. The result then holds each input row M times in a row,
@@ -180,6 +181,8 @@ def _write_imputed(engine: Engine, out: pd.DataFrame, added, index: list[int], r
             _set_cell(out, i, name, r["values"][name])
             if "std" in summary and summary["std"] is not None:
                 _column(added, f"{name}__std", n)[i] = summary["std"]
+                if "probability_zero" in summary:
+                    _column(added, f"{name}__p_zero", n)[i] = summary["probability_zero"]
             elif summary.get("probabilities"):
                 _column(added, f"{name}__prob", n)[i] = summary["probabilities"][str(summary["mode"])]
 
@@ -230,3 +233,5 @@ def _write_predicted(engine: Engine, added, index: list[int], rows: list[dict], 
                 _column(added, f"{name}__std", n)[i] = s["std"]
                 for q, v in s["quantiles"].items():
                     _column(added, f"{name}__q{round(float(q) * 100):02d}", n)[i] = v
+                if "probability_zero" in s:
+                    _column(added, f"{name}__p_zero", n)[i] = s["probability_zero"]

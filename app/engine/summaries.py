@@ -65,8 +65,10 @@ def summarise(
     draws: int,
     return_samples: bool,
 ) -> list[dict[str, Any]]:
-    """Per row: {"point", "mean", "std", "quantiles", ["samples"]} or {"mode", "probabilities", ["samples"]}, with
-    the Monte Carlo standard errors of the estimates ("mean_se", "quantiles_se", "probabilities_se")."""
+    """Per row: {"point", "mean", "std", "quantiles", [extras], ["samples"]} or {"mode", "probabilities",
+    ["samples"]}, with the Monte Carlo standard errors of the estimates ("mean_se", "quantiles_se",
+    "probabilities_se"). The extras are the family's own figures (`Family.summary_extras`: a zero_positive
+    column's "probability_zero")."""
     col = pred.column
     if col.is_discrete:
         probs = category_probabilities(pred)
@@ -92,7 +94,9 @@ def summarise(
     g = n_groups(pred.params.shape[1])
     per_group = values[:, : (values.shape[1] // (g * draws)) * g * draws].reshape(b * g, -1)
     qs_se = batch_se(sample_quantiles(per_group, quantiles).T, b)
-    point = col.family.point(col.family.component_params(pred.params, col.n_categories), prep.stats.get(col.name))
+    params = col.family.component_params(pred.params, col.n_categories)
+    point = col.family.point(params, prep.stats.get(col.name))
+    extras = col.family.summary_extras(params)  # e.g. a zero-inflated column's probability of zero
     out = []
     for b in range(len(mean)):
         d = {
@@ -103,6 +107,7 @@ def summarise(
             "mean_se": float(mean_se[b]),
             "quantiles_se": {_q_key(q): float(qs_se[b, i]) for i, q in enumerate(quantiles)},
         }
+        d.update({name: float(v[b]) for name, v in extras.items()})
         if return_samples:
             d["samples"] = [json_value(col, v) for v in values[b, :: max(draws, 1)]]
         out.append(d)
