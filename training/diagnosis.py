@@ -55,8 +55,9 @@ def _scales(model: HHVAEM, pp: Preprocessor) -> list[float]:
 
 
 @torch.no_grad()
-def marginal_means(model: HHVAEM, x: np.ndarray) -> np.ndarray:
-    """[N, D] each numeric column's marginal-VAE reconstruction (the decoded mean at the encoder's mean code)."""
+def marginal_means(model: HHVAEM, pp: Preprocessor, x: np.ndarray) -> np.ndarray:
+    """[N, D] each numeric column's marginal-VAE reconstruction (the decoded mean at the encoder's mean code), on
+    the protocol's scale."""
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     mu, _ = model.marginal.encode(xt)
     natural = model.marginal.likelihood.natural(model.marginal.decode(mu)).numpy()  # [N, D, W]
@@ -64,17 +65,29 @@ def marginal_means(model: HHVAEM, x: np.ndarray) -> np.ndarray:
     for d, col in enumerate(model.schema.features):
         if not col.is_discrete:
             p = col.family.component_params(natural[:, None, d], col.n_categories)
-            out[:, d] = col.family.moments(p)[0][:, 0]
+            out[:, d] = col.family.protocol_moments(p, pp.stats.get(col.name))[0][:, 0]
     return out
 
 
-def point_predictions(model: HHVAEM, natural: np.ndarray) -> np.ndarray:
-    """[N, D] posterior predictive mean (numbers) or mode (categories) of every feature, from the served
-    per-sample natural parameters [N, K, D, W]."""
+def point_predictions(model: HHVAEM, pp: Preprocessor, natural: np.ndarray) -> np.ndarray:
+    """[N, D] posterior predictive mean (numbers, on the protocol's scale) or mode (categories) of every feature,
+    from the served per-sample natural parameters [N, K, D, W]."""
     out = np.zeros(natural.shape[:1] + natural.shape[2:3])
     for d, col in enumerate(model.schema.features):
         p = col.family.component_params(natural[:, :, d], col.n_categories)
-        out[:, d] = p.mean(1).argmax(1) if col.is_discrete else col.family.moments(p)[0].mean(1)
+        if col.is_discrete:
+            out[:, d] = p.mean(1).argmax(1)
+        else:
+            out[:, d] = col.family.protocol_moments(p, pp.stats.get(col.name))[0].mean(1)
+    return out
+
+
+def protocol_values(model: HHVAEM, pp: Preprocessor, x: np.ndarray) -> np.ndarray:
+    """[N, D] the model's values on the protocol's scale (categories unchanged)."""
+    out = np.array(x, dtype=np.float64)
+    for d, col in enumerate(model.schema.features):
+        if not col.is_discrete:
+            out[:, d] = col.family.to_protocol(x[:, d], pp.stats.get(col.name))
     return out
 
 
@@ -90,12 +103,13 @@ def diagnose(
 ) -> dict[str, float]:
     """The per-column figures and the copyable split (module docstring). `x`, `known` [N, D]: the test rows on
     the model's scale and which entries are known; `observed`: what the model was shown."""
-    pred = point_predictions(model, natural)
-    recon = marginal_means(model, x)
+    pred = point_predictions(model, pp, natural)
+    recon = marginal_means(model, pp, x)
+    x = protocol_values(model, pp, x)
     scales = np.array(_scales(model, pp))
     hidden = known & ~observed
     shown = known & observed
-    copyable = copyable_entries(train_x, train_known, x, observed)
+    copyable = copyable_entries(protocol_values(model, pp, train_x), train_known, x, observed)
     err = (pred - x) / scales  # metric scale
     numeric = np.array([not c.is_discrete for c in model.schema.features])
     total_sq = float((err[:, numeric] ** 2)[hidden[:, numeric]].sum())

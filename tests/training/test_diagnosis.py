@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from hhvaem.model.families import Stats
 from hhvaem.model.hhvaem import HHVAEM, ModelConfig
 from hhvaem.model.preprocessing import Preprocessor
 from hhvaem.model.schema import Column, Schema
@@ -18,6 +19,7 @@ SCHEMA = Schema(
     features=(Column("a", "real"), Column("b", "real"), Column("c", "categorical", categories=("x", "y", "z"))),
     targets=(Column("t", "real"),),
 )
+UNIT_STATS = {"a": Stats(), "b": Stats(), "t": Stats()}
 
 
 def test_copyable_entries_need_the_value_and_all_but_one_observed_column():
@@ -49,7 +51,7 @@ def model() -> HHVAEM:
 
 
 def test_figures_by_hand(model):
-    pp = Preprocessor(SCHEMA, {})  # scale 1: the metric scale is the model's
+    pp = Preprocessor(SCHEMA, UNIT_STATS)  # scale 1, no warp: the metric scale is the model's
     # 4 test rows; the served "posterior" has K = 2 samples, whose Gaussian locs average to the point predictions
     x = np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [2.0, -1.0, 2.0], [3.0, 0.0, 2.0]])
     known = np.ones_like(x, dtype=bool)
@@ -91,7 +93,7 @@ def test_figures_by_hand(model):
 
 
 def test_marginal_reconstruction_is_the_decoded_mean_at_the_mean_code(model):
-    pp = Preprocessor(SCHEMA, {})
+    pp = Preprocessor(SCHEMA, UNIT_STATS)
     x = np.array([[0.0, 1.0, 0.0], [1.0, -1.0, 1.0], [2.0, 0.5, 2.0]])
     known = np.ones_like(x, dtype=bool)
     natural = np.zeros((3, 1, 3, 3))
