@@ -28,8 +28,12 @@ from pathlib import Path
 from typing import Any
 
 # 2: adds the ONNX sampler graph; 3: the graphs and their contract under `graphs`, T stored once (sampler);
-# 4: the checkpoint's dependency VAE lays its units out in blocks per likelihood family (model.dependency).
-FORMAT_VERSION = 4
+# 4: the checkpoint's dependency VAE lays its units out in blocks per likelihood family (model.dependency);
+# 5: per-column warps in the preprocessing stats, the zero_positive family, a bounded code scale. A version-4
+# artifact means the same under this build (no warps, unbounded scales), so both are read; a build that reads
+# only 4 refuses a version-5 artifact instead of decoding its warped columns wrongly.
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (4, 5)
 MANIFEST = "manifest.json"
 CHECKPOINT = "model.pt"
 
@@ -58,9 +62,10 @@ def check_manifest(manifest: Any, where: str | Path, require_graphs: bool = Fals
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{where}: not a JSON object")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ArtifactError(
-            f"{where}: format version {version!r} is not supported (this build reads {FORMAT_VERSION}; "
+            f"{where}: format version {version!r} is not supported (this build reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; "
             "re-export with `hhvaem export`)"
         )
     if "name" in manifest and name_problem(manifest["name"]):

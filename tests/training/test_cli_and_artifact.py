@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from hhvaem.cli import app
-from hhvaem.model.io.artifact import FORMAT_VERSION
+from hhvaem.model.io.artifact import FORMAT_VERSION, manifest_text
 from hhvaem.training.artifact import ArtifactError, load_model, read_manifest
 from hhvaem.training.evaluate import protocol_test_mask, split_indices
 
@@ -86,6 +86,13 @@ def test_artifact_round_trip_and_checksum(artifact, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="format version 99"):
         read_manifest(bad)
+    # A version-4 artifact (before warps and bounded scales) means the same to this build: it is read.
+    old = tmp_path / "old"
+    shutil.copytree(artifact, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["format_version"] = 4
+    (old / "manifest.json").write_text(manifest_text(m))  # sealed as a version-4 writer sealed it
+    assert read_manifest(old)["format_version"] == 4
 
 
 def test_training_is_reproducible_with_seed(table, artifact, tmp_path):

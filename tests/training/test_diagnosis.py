@@ -85,8 +85,9 @@ def test_figures_by_hand(model):
     assert out["accuracy_over_majority_min"] == pytest.approx(0.0)
     assert out["observed_rmse_median"] == pytest.approx(np.median([math.sqrt(0.125), 1.0]))
     assert out["observed_rmse_max"] == pytest.approx(1.0)
-    # copyable hidden numbers: row 0's b = 1 (training row 0 agrees on a, one of two shown, and holds b = 1); row 1's a = 1? no
-    # training row holds a = 1; row 2's b = -1: none; row 3's a = 3: none. So copyable = {(0, b)}: error 1.
+    # copyable hidden numbers: row 0's b = 1 (training row 0 agrees on a, one of two shown, and holds b = 1);
+    # row 1's a = 1? no
+    # training row holds a = 1. Row 2's b = -1: none; row 3's a = 3: none. So copyable = {(0, b)}: error 1.
     assert out["rmse_xu_copyable"] == pytest.approx(1.0)
     assert out["rmse_xu_other"] == pytest.approx(math.sqrt((0 + 4 + 0) / 3))
     assert out["copyable_fraction"] == pytest.approx(0.25)
