@@ -70,13 +70,14 @@ class Warp:
     """A monotone increasing map from a column's protocol scale u (standardised, docs/protocol.md) to the model's
     scale v, for strongly skewed columns: a shifted log on the long tail's side, then standardised.
 
-    With ``y = sign * u`` (sign -1 reflects a left-skewed column), ``r(y) = log(y - low + offset)`` for
-    ``y >= low`` (`low` the training minimum of y) and the tangent line ``log(offset) + (y - low) / offset``
-    below it (values beyond the training range stay valid and the map stays total and invertible);
-    ``v = sign * (r - loc) / scale``. The offset is chosen at fit time to make the warped training values' tails
-    as light as it can (the least kurtosis on a log grid; a column whose tails get no lighter is not warped): for
-    a left-skewed bounded column such as boston's B, a reflected log ``log(c - x)`` with c a little above the
-    training maximum.
+    With ``y = sign * u`` (sign -1 reflects a left-skewed column), ``r(y) = log(y - low + offset)`` on the training
+    range ``low <= y <= high`` and the tangent lines beyond it on both sides, so the map stays total and invertible
+    and its inverse grows linearly, not exponentially, outside the training range: a predictive that strays past
+    the data (a wide posterior, a decoder extrapolating) cannot put an exp() blow-up into a mean on the protocol
+    scale. ``v = sign * (r - loc) / scale``. The offset is chosen at fit time to make the warped training values'
+    tails as light as it can (the least kurtosis on a log grid; a column whose tails get no lighter is not
+    warped): for a left-skewed bounded column such as boston's B, a reflected log ``log(c - x)`` with c a little
+    above the training maximum.
     """
 
     sign: float
@@ -84,12 +85,23 @@ class Warp:
     offset: float
     loc: float = 0.0
     scale: float = 1.0
+    high: float = math.inf
+
+    @property
+    def _edges(self) -> tuple[float, float]:
+        """r at the ends of the training range (where the log meets its tangent lines)."""
+        span = self.high - self.low
+        return math.log(self.offset), (math.log(span + self.offset) if math.isfinite(span) else math.inf)
 
     def _r(self, u: np.ndarray) -> np.ndarray:
         y = self.sign * np.asarray(u, dtype=np.float64) - self.low
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_part = np.log(np.maximum(y, 0.0) + self.offset)
-        return np.where(y >= 0, log_part, math.log(self.offset) + y / self.offset)
+        span = self.high - self.low
+        inside = np.clip(y, 0.0, span)
+        r = np.log(inside + self.offset)
+        r = np.where(y < 0, math.log(self.offset) + y / self.offset, r)
+        if math.isfinite(span):
+            r = np.where(y > span, math.log(span + self.offset) + (y - span) / (span + self.offset), r)
+        return r
 
     def forward(self, u: np.ndarray) -> np.ndarray:
         """Protocol scale -> the model's scale."""
@@ -98,15 +110,19 @@ class Warp:
     def inverse(self, v: np.ndarray) -> np.ndarray:
         """The model's scale -> protocol scale (total: every real v has a preimage)."""
         r = self.loc + self.sign * np.asarray(v, dtype=np.float64) * self.scale
-        edge = math.log(self.offset)
-        y = np.where(r >= edge, np.exp(np.minimum(r, _MAX_EXP)) - self.offset, (r - edge) * self.offset)
+        lo, hi = self._edges
+        y = np.exp(np.clip(r, lo, min(hi, _MAX_EXP))) - self.offset
+        y = np.where(r < lo, (r - lo) * self.offset, y)
+        if math.isfinite(hi):
+            y = np.where(r > hi, (self.high - self.low) + (r - hi) * math.exp(hi), y)
         return self.sign * (y + self.low)
 
     def log_derivative(self, v: np.ndarray) -> np.ndarray:
         """``log dv/du`` at the model-scale value v: what turns a density on the model's scale into one on the
         protocol scale (``log p(u) = log p(v) + log dv/du``)."""
         r = self.loc + self.sign * np.asarray(v, dtype=np.float64) * self.scale
-        return -math.log(self.scale) - np.maximum(r, math.log(self.offset))
+        lo, hi = self._edges
+        return -math.log(self.scale) - np.clip(r, lo, hi)
 
     @classmethod
     def fit(cls, u: np.ndarray) -> Warp | None:
@@ -135,14 +151,15 @@ class Warp:
             return None
         r = np.log(sign * u - low + best[1])
         scale = float(r.std())
-        return cls(sign, low, best[1], float(r.mean()), scale if scale > 1e-8 else 1.0)
+        return cls(sign, low, best[1], float(r.mean()), scale if scale > 1e-8 else 1.0, float(np.max(sign * u)))
 
     def to_dict(self) -> dict[str, float]:
-        return {"sign": self.sign, "low": self.low, "offset": self.offset, "loc": self.loc, "scale": self.scale}
+        d = {"sign": self.sign, "low": self.low, "offset": self.offset, "loc": self.loc, "scale": self.scale}
+        return {**d, "high": self.high} if math.isfinite(self.high) else d
 
     @classmethod
     def from_dict(cls, d: dict[str, float]) -> Warp:
-        return cls(*(float(d[k]) for k in ("sign", "low", "offset", "loc", "scale")))
+        return cls(*(float(d[k]) for k in ("sign", "low", "offset", "loc", "scale")), float(d.get("high", math.inf)))
 
 
 @dataclass(frozen=True)

@@ -107,24 +107,39 @@ def test_user_moments_and_point_through_a_warp_match_monte_carlo(name):
 
 
 def test_a_wide_component_through_a_warp_has_the_exact_mean():
-    """A wide component's heavy tail defeats Monte Carlo; against the closed form (piecewise: log-normal above the
-    warp's edge, linear below), the quadrature is exact to 1e-6."""
+    """A wide component's heavy tail defeats Monte Carlo; against the closed form (piecewise: linear below the
+    training range, log-normal on it, linear above it), the quadrature is exact to 1e-4."""
     from scipy.stats import norm
 
     x = left_skewed() / 100.0
     pp, _ = fitted(x, kind="real")
     stats = pp.stats["b"]
     w = stats.warp
-    assert w.sign == -1.0
+    assert w.sign == -1.0 and math.isfinite(w.high)
     loc_v, scale_v = 0.0, 1.0
-    mu, s = w.loc + w.sign * loc_v * w.scale, scale_v * w.scale  # r = log(y - low + offset) ~ N(mu, s)
-    e = math.log(w.offset)
-    a = (e - mu) / s
-    above = math.exp(mu + s * s / 2) * norm.sf((e - mu - s * s) / s) - w.offset * norm.sf(a)
-    below = w.offset * ((mu - e) * norm.cdf(a) - s * norm.pdf(a))
-    u_mean = w.sign * (above + below + w.low)
+    mu, s = w.loc + w.sign * loc_v * w.scale, scale_v * w.scale  # r ~ N(mu, s)
+    span = w.high - w.low
+    lo, hi = math.log(w.offset), math.log(span + w.offset)
+    a, b = (lo - mu) / s, (hi - mu) / s
+    below = w.offset * ((mu - lo) * norm.cdf(a) - s * norm.pdf(a))
+    middle = math.exp(mu + s * s / 2) * (norm.cdf(b - s) - norm.cdf(a - s)) - w.offset * (norm.cdf(b) - norm.cdf(a))
+    above = span * norm.sf(b) + math.exp(hi) * ((mu - hi) * norm.sf(b) + s * norm.pdf(b))
+    u_mean = w.sign * (below + middle + above + w.low)
     mean, _ = FAMILIES["real"].user_moments(np.array([[[loc_v, scale_v]]]), stats)
-    assert mean[0] == pytest.approx(u_mean * stats.std + stats.mean, rel=1e-6)
+    assert mean[0] == pytest.approx(u_mean * stats.std + stats.mean, rel=1e-4)
+
+
+def test_the_inverse_warp_grows_linearly_past_the_training_range():
+    """A model-scale value far past the data maps to a protocol value a linear step away, not exp() of it."""
+    x = left_skewed()
+    pp, _ = fitted(x)
+    w = pp.stats["b"].warp
+    v = np.array([-50.0, -5.0, 0.0, 5.0, 50.0])
+    u = w.inverse(v)
+    np.testing.assert_allclose(w.forward(u), v, rtol=1e-9, atol=1e-9)  # still an exact inverse
+    assert np.all(np.abs(u) < 1e4)
+    steps = np.diff(w.inverse(np.array([40.0, 45.0, 50.0])))
+    assert steps[0] == pytest.approx(steps[1])  # linear out there
 
 
 def test_evaluation_measures_a_warped_column_on_the_protocol_scale():
