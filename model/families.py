@@ -223,6 +223,7 @@ class Family:
     countable: ClassVar[bool] = False  # the support can be enumerated (categories, counts)
     uses_stats: ClassVar[bool] = True  # Preprocessor.fit computes Stats for the column
     warpable: ClassVar[bool] = False  # Preprocessor.fit may give the column a Warp (strongly skewed columns)
+    extras: ClassVar[tuple[str, ...]] = ()  # the names `summary_extras` gives (answers and protocol tensors)
 
     # ---- widths ------------------------------------------------------------------------------
     def raw_width(self, n_categories: int) -> int:
@@ -313,6 +314,10 @@ class Family:
 
     def summary_extras(self, p: np.ndarray) -> dict[str, np.ndarray]:
         """Family-specific figures ``{name: [B]}`` the served summaries add for mixtures ``p [B, K, w]``."""
+        return {}
+
+    def observed_extras(self, value: float) -> dict[str, float]:
+        """The same figures for a value the row gave (certain: 0 or 1 for a probability)."""
         return {}
 
 
@@ -452,6 +457,7 @@ class ZeroLogNormal(LogNormal):
     name = "zero_lognormal"
     likelihood = "zero_lognormal"
     warpable = False
+    extras = ("probability_zero",)
 
     def raw_width(self, n_categories: int) -> int:
         return 3
@@ -528,6 +534,9 @@ class ZeroLogNormal(LogNormal):
 
     def summary_extras(self, p):
         return {"probability_zero": p[..., 2].mean(-1)}
+
+    def observed_extras(self, value):
+        return {"probability_zero": float(value == 0)}
 
 
 class Poisson(Family):

@@ -9,7 +9,9 @@ there fills the cell (empty: not given). Outputs per operation (`parameters.oper
 * impute: `imputed` [-1, D] (observed values as given, holes filled with the posterior mean, or the mode's code),
   `imputed_std` [-1, D] (0 where observed and for categories), `imputed_quantiles` [-1, D, Q],
   `imputed_probabilities` [-1, K] (every category of every discrete feature, as `parameters.columns` lists;
-  one-hot where observed), `imputed_categories` BYTES [-1, C] (the labels, with text categories);
+  one-hot where observed), `imputed_categories` BYTES [-1, C] (the labels, with text categories), and per
+  family-specific figure (`Family.extras`) `imputed_<figure>` [-1, E] over the features that have it
+  (`imputed_probability_zero` for zero_positive features: 0 or 1 where observed);
 * predict: `target_mean`, `target_std` [-1, P], `target_quantiles` [-1, P, Q] for numeric targets,
   `target_probabilities` [-1, K] for categorical ones;
 * next_features (one row): `next_features` BYTES [-1] best first, `information_gain` FP32 [-1],
@@ -53,6 +55,15 @@ class ModelTensors:
         return [c for c in self.features if c.is_discrete and not all(_numeric_text(v) for v in c.categories)]
 
     @property
+    def extras(self) -> dict[str, list[Column]]:
+        """Each family-specific figure (`Family.extras`) and the features that have it."""
+        out: dict[str, list[Column]] = {}
+        for c in self.features:
+            for extra in c.family.extras:
+                out.setdefault(extra, []).append(c)
+        return out
+
+    @property
     def numeric_targets(self) -> list[Column]:
         return [c for c in self.schema.targets if not c.is_discrete]
 
@@ -79,6 +90,9 @@ class ModelTensors:
         if self.labelled:
             labelled = [c.name for c in self.labelled]
             outputs.append(_tensor("imputed_categories", "BYTES", [-1, len(labelled)], labelled, "impute"))
+        for extra, cols in self.extras.items():
+            names_e = [c.name for c in cols]
+            outputs.append(_tensor(f"imputed_{extra}", "FP32", [-1, len(names_e)], names_e, "impute"))
         numeric = [c.name for c in self.numeric_targets]
         if numeric:
             outputs += [
@@ -208,6 +222,14 @@ class ModelTensors:
             out.append(Output("imputed_probabilities", "FP32", probs))
         if self.labelled:
             out.append(Output("imputed_categories", "BYTES", labels))
+        for extra, cols in self.extras.items():
+            figure = np.zeros((n, len(cols)), np.float32)
+            for i, row in enumerate(answer):
+                for k, col in enumerate(cols):
+                    hole = row["imputed"].get(col.name)
+                    given = col.family.observed_extras(row["values"][col.name]) if not hole else hole
+                    figure[i, k] = given[extra]
+            out.append(Output(f"imputed_{extra}", "FP32", figure))
         return out
 
     def predicted(self, answer: list[dict[str, Any]], quantiles: tuple[float, ...]) -> list[Output]:

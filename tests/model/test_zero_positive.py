@@ -153,6 +153,15 @@ def test_a_model_with_zero_positive_columns_exports_to_onnx_and_matches_torch(tm
     summary = answer[0]["imputed"]["slag"]
     assert 0.0 <= summary["probability_zero"] <= 1.0 and summary["mean"] >= 0.0
     assert "probability_zero" not in answer[0]["imputed"]["b"]
+    # Open Inference Protocol v2: the probability of zero as its own tensor (certain where the row gave the value)
+    from hhvaem.app.api.tensors import ModelTensors
+
+    tensors = ModelTensors(onnx.schema)
+    listed = {t["name"]: t for t in tensors.metadata()[1]}
+    assert listed["imputed_probability_zero"]["shape"] == [-1, 1]
+    out = {o.name: o for o in tensors.imputed(answer, (0.5,))}
+    p_zero = out["imputed_probability_zero"].data[:, 0]
+    assert p_zero[0] == pytest.approx(summary["probability_zero"], abs=1e-6) and p_zero[2] == 1.0
     predicted = onnx.predict(rows[:1], samples=30, seed=3)[0]["targets"]["y"]
     assert 0.0 <= predicted["probability_zero"] <= 1.0
     # a scored table adds the probability of zero beside the standard deviation
