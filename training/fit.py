@@ -55,11 +55,16 @@ def fit(
     compile: bool | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> FittedModel:
-    """Trains a model on `df`. `overrides` sets ModelConfig or TrainConfig fields by name (ablations, tuning)."""
+    """Trains a model on `df`. `overrides` sets ModelConfig or TrainConfig fields by name (ablations, tuning), and
+    `warps` (false: no column gets a per-column warp, model.families.Warp)."""
     torch.manual_seed(seed)
-    pp = Preprocessor.fit(schema, table_columns(df))
+    overrides = dict(overrides or {})
+    warps = overrides.pop("warps", True)
+    if not isinstance(warps, bool):
+        raise ValueError(f"setting 'warps' must be true or false, not {warps!r}")
+    pp = Preprocessor.fit(schema, table_columns(df), warps=warps)
     data = encode_rows(pp, df)
-    model_kw, train_kw = split_overrides(overrides or {})
+    model_kw, train_kw = split_overrides(overrides)
     cfg = config or ModelConfig.for_table(variant, len(schema.features), len(df))
     if model_kw:
         cfg = ModelConfig(**{**cfg.to_dict(), **model_kw})
@@ -83,6 +88,6 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
         elif key in train_fields:
             train_kw[key] = value
         else:
-            known = ", ".join(sorted(model_fields | train_fields))
+            known = ", ".join(sorted(model_fields | train_fields | {"warps"}))
             raise ValueError(f"unknown setting {key!r} (known: {known})")
     return model_kw, train_kw

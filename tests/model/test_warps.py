@@ -200,3 +200,17 @@ def test_the_marginal_vae_reconstructs_a_warped_column_better():
     plain, warped = error(False), error(True)
     assert warped < plain
     assert warped < 0.1
+
+
+def test_training_can_switch_warps_off_and_names_a_bad_value():
+    import pandas as pd
+
+    from hhvaem.training.fit import fit
+
+    x = left_skewed(n=120)
+    df = pd.DataFrame({"b": x, "other": np.linspace(0, 1, len(x)), "y": np.linspace(-1, 1, len(x))})
+    schema = Schema((Column("b", "positive"), Column("other", "real")), (Column("y", "real"),))
+    assert fit(df, schema, "vaem", 10).preprocessor.stats["b"].warp is not None
+    assert fit(df, schema, "vaem", 10, overrides={"warps": False}).preprocessor.stats["b"].warp is None
+    with pytest.raises(ValueError, match="'warps' must be true or false"):
+        fit(df, schema, "vaem", 10, overrides={"warps": "no"})
