@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from hhvaem.model.dependency import DependencyVAE, Observed
 from hhvaem.model.hmc import ChainInfo, HMCInfo, HMCState, StepNoise, Transition, hmc_step
-from hhvaem.model.likelihoods import Gaussian
+from hhvaem.model.likelihoods import MIN_SCALE, Gaussian
 from hhvaem.model.marginal import MarginalVAEs
 from hhvaem.model.posterior import PosteriorNoise, encoder_draw, importance_log_weights, sample_posterior
 from hhvaem.model.schema import Column, Schema
@@ -63,8 +63,12 @@ class ModelConfig:
     # "marginal" (its marginal VAE's 1-d Gaussian code, as the paper does for every type). Direct is the
     # default: better categorical imputation and target error on the open tables (docs/accuracy.md).
     discrete_units: str = "direct"
-    # Ceiling of the dependency decoder's scale for a marginal code (None: unbounded).
-    code_scale_max: float | None = None
+    # Ceiling of the dependency decoder's scale for a marginal code (None: unbounded). Codes are ~N(0, 1) by the
+    # marginal VAEs' prior, so 0.5 lets noise explain at most a quarter of a code's variance. Unbounded, the decoder
+    # explains the columns whose variation the others do not share as noise, even the ones a row shows it (the
+    # ELBO is indifferent between that and encoding them, and noise is reached first), and the latent carries
+    # too little to impute from: docs/accuracy.md, "The latent that carries what it is shown".
+    code_scale_max: float | None = 0.5
 
     def __post_init__(self) -> None:
         if self.mass not in ("encoder", "identity"):
@@ -79,6 +83,10 @@ class ModelConfig:
         if not VARIANTS[self.variant][0]:
             self.latent_dims = self.latent_dims[:1]  # one latent layer for the non-hierarchical variants
         self.step_size_range = tuple(float(s) for s in self.step_size_range)
+        if self.code_scale_max is not None and not self.code_scale_max > MIN_SCALE:
+            raise ValueError(
+                f"code_scale_max must be above the scale floor {MIN_SCALE} (or null), not {self.code_scale_max}"
+            )
 
     @property
     def uses_hmc(self) -> bool:
@@ -134,7 +142,9 @@ class HHVAEM(nn.Module):
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> HHVAEM:
         """The model from a loaded checkpoint dict ({"config", "schema", "state_dict"}), in eval mode."""
-        model = cls(Schema.from_dict(ckpt["schema"]), ModelConfig(**dict(ckpt["config"])))
+        config = dict(ckpt["config"])
+        config.setdefault("code_scale_max", None)  # checkpoints from before the bound had unbounded code scales
+        model = cls(Schema.from_dict(ckpt["schema"]), ModelConfig(**config))
         model.load_state_dict(ckpt["state_dict"])
         return model.eval()
 

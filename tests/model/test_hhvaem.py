@@ -475,3 +475,14 @@ def test_the_kl_weight_scales_the_analytic_kl_of_the_elbo():
     kl = (0.5 * (mu * mu + sigma * sigma - 1.0) - torch.log(sigma)).sum(-1)
     torch.testing.assert_close(none - full, kl)
     torch.testing.assert_close(half, full + 0.5 * kl)
+
+
+def test_the_code_scale_is_bounded_by_default_and_old_checkpoints_stay_unbounded():
+    assert ModelConfig().code_scale_max == 0.5
+    with pytest.raises(ValueError, match="code_scale_max"):
+        ModelConfig(code_scale_max=0.01)
+    model = make_model("hhvaem", code_scale_max=None)
+    config = model.config.to_dict()
+    del config["code_scale_max"]  # a checkpoint written before the bound existed
+    again = HHVAEM.from_checkpoint({"config": config, "schema": SCHEMA.to_dict(), "state_dict": model.state_dict()})
+    assert again.config.code_scale_max is None and again.dependency.blocks.scale_max is None
