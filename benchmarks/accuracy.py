@@ -31,6 +31,8 @@ from benchmarks.train_speed import commit, snapshot_commit
 
 KEY_METRICS = ("rmse_xu", "acc_xu", "target_rmse", "target_accuracy", "nll_xu", "nll_y")
 HIGHER_IS_BETTER = {"acc_xu", "target_accuracy"}
+# ablation rows reported as differences (sd units), not per cent
+DIFFERENCES = ("observed_rmse_median",)
 
 
 def tables(root: Path, only: str | None) -> list[Path]:
@@ -181,7 +183,7 @@ def relative_change(run: dict, ref: dict, key: str) -> float | None:
     a, b = run.get("metrics", {}).get(key), ref.get("metrics", {}).get(key)
     if a is None or b is None:
         return None
-    if key.startswith("nll"):  # NLLs can be near zero or negative: report the difference in nats instead
+    if key.startswith("nll") or key in DIFFERENCES:  # near zero or negative: the difference, not a ratio
         return a["mean"] - b["mean"]
     change = 100 * (a["mean"] - b["mean"]) / abs(b["mean"])
     return -change if key in HIGHER_IS_BETTER else change
@@ -191,9 +193,10 @@ def cmd_ablation(args) -> None:
     """One row per run: its change against the reference run, per table and averaged over tables."""
     runs = load_runs(args.out)
     ref = runs[args.ref]
-    keys = ("rmse_xu", "acc_xu", "target", "nll_xu", "nll_y")
+    keys = ("rmse_xu", "acc_xu", "target", "nll_xu", "nll_y", *DIFFERENCES)
     print(f"Against `{args.ref}`; RMSE_xu, ACC_xu and target error in per cent (negative: better; ACC signed the same")
-    print("way), NLL_xu and NLL_y as differences in nats (negative: better). Per table, then the mean over tables.\n")
+    print("way), NLL_xu and NLL_y as differences in nats, the observed-entry reconstruction (median over columns,")
+    print("training/diagnosis.py) as a difference in sd (negative: better). Per table, then the mean over tables.\n")
     print("| run | metric | " + " | ".join(sorted(ref)) + " | mean |")
     print("|" + "---|" * (3 + len(ref)))
     for name in args.runs.split(","):
@@ -208,12 +211,13 @@ def cmd_ablation(args) -> None:
                 if key == "target" and run is not None:
                     k = "target_accuracy" if "target_accuracy" in run["metrics"] else "target_rmse"
                 d = relative_change(run, ref[table], k) if run is not None else None
-                cells.append("-" if d is None else (f"{d:+.2f}" if key.startswith("nll") else f"{d:+.1f} %"))
+                diff = key.startswith("nll") or key in DIFFERENCES
+                cells.append("-" if d is None else (f"{d:+.2f}" if diff else f"{d:+.1f} %"))
                 if d is not None:
                     found.append(d)
             if found:
                 avg = sum(found) / len(found)
-                total = f"{avg:+.2f}" if key.startswith("nll") else f"{avg:+.1f} %"
+                total = f"{avg:+.2f}" if key.startswith("nll") or key in DIFFERENCES else f"{avg:+.1f} %"
                 print(f"| {name} | {key} | " + " | ".join(cells) + f" | **{total}** |")
 
 
