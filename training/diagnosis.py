@@ -14,10 +14,9 @@ metrics:
 * `majority_accuracy` (categories): the training rows' majority class on the same hidden entries.
 
 And for the table, RMSE_xu split by whether a training row could have supplied the hidden entry
-(`copyable`): some training row holds exactly the entry's true value and agrees exactly with the test row on all
-but at most one of the columns the row observed (at least one). That is the case a nearest-neighbour imputer
-wins by copying (replicated designs: one concrete mix at several ages, one hull at several speeds); a model
-whose latent carries the observed columns can win it too.
+(`copyable`): the training rows nearest to the test row on the columns it shows holds exactly the entry's true
+value (every one of them, when several tie). That is the case a nearest-neighbour imputer wins by copying (replicated designs: one concrete mix at
+several ages, one hull at several speeds); a model whose latent carries the observed columns can win it too.
 
 Flat keys (`col/<name>/<figure>`, `rmse_xu_copyable`, ...) so that `summarise` averages them over splits.
 """
@@ -36,17 +35,22 @@ from hhvaem.model.preprocessing import Preprocessor
 _ROWS_PER_BLOCK = 64
 
 
-def copyable_entries(train_x: np.ndarray, train_known: np.ndarray, x: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """[N, D] True where a training row holds the entry's true value and agrees exactly with the test row on all
-    but at most one of its observed columns (and on at least one)."""
+def copyable_entries(
+    train_x: np.ndarray, train_known: np.ndarray, x: np.ndarray, observed: np.ndarray, discrete: np.ndarray
+) -> np.ndarray:
+    """[N, D] True where every nearest training row holds the entry's exact value, so that copying a nearest row
+    recovers it whichever is taken: nearest on the columns the test row shows (squared differences on the
+    protocol's scale, 1 for a different category; a training row missing one of them is not a candidate)."""
     out = np.zeros(x.shape, dtype=bool)
     for start in range(0, len(x), _ROWS_PER_BLOCK):
         xs, obs = x[start : start + _ROWS_PER_BLOCK], observed[start : start + _ROWS_PER_BLOCK]
-        equal = (xs[:, None, :] == train_x[None, :, :]) & train_known[None, :, :]  # [n, R, D]
-        agree = (equal & obs[:, None, :]).sum(-1)  # [n, R] observed columns a training row agrees on
-        need = np.maximum(obs.sum(-1) - 1, 1)[:, None]
-        close = agree >= need  # [n, R]
-        out[start : start + len(xs)] = (equal & close[:, :, None]).any(1)
+        diff = xs[:, None, :] - train_x[None, :, :]  # [n, R, D]
+        gap = np.where(discrete, (diff != 0).astype(float), diff * diff)
+        usable = (train_known[None, :, :] | ~obs[:, None, :]).all(-1)  # [n, R]
+        dist = np.where(usable, (gap * obs[:, None, :]).sum(-1), np.inf)
+        nearest = usable & (dist <= dist.min(1, keepdims=True) + 1e-12)  # [n, R]
+        holds = (diff == 0) & train_known[None, :, :]
+        out[start : start + len(xs)] = (holds | ~nearest[:, :, None]).all(1)
     return out
 
 
@@ -109,9 +113,9 @@ def diagnose(
     scales = np.array(_scales(model, pp))
     hidden = known & ~observed
     shown = known & observed
-    copyable = copyable_entries(protocol_values(model, pp, train_x), train_known, x, observed)
-    err = (pred - x) / scales  # metric scale
     numeric = np.array([not c.is_discrete for c in model.schema.features])
+    copyable = copyable_entries(protocol_values(model, pp, train_x), train_known, x, observed, ~numeric)
+    err = (pred - x) / scales  # metric scale
     total_sq = float((err[:, numeric] ** 2)[hidden[:, numeric]].sum())
     out: dict[str, float] = {}
     for d, col in enumerate(model.schema.features):

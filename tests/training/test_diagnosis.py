@@ -22,26 +22,27 @@ SCHEMA = Schema(
 UNIT_STATS = {"a": Stats(), "b": Stats(), "t": Stats()}
 
 
-def test_copyable_entries_need_the_value_and_all_but_one_observed_column():
+def test_copyable_entries_are_held_by_a_nearest_training_row_on_the_shown_columns():
     train = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 9.0, 5.0], [7.0, 7.0, 7.0, 7.0]])
     known = np.ones_like(train, dtype=bool)
+    discrete = np.array([False, False, False, True])
     x = np.array(
         [
-            [1.0, 2.0, 3.0, 5.0],  # observes a, b, c: row 0 agrees on all three -> its d (4) is not 5; row 1
-            # agrees on a, b (all but one) and holds d = 5 -> copyable at d; c = 3 is held by row 0 (agrees)
-            [1.0, 0.0, 0.0, 4.0],  # observes a only: rows 0 and 1 agree on a; d = 4 is row 0's -> copyable
-            [0.0, 0.0, 7.0, 7.0],  # observes a, b: no row agrees on either -> nothing copyable
+            [1.0, 2.0, 3.5, 5.0],  # shows a, b, c: row 0 is nearest (0.25 against 30.25) and holds d = 4, not 5
+            [1.0, 2.0, 0.0, 4.0],  # shows a: rows 0 and 1 tie at 0; both hold b = 2 -> copyable; only row 0
+            # holds d = 4 -> not (copying row 1 would give 5)
+            [6.0, 0.0, 7.0, 5.0],  # shows a, d: row 2 (1, plus 1 for another category of d) is nearer than
+            # row 1 (25 + 0) and holds c = 7 -> copyable
         ]
     )
-    observed = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]], dtype=bool)
-    got = copyable_entries(train, known, x, observed)
-    assert got[0, 3] and got[1, 3]
-    assert not got[2].any()
-    assert not got[1, 1]  # b = 0 is held by no training row
-    # a training value that is not known does not count
+    observed = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 0, 0, 1]], dtype=bool)
+    got = copyable_entries(train, known, x, observed, discrete)
+    assert not got[0, 3] and got[1, 1] and not got[1, 3] and got[2, 2]
+    assert not got[2, 1]  # the nearest row (2) holds b = 7, not 0
+    # a training row missing a shown column is no candidate: with row 1's a unknown, row 0 alone is nearest
     unknown = known.copy()
-    unknown[0, 3] = False
-    assert not copyable_entries(train, unknown, x, observed)[1, 3]
+    unknown[1, 0] = False
+    assert copyable_entries(train, unknown, x, observed, discrete)[1, 3]
 
 
 @pytest.fixture
@@ -85,9 +86,9 @@ def test_figures_by_hand(model):
     assert out["accuracy_over_majority_min"] == pytest.approx(0.0)
     assert out["observed_rmse_median"] == pytest.approx(np.median([math.sqrt(0.125), 1.0]))
     assert out["observed_rmse_max"] == pytest.approx(1.0)
-    # copyable hidden numbers: row 0's b = 1 (training row 0 agrees on a, one of two shown, and holds b = 1);
-    # row 1's a = 1? no
-    # training row holds a = 1. Row 2's b = -1: none; row 3's a = 3: none. So copyable = {(0, b)}: error 1.
+    # copyable hidden numbers: row 0 shows a = 0 and c = x: training row 0 is nearest (0 + 1 against 26 and 81)
+    # and holds b = 1, the truth; row 1 shows b = 1: rows 0 and 1 tie, neither holds a = 1; row 2 shows a = 2:
+    # row 0 is nearest, b = 1 is not -1; row 3 shows c = z: all tie, none holds a = 3. So {(0, b)}: error 1.
     assert out["rmse_xu_copyable"] == pytest.approx(1.0)
     assert out["rmse_xu_other"] == pytest.approx(math.sqrt((0 + 4 + 0) / 3))
     assert out["copyable_fraction"] == pytest.approx(0.25)
