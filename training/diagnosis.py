@@ -14,9 +14,10 @@ metrics:
 * `majority_accuracy` (categories): the training rows' majority class on the same hidden entries.
 
 And for the table, RMSE_xu split by whether a training row could have supplied the hidden entry
-(`copyable`): the training rows nearest to the test row on the columns it shows holds exactly the entry's true
-value (every one of them, when several tie). That is the case a nearest-neighbour imputer wins by copying (replicated designs: one concrete mix at
-several ages, one hull at several speeds); a model whose latent carries the observed columns can win it too.
+(`copyable`): the training rows nearest to the test row on the columns it shows hold exactly the entry's true
+value (every one of them, when several tie). That is the case a nearest-neighbour imputer wins by copying
+(replicated designs: one concrete mix at several ages, one hull at several speeds); a model whose latent carries
+the observed columns can win it too.
 
 Flat keys (`col/<name>/<figure>`, `rmse_xu_copyable`, ...) so that `summarise` averages them over splits.
 """
