@@ -354,13 +354,45 @@ def evaluate(
                         df, sch, k, variant, steps, seed, samples, bar, compile, _overrides(settings), max(threads, 1)
                     )
                 )
-            typer.echo(f"split {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in sorted(results[-1].items())), err=True)
+            table_level = {n: v for n, v in results[-1].items() if not n.startswith("col/")}
+            typer.echo(f"split {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in sorted(table_level.items())), err=True)
         summary = summarise(variant, split_list, results)
-    typer.echo(f"{'metric':<16}{'mean':>10}{'std':>10}   ({variant}, splits {splits})")
+    typer.echo(f"{'metric':<28}{'mean':>10}{'std':>10}   ({variant}, splits {splits})")
     for name, m in summary["metrics"].items():
-        typer.echo(f"{name:<16}{m['mean']:>10.4f}{m['std']:>10.4f}")
+        if not name.startswith("col/"):
+            typer.echo(f"{name:<28}{m['mean']:>10.4f}{m['std']:>10.4f}")
+    _echo_columns(summary["metrics"])
     if json_out:
         json_out.write_text(json.dumps(summary, indent=2))
+
+
+def _echo_columns(metrics: dict) -> None:
+    """The per-column diagnosis (training/diagnosis.py) as one line per column, means over splits."""
+    columns: dict[str, dict[str, float]] = {}
+    for key, m in metrics.items():
+        if key.startswith("col/"):
+            _, name, figure = key.split("/", 2)
+            columns.setdefault(name, {})[figure] = m["mean"]
+    if not columns:
+        return
+    typer.echo("\nper column: hidden entries | observed-entry reconstruction | marginal VAE | share of squared error")
+    for name, f in columns.items():
+        if "hidden_accuracy" in f or "observed_accuracy" in f:
+            cells = [
+                f"accuracy {f.get('hidden_accuracy', float('nan')):.3f} "
+                f"(majority {f.get('majority_accuracy', float('nan')):.3f})",
+                f"accuracy {f.get('observed_accuracy', float('nan')):.3f}",
+                "-",
+                "-",
+            ]
+        else:
+            cells = [
+                f"rmse {f.get('hidden_rmse', float('nan')):.3f}",
+                f"rmse {f.get('observed_rmse', float('nan')):.3f}",
+                f"rmse {f.get('marginal_rmse', float('nan')):.3f}",
+                f"{f.get('share', float('nan')):.3f}",
+            ]
+        typer.echo(f"  {name:<26}" + " | ".join(cells))
 
 
 @app.command()

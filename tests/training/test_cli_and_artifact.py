@@ -139,6 +139,13 @@ def test_evaluate_writes_protocol_json(table, tmp_path):
         assert len(m["per_split"]) == 2 and np.isfinite(m["mean"]) and m["std"] >= 0
     assert 0 <= summary["metrics"]["acc_xu"]["mean"] <= 1
     assert "nll_xu" in res.output
+    # the per-column diagnosis: in the JSON per split, and one printed line per column
+    for key in ("col/b/hidden_rmse", "col/b/observed_rmse", "col/b/marginal_rmse", "col/d/hidden_accuracy"):
+        assert len(summary["metrics"][key]["per_split"]) == 2, key
+    shares = [m["mean"] for k, m in summary["metrics"].items() if k.endswith("/share")]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-9)  # a share per split sums to 1, so does their mean
+    printed = [line for line in res.output.splitlines() if line.strip().startswith(("a ", "b ", "c ", "d "))]
+    assert len(printed) == 4 and "majority" in printed[3] and "col/" not in res.output
 
 
 def test_evaluate_rejects_bad_splits(table):
