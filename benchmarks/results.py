@@ -66,7 +66,8 @@ def summary_lines(runs: dict, variants: dict[str, str], tables: list[str]) -> li
         "target error HH-VAEM | hgb_nan | NLL_xu HH-VAEM / VAEM | NLL_y HH-VAEM / VAEM |",
         "|" + "---|" * 9,
     ]
-    counts = {"rmse": [0, 0], "target": [0, 0], "nll": [0, 0], "mean": [0, 0], "constant": [0, 0]}
+    counts = {"rmse": [0, 0], "within3": [0, 0], "target": [0, 0], "nll": [0, 0], "mean": [0, 0], "constant": [0, 0]}
+    coverage_misses: list[str] = []
     for table in tables:
         h, v, b = runs[ours].get(table), runs.get(ref, {}).get(table) if ref else None, base.get(table, {})
         if h is None:
@@ -84,6 +85,7 @@ def summary_lines(runs: dict, variants: dict[str, str], tables: list[str]) -> li
             cells.append(f"{best[0]} {best[1]:.3f}" if best else "-")
             if key == "rmse_xu" and best and ours_v is not None:
                 counts["rmse"][0 if better(ours_v, best[1], key) else 1] += 1
+                counts["within3"][0 if ours_v <= 1.03 * best[1] else 1] += 1
         tk = target_key(h)
         t_ours, t_hgb = mean(h, tk), mean(b.get("hgb_nan"), tk)
         win = t_hgb is not None and better(t_ours, t_hgb, tk)
@@ -103,17 +105,24 @@ def summary_lines(runs: dict, variants: dict[str, str], tables: list[str]) -> li
         if v is not None:
             ahead = all(mean(h, k) <= mean(v, k) for k in ("nll_xu", "nll_y"))
             counts["nll"][0 if ahead else 1] += 1
+        for key in ("xu_coverage90", "target_coverage90"):
+            c90 = mean(h, key)
+            if c90 is not None and not 0.85 <= c90 <= 0.95:
+                coverage_misses.append(f"{table} {key.split('_')[0]} {c90:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Bold: at or better than the comparison. Counts over the tables above:",
         f"- RMSE_xu at or below the best of {IMPUTER_NAMES}: {counts['rmse'][0]} of {sum(counts['rmse'])}",
+        f"- RMSE_xu within 3 % of that best: {counts['within3'][0]} of {sum(counts['within3'])}",
         f"- target error at or below hgb_nan (RMSE; accuracy at or above): {counts['target'][0]} of "
         f"{sum(counts['target'])}",
         f"- HH-VAEM ahead of VAEM on both NLL_xu and NLL_y: {counts['nll'][0]} of {sum(counts['nll'])}",
         f"- RMSE_xu at least 10 % below mean imputation: {counts['mean'][0]} of {sum(counts['mean'])}",
         f"- target error at least 10 % below the constant predictor's (accuracy 2 points above the majority "
         f"class): {counts['constant'][0]} of {sum(counts['constant'])}",
+        "- 90 % intervals covering 85-95 % of hidden entries and of targets: "
+        + ("every table" if not coverage_misses else "missed on " + ", ".join(coverage_misses)),
     ]
     return lines
 
