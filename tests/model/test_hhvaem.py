@@ -122,7 +122,13 @@ def reference_log_joint(dep: DependencyVAE, eps: torch.Tensor, obs: Observed) ->
         z, m = obs.z[..., unit : unit + n], obs.m[..., unit : unit + n]
         if kind == "code":  # Gaussian; x_hat holds the mean code in a hole
             loc, raw_scale = out[..., pos : pos + n], out[..., pos + n : pos + 2 * n]
-            lp = lp + (torch.distributions.Normal(loc, F.softplus(raw_scale) + MIN_SCALE).log_prob(z) * m).sum(-1)
+            cap = dep.blocks.scale_max  # the codes' scale: softplus + floor, or floor + (cap - floor) * sigmoid
+            scale = (
+                F.softplus(raw_scale) + MIN_SCALE
+                if cap is None
+                else MIN_SCALE + (cap - MIN_SCALE) * torch.sigmoid(raw_scale)
+            )
+            lp = lp + (torch.distributions.Normal(loc, scale).log_prob(z) * m).sum(-1)
             x_hat.append(torch.where(m > 0, z, loc))
             pos += 2 * n
         else:
@@ -142,10 +148,11 @@ def reference_log_joint(dep: DependencyVAE, eps: torch.Tensor, obs: Observed) ->
     return lp + torch.distributions.Normal(0.0, 1.0).log_prob(eps).sum(-1)
 
 
+@pytest.mark.parametrize("cap", [0.5, None])
 @pytest.mark.parametrize("units", ["marginal", "direct"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_log_joint_and_grad_match_reference_and_autograd(variant, units):
-    model = make_model(variant, discrete_units=units)
+def test_log_joint_and_grad_match_reference_and_autograd(variant, units, cap):
+    model = make_model(variant, discrete_units=units, code_scale_max=cap)
     obs = observed(model, seed=1, n=6).unsqueeze(-2)
     e = model.latent_size
     eps = (1.5 * torch.randn(6, 4, e, generator=torch.Generator().manual_seed(2), dtype=DT)).requires_grad_(True)
