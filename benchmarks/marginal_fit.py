@@ -23,6 +23,7 @@ import torch
 from hhvaem.model.hhvaem import HHVAEM, ModelConfig
 from hhvaem.model.preprocessing import Preprocessor
 from hhvaem.model.schema import Column, Schema
+from hhvaem.training.diagnosis import marginal_means, protocol_values
 from hhvaem.training.fit import encode_rows
 from hhvaem.training.tabular import infer_schema, load_dataset, table_columns
 from hhvaem.training.trainer import StageSteps, TrainConfig, Trainer
@@ -43,21 +44,16 @@ def reconstruction(
     )
     for _ in range(steps):
         trainer.marginal_step()
-    with torch.no_grad():
-        mu, _ = model.marginal.encode(data.x)
-        natural = model.marginal.likelihood.natural(model.marginal.decode(mu)).numpy()  # [N, D, W]
     x, mx = data.x.numpy(), data.mx.numpy()
+    recon, truth = marginal_means(model, pp, x), protocol_values(model, pp, x)
     out = {}
     for d, col in enumerate(schema.features):
         seen = mx[:, d]
-        p = col.family.component_params(natural[seen, d][:, None, :], col.n_categories)  # [M, 1, w]
         stats = pp.stats.get(col.name)
         if col.is_discrete:
-            out[col.name] = (float(np.mean(p[:, 0].argmax(-1) != x[seen, d])), False)
+            out[col.name] = (float(np.mean(recon[seen, d] != x[seen, d])), False)
             continue
-        mean = col.family.protocol_moments(p, stats)[0][:, 0]
-        truth = col.family.to_protocol(x[seen, d], stats)
-        err = math.sqrt(float(np.mean((mean - truth) ** 2))) / col.family.metric_scale(stats)
+        err = math.sqrt(float(np.mean((recon[seen, d] - truth[seen, d]) ** 2))) / col.family.metric_scale(stats)
         out[col.name] = (err, stats is not None and getattr(stats, "warp", None) is not None)
     return out
 

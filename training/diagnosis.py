@@ -61,15 +61,17 @@ def _scales(model: HHVAEM, pp: Preprocessor) -> list[float]:
 
 @torch.no_grad()
 def marginal_means(model: HHVAEM, pp: Preprocessor, x: np.ndarray) -> np.ndarray:
-    """[N, D] each numeric column's marginal-VAE reconstruction (the decoded mean at the encoder's mean code), on
-    the protocol's scale."""
+    """[N, D] each column's marginal-VAE reconstruction, decoded at its encoder's mean code: the predictive mean
+    on the protocol's scale (numbers) or the mode (categories)."""
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     mu, _ = model.marginal.encode(xt)
     natural = model.marginal.likelihood.natural(model.marginal.decode(mu)).numpy()  # [N, D, W]
     out = np.zeros(x.shape)
     for d, col in enumerate(model.schema.features):
-        if not col.is_discrete:
-            p = col.family.component_params(natural[:, None, d], col.n_categories)
+        p = col.family.component_params(natural[:, None, d], col.n_categories)
+        if col.is_discrete:
+            out[:, d] = p[:, 0].argmax(-1)
+        else:
             out[:, d] = col.family.protocol_moments(p, pp.stats.get(col.name))[0][:, 0]
     return out
 
