@@ -634,11 +634,11 @@ def score(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from hhvaem.app.engine import Engine
-        from hhvaem.app.engine.scoring import score_frame
+        from hhvaem.app.engine.scoring import passthrough, score_frame
         from hhvaem.model.io.tables import read_table_with_notes
 
         engine = Engine(model_dir, threads=threads)
-        df, notes = read_table_with_notes(input)
+        df, notes = read_table_with_notes(input, verbatim=passthrough(engine))
         for note in notes:
             typer.echo(f"warning: {note}", err=True)
         columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -105,11 +105,16 @@ class Preprocessor:
     def encode_value(self, col: Column, v: Any, row: int | None = None, strict: bool = False, transform: bool = True):
         """One present value on the normalised scale; EncodingError says why it does not fit.
 
-        `strict` (the JSON API) refuses text and booleans in numeric columns instead of parsing them.
-        `transform=False` stops after validation and the category lookup (numbers stay in user units).
+        `strict` (the JSON API) refuses text and booleans in numeric columns, and in categorical columns whose
+        categories are numbers, instead of parsing them. `transform=False` stops after validation and the category
+        lookup (numbers stay in user units).
         """
         index = self._cat_index.get(col.name)
         if index is not None:
+            if strict and isinstance(v, (bool, str)) and col.number_coded:
+                what = "a boolean" if isinstance(v, bool) else f"text {v!r}"
+                known = ", ".join(repr(c) for c in col.categories[:10])
+                raise EncodingError(col.name, f"expected one of the category numbers ({known}), got {what}", row)
             key = category_key(v)
             if key not in index:
                 known = ", ".join(repr(c) for c in col.categories[:10])

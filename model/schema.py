@@ -46,6 +46,13 @@ class Column:
         return self.family.discrete
 
     @property
+    def number_coded(self) -> bool:
+        """A categorical column whose categories are all numbers (e.g. RAD's 1..24): the JSON API takes numbers."""
+        return bool(self.categories) and all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.categories
+        )
+
+    @property
     def n_categories(self) -> int:
         return len(self.categories) if self.categories else 0
 

@@ -6,7 +6,9 @@ An inference request is a JSON object (`id`, `parameters`, `inputs`, `outputs`);
 `parameters.binary_data_size` and its bytes after the JSON, whose length the `Inference-Header-Content-Length`
 header gives. Outputs asked for with `parameters.binary_data` (or all of them with the request's
 `parameters.binary_data_output`) come back the same way. BYTES elements travel as 4-byte little-endian lengths
-followed by the bytes. Errors are `{"error": "..."}` (`ProtocolError`).
+followed by the bytes. JSON has no NaN or infinity: in JSON `data` a number tensor's non-finite element is `null`,
+in requests (a hole) and in responses (e.g. a gain per cost beyond FP32 for a tiny cost); binary data carries the
+IEEE value. Errors are `{"error": "..."}` (`ProtocolError`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from hhvaem.app.api.json_body import loads
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The protocol's tensor datatypes and their numpy dtypes (little-endian on the wire).
@@ -37,6 +41,10 @@ DTYPES: dict[str, np.dtype] = {
     "FP64": np.dtype("<f8"),
     "BYTES": np.dtype(object),
 }
+# A tensor has at most this many dimensions, each at most MAX_DIM elements (numpy's own limits are larger, and an
+# empty tensor of shape [2**62, 0] would pass a count of its elements); nested JSON data no deeper than its rank.
+MAX_RANK = 8
+MAX_DIM = 2**31 - 1
 # Request parameters the Triton client may send on its own; they change nothing here.
 CLIENT_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout"})
 
@@ -79,9 +87,11 @@ def parse_request(body: bytes, header_length: str | None) -> InferenceRequest:
     else:
         head, rest = body, memoryview(b"")
     try:
-        doc = json.loads(head)
+        doc = loads(head)  # a member given twice is refused, not reduced to its last value
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ProtocolError(f"the inference request is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ProtocolError("the inference request is nested too deeply to be a tensor request") from None
     if not isinstance(doc, dict):
         raise ProtocolError("the inference request must be a JSON object with 'inputs'")
     unknown = sorted(set(doc) - {"id", "parameters", "inputs", "outputs"})
@@ -127,6 +137,11 @@ def _input(spec: Any, k: int, rest: memoryview, offset: int) -> tuple[str, np.nd
     shape, datatype = spec.get("shape"), spec.get("datatype")
     if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
         raise ProtocolError(f"{where}: shape must be a list of non-negative integers")
+    if len(shape) > MAX_RANK or any(s > MAX_DIM for s in shape):
+        raise ProtocolError(
+            f"{where}: shape {shape[: MAX_RANK + 1]} is too large (at most {MAX_RANK} dimensions of at "
+            f"most {MAX_DIM} elements)"
+        )
     if not isinstance(datatype, str) or datatype not in DTYPES:
         raise ProtocolError(f"{where}: unknown datatype {datatype!r} (expected one of {', '.join(DTYPES)})")
     params = _parameters(spec.get("parameters"), f"{where} parameters")
@@ -139,18 +154,21 @@ def _input(spec: Any, k: int, rest: memoryview, offset: int) -> tuple[str, np.nd
         flat = _from_bytes(raw, datatype, where)
         offset += n
     elif "data" in spec:
-        flat = _from_json(spec["data"], datatype, where)
+        flat = _from_json(spec["data"], datatype, where, len(shape))
     else:
         raise ProtocolError(f"{where}: no data (give 'data', or binary data with parameters.binary_data_size)")
     if flat.size != size:
         raise ProtocolError(f"{where}: shape {shape} needs {size} elements, the data has {flat.size}")
-    return name, flat.reshape(shape), offset
+    try:
+        return name, flat.reshape(shape), offset
+    except ValueError:  # an empty tensor whose other dimensions multiply past numpy's limit
+        raise ProtocolError(f"{where}: shape {shape} is too large for an array") from None
 
 
-def _from_json(data: Any, datatype: str, where: str) -> np.ndarray:
+def _from_json(data: Any, datatype: str, where: str, rank: int) -> np.ndarray:
     if not isinstance(data, list):
         raise ProtocolError(f"{where}: data must be a (flat or nested) list")
-    flat = list(_flatten(data))
+    flat = _flatten(data, max(rank, 1), where)
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in flat):
             raise ProtocolError(f"{where}: BYTES data must be strings")
@@ -171,12 +189,25 @@ def _from_json(data: Any, datatype: str, where: str) -> np.ndarray:
         raise ProtocolError(f"{where}: a value does not fit {datatype}") from None
 
 
-def _flatten(data: Sequence[Any]):
-    for v in data:
-        if isinstance(v, list):
-            yield from _flatten(v)
+def _flatten(data: Sequence[Any], depth: int, where: str) -> list[Any]:
+    """The elements of nested lists in row-major order; lists nested deeper than `depth` (the tensor's rank) are
+    refused (iterative: a crafted nesting cannot exhaust the stack)."""
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        v = next(stack[-1], _END)
+        if v is _END:
+            stack.pop()
+        elif isinstance(v, list):
+            if len(stack) >= depth:
+                raise ProtocolError(f"{where}: data is nested deeper than the shape's {depth} dimension(s)")
+            stack.append(iter(v))
         else:
-            yield v
+            out.append(v)
+    return out
+
+
+_END = object()
 
 
 def _from_bytes(raw: memoryview, datatype: str, where: str) -> np.ndarray:
@@ -235,13 +266,21 @@ def encode_response(
             params["binary_data_size"] = len(chunk)
             chunks.append(chunk)
         else:
-            entry["data"] = o.data.reshape(-1).tolist()
+            entry["data"] = _json_data(o.data)
         if params:
             entry["parameters"] = params
         entries.append(entry)
     doc["outputs"] = entries
     head = json.dumps(doc, allow_nan=False).encode()
     return (head + b"".join(chunks), len(head)) if chunks else (head, None)
+
+
+def _json_data(data: np.ndarray) -> list[Any]:
+    """A tensor's elements for JSON `data`: a non-finite number becomes null (JSON has no NaN or infinity)."""
+    flat = data.reshape(-1)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return [v if math.isfinite(v) else None for v in flat.tolist()]
+    return flat.tolist()
 
 
 def _to_bytes(data: np.ndarray, datatype: str) -> bytes:

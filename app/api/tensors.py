@@ -257,7 +257,9 @@ class ModelTensors:
             Output("information_gain", "FP32", np.array([r["gain"] for r in ranking], np.float32)),
         ]
         if any(r["gain_per_cost"] is not None for r in ranking):
-            out.append(Output("gain_per_cost", "FP32", np.array([r["gain_per_cost"] for r in ranking], np.float32)))
+            with np.errstate(over="ignore"):  # a ratio beyond FP32 (a tiny cost) is inf: null in JSON data
+                per_cost = np.array([r["gain_per_cost"] for r in ranking], np.float32)
+            out.append(Output("gain_per_cost", "FP32", per_cost))
         prediction = answer["prediction"]
         parameters: dict[str, Any] = {
             "target": answer["target"],

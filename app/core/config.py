@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     session_ttl_seconds: int = Field(
         default=1800, gt=0, description="Idle time-to-live of a session, in seconds; every read or update renews it."
     )
+    session_max_observations: int = Field(
+        default=1000,
+        gt=0,
+        le=100_000,
+        description="Most answers (corrections and retractions included) one session keeps; beyond it an update is "
+        "refused with 409 and the client starts a new session. Bounds what every read of a session costs.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
         description="Where inference runs: `cpu`, `cuda`, or `auto` (CUDA when ONNX Runtime offers it, else CPU).",

@@ -21,9 +21,24 @@ from hhvaem.model.io.tables import TableError
 OPERATIONS = ("impute", "predict", "both")
 
 
+def passthrough(engine: Engine) -> Callable[[str], bool]:
+    """The input columns a result carries as they came (`read_table(verbatim=...)`): those the model does not use."""
+    known = {c.name for c in engine.schema.columns}
+    return lambda name: name not in known
+
+
 def check_columns(engine: Engine, df: pd.DataFrame) -> None:
-    """TableError naming the expected columns when `df` has none of the model's (a wrong file, or a separator
-    other than the comma): every row would otherwise be "scored" from nothing."""
+    """TableError when `df` cannot be scored faithfully: none of the model's columns (a wrong file, or a separator
+    other than the comma: every row would be "scored" from nothing), an input column named like a column the result
+    adds (it would be overwritten), or TRUE/FALSE where the model expects numbers (read as 1/0 otherwise)."""
+    _check_added_names(engine, df)
+    numeric = {c.name for c in engine.schema.columns if not c.is_discrete}
+    flags = [n for n in df.attrs.get("boolean_columns", ()) if n in numeric]
+    if flags:
+        raise TableError(
+            f"column {flags[0]!r} holds TRUE/FALSE, but the model's {flags[0]!r} is a number: write it as numbers "
+            "(e.g. 1 and 0) if that is what it means"
+        )
     if set(df.columns) & {c.name for c in engine.schema.columns}:
         return
     expected = ", ".join(c.name for c in engine.schema.features[:20]) + (
@@ -33,6 +48,22 @@ def check_columns(engine: Engine, df: pd.DataFrame) -> None:
     separator = next((s for s in (";", "\t", "|") if any(s in str(c) for c in df.columns)), None)
     hint = f"; is the file separated by {separator!r} instead of commas?" if separator else ""
     raise TableError(f"none of the columns ({header}) is one of the model's: expected {expected}{hint}")
+
+
+# Columns a result may add besides `<column>__...`: the row's error, and the imputation's number.
+ADDED = ("error", "imputation")
+
+
+def _check_added_names(engine: Engine, df: pd.DataFrame) -> None:
+    rank = {c.name: i for i, c in enumerate(engine.schema.columns)}
+    for name in df.columns:
+        if name in rank:
+            continue
+        if name in ADDED or _base(name, rank) is not None:
+            raise TableError(
+                f"column {name!r} has the name of a column the result adds ({', '.join(ADDED)}, and "
+                "<model column>__<figure> such as fly_ash__std): rename it, or it would be overwritten"
+            )
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from typing import Any
 
 from hhvaem.app.db import repository as repo
 from hhvaem.app.db.availability import DatabaseUnavailable
-from hhvaem.app.engine.scoring import score_frame
+from hhvaem.app.engine.scoring import passthrough, score_frame
 from hhvaem.app.services.registry import ModelNotFound
 from hhvaem.model.io.artifact import ArtifactError
 from hhvaem.model.io.tables import TableError, read_table
@@ -185,7 +185,7 @@ class BatchRunner:
         engine = self.registry.resolve(job.model_name, job.model_version).engine
         if self.ray_address:
             return self._score_on_ray(job, engine, params)
-        df = read_table(job.input_path, **self.limits)
+        df = read_table(job.input_path, **self.limits, verbatim=passthrough(engine))
         parts = self.folder(job.id) / "parts"
         parts.mkdir(parents=True, exist_ok=True)
         total, done, failed = len(df), 0, 0

@@ -143,8 +143,14 @@ class ModelRegistry:
         self._thread: threading.Thread | None = None
 
     # ---- registering ---------------------------------------------------------------------------------------
-    def register(self, path: str | Path, name: str | None = None, activate: bool = True) -> tuple[Registered, bool]:
-        """Registers an artifact directory (verified and test-run first); returns (record, created)."""
+    def register(
+        self, path: str | Path, name: str | None = None, activate: bool = True, *, at_start: bool = False
+    ) -> tuple[Registered, bool]:
+        """Registers an artifact directory (verified and test-run first); returns (record, created).
+
+        `activate` makes the version active. `at_start` (a process starting on its models folder) activates an
+        artifact only when it is new or no version of the name is active: an activation an admin made since (or a
+        newer version that superseded this one) survives restarts and new replicas."""
         path = Path(path).resolve()
         manifest = read_manifest(path, require_graphs=True)
         checksum = manifest_checksum(path)
@@ -163,7 +169,7 @@ class ModelRegistry:
                 artifact_summary(manifest),
                 activate=activate,
             )
-            if activate and not record.active:
+            if activate and not record.active and not at_start:
                 record = repo.activate_model(tx, name, record.version)
             rows = repo.list_models(tx, name)
         with self._lock:
@@ -177,7 +183,7 @@ class ModelRegistry:
         records = []
         for sub in sorted(p for p in Path(models_dir).iterdir() if p.is_dir()):
             try:
-                records.append(self.register(sub)[0])
+                records.append(self.register(sub, at_start=True)[0])
             except ArtifactError as e:
                 log.error("skipping %s: %s", sub, e)
         return records

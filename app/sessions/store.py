@@ -37,6 +37,7 @@ __all__ = [
     "MemorySessionStore",
     "Observation",
     "RedisSessionStore",
+    "SessionFull",
     "SessionNotFound",
     "SessionState",
     "SessionStore",
@@ -48,6 +49,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "hhvaem:session:"
+DEFAULT_MAX_OBSERVATIONS = 1000
+# A session's history longer than this (JSON characters) is decoded in a worker thread, off the event loop.
+_DECODE_INLINE_CHARS = 16_384
 
 
 class SessionNotFound(Exception):
@@ -56,6 +60,17 @@ class SessionNotFound(Exception):
     def __init__(self, session_id: str):
         super().__init__(f"session {session_id!r} does not exist or has expired")
         self.session_id = session_id
+
+
+class SessionFull(Exception):
+    """An update would take the session past its cap on answers (`max_observations`); nothing was stored."""
+
+    def __init__(self, session_id: str, held: int, adding: int, cap: int):
+        super().__init__(
+            f"session {session_id!r} holds {held} answers; {adding} more would pass its cap of {cap} "
+            "(corrections and retractions count): start a new session with the current answers"
+        )
+        self.session_id, self.held, self.adding, self.cap = session_id, held, adding, cap
 
 
 class StoreUnavailable(Exception):
@@ -153,6 +168,7 @@ class SessionState:
 class SessionStore(Protocol):
     kind: str  # "redis" | "memory"
     ttl_seconds: float
+    max_observations: int  # an update past it raises SessionFull
 
     async def create(
         self, model_name: str, model_version: int, owner: str | None, observations: Mapping[str, Any]
@@ -176,18 +192,20 @@ def _dumps(value: Any) -> str:
 # --------------------------------------------------------------------------------------------------------- Redis
 
 # KEYS[1]: session key. ARGV[1]: idle TTL (ms); ARGV[2]: now (fixed-width ISO UTC); ARGV[3]: update token;
-# ARGV[4..]: feature JSON, value JSON, feature JSON, value JSON, ...
-# Returns false when the session is absent, else {meta, obs, updated_at}.
+# ARGV[4]: the cap on answers; ARGV[5..]: feature JSON, value JSON, feature JSON, value JSON, ...
+# Returns false when the session is absent, {"full", n} when the update would pass the cap (nothing stored), else
+# {meta, obs, updated_at}.
 _ADD_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local cur = redis.call('HMGET', KEYS[1], 'n', 'obs', 'updated_at', 'op')
 if cur[4] ~= ARGV[3] then
   local n = tonumber(cur[1]) or 0
+  if n + (#ARGV - 4) / 2 > tonumber(ARGV[4]) then return {'full', string.format('%d', n)} end
   local obs = cur[2] or '[]'
   local now = ARGV[2]
   if cur[3] and now < cur[3] then now = cur[3] end
   local parts = {}
-  for i = 4, #ARGV, 2 do
+  for i = 5, #ARGV, 2 do
     parts[#parts + 1] = '{"feature":' .. ARGV[i] .. ',"value":' .. ARGV[i + 1] ..
       ',"at":"' .. now .. '","seq":' .. string.format('%d', n) .. '}'
     n = n + 1
@@ -218,6 +236,7 @@ class RedisSessionStore:
         url: str,
         *,
         ttl_seconds: float = 1800,
+        max_observations: int = DEFAULT_MAX_OBSERVATIONS,
         prefix: str = DEFAULT_PREFIX,
         connect_timeout: float = 1.0,
         op_timeout: float = 2.0,
@@ -230,6 +249,7 @@ class RedisSessionStore:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         self.ttl_seconds = float(ttl_seconds)
+        self.max_observations = int(max_observations)
         self.prefix = prefix
         self.op_timeout = op_timeout
         self.url = redact_url(url) or ""
@@ -298,9 +318,15 @@ class RedisSessionStore:
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
 
-    def _state(self, session_id: str, meta: str | None, obs: str | None, updated_at: str | None) -> SessionState:
+    async def _state(self, session_id: str, meta: str | None, obs: str | None, updated_at: str | None) -> SessionState:
         if meta is None:
             raise SessionNotFound(session_id)
+        if obs is not None and len(obs) > _DECODE_INLINE_CHARS:  # a long history: decode it off the event loop
+            return await asyncio.to_thread(self._decode, meta, obs, updated_at)
+        return self._decode(meta, obs, updated_at)
+
+    @staticmethod
+    def _decode(meta: str, obs: str | None, updated_at: str | None) -> SessionState:
         m = json.loads(meta)
         return SessionState(
             id=m["id"],
@@ -316,6 +342,7 @@ class RedisSessionStore:
         self, model_name: str, model_version: int, owner: str | None, observations: Mapping[str, Any]
     ) -> SessionState:
         state = SessionState.new(new_session_id(), model_name, model_version, owner, observations)
+        _check_cap(state.id, 0, len(observations), self.max_observations)
         meta = {k: v for k, v in state.to_dict().items() if k not in ("observations", "updated_at")}
         mapping = {
             "meta": _dumps(meta),
@@ -345,20 +372,22 @@ class RedisSessionStore:
                 return await pipe.execute()
 
         (meta, obs, updated_at), _ = await self._call(run)
-        return self._state(session_id, meta, obs, updated_at)
+        return await self._state(session_id, meta, obs, updated_at)
 
     async def add_observations(self, session_id: str, observations: Mapping[str, Any]) -> SessionState:
         if not observations:
             return await self.get(session_id)
-        args: list[Any] = [self._ttl_ms, utc_now(), secrets.token_hex(8)]
+        args: list[Any] = [self._ttl_ms, utc_now(), secrets.token_hex(8), self.max_observations]
         for feature, value in observations.items():
             args += [_dumps(str(feature)), _dumps(value)]
         key = self._key(session_id)
         result = await self._call(lambda: self._add_script(keys=[key], args=args))
         if not result:
             raise SessionNotFound(session_id)
+        if result[0] == "full":
+            raise SessionFull(session_id, int(result[1]), len(observations), self.max_observations)
         meta, obs, updated_at = result
-        return self._state(session_id, meta, obs, updated_at)
+        return await self._state(session_id, meta, obs, updated_at)
 
     async def delete(self, session_id: str) -> None:
         removed = await self._call(lambda: self._client.delete(self._key(session_id)))
@@ -384,10 +413,13 @@ class MemorySessionStore:
     kind = "memory"
     location = "in-process memory"
 
-    def __init__(self, *, ttl_seconds: float = 1800, clock=time.monotonic):
+    def __init__(
+        self, *, ttl_seconds: float = 1800, max_observations: int = DEFAULT_MAX_OBSERVATIONS, clock=time.monotonic
+    ):
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         self.ttl_seconds = float(ttl_seconds)
+        self.max_observations = int(max_observations)
         self._clock = clock
         self._lock = asyncio.Lock()
         self._sessions: dict[str, tuple[SessionState, float]] = {}
@@ -422,6 +454,7 @@ class MemorySessionStore:
             session_id = new_session_id()
             while session_id in self._sessions:
                 session_id = new_session_id()
+            _check_cap(session_id, 0, len(observations), self.max_observations)
             state = SessionState.new(session_id, model_name, model_version, owner, observations)
             self._sessions[session_id] = (state, now + self.ttl_seconds)
             return state
@@ -438,8 +471,9 @@ class MemorySessionStore:
             now = self._clock()
             state = self._live(session_id, now)
             if observations:
-                ts = max(utc_now(), state.updated_at)
                 n = len(state.observations)
+                _check_cap(session_id, n, len(observations), self.max_observations)
+                ts = max(utc_now(), state.updated_at)
                 added = tuple(
                     Observation(feature=str(f), value=v, at=ts, seq=n + i)
                     for i, (f, v) in enumerate(observations.items())
@@ -468,15 +502,27 @@ class MemorySessionStore:
         self._sessions.clear()
 
 
+def _check_cap(session_id: str, held: int, adding: int, cap: int) -> None:
+    if held + adding > cap:
+        raise SessionFull(session_id, held, adding, cap)
+
+
 def make_store(settings: Settings, **kwargs: Any) -> SessionStore:
     """The store the settings ask for: Redis when `redis_url` is set, else in-process memory (logged as a
     warning, since sessions then live in one process and vanish with it)."""
     if settings.redis_url:
-        store: SessionStore = RedisSessionStore(settings.redis_url, ttl_seconds=settings.session_ttl_seconds, **kwargs)
+        store: SessionStore = RedisSessionStore(
+            settings.redis_url,
+            ttl_seconds=settings.session_ttl_seconds,
+            max_observations=settings.session_max_observations,
+            **kwargs,
+        )
         log.info("sessions: Redis at %s (idle TTL %d s)", redact_url(settings.redis_url), settings.session_ttl_seconds)
         return store
     log.warning(
         "sessions: no REDIS_URL / HHVAEM_REDIS_URL set, keeping sessions in this process's memory "
         "(single process only; they are lost on restart)"
     )
-    return MemorySessionStore(ttl_seconds=settings.session_ttl_seconds)
+    return MemorySessionStore(
+        ttl_seconds=settings.session_ttl_seconds, max_observations=settings.session_max_observations
+    )

@@ -22,6 +22,7 @@ import csv
 import gzip
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,18 @@ class TableWarning(UserWarning):
     """Something about a table that was read anyway (e.g. an empty trailing column dropped), in one line."""
 
 
-def read_table(path: str | Path, max_rows: int | None = None, max_bytes: int | None = None) -> pd.DataFrame:
+def read_table(
+    path: str | Path,
+    max_rows: int | None = None,
+    max_bytes: int | None = None,
+    verbatim: Callable[[str], bool] | None = None,
+) -> pd.DataFrame:
     """Read a .csv / .csv.gz / .parquet file; missing cells become NaN and column names str. See the module
-    docstring for how ragged CSV lines and the limits are handled; notes come as `TableWarning`s."""
+    docstring for how ragged CSV lines and the limits are handled; notes come as `TableWarning`s.
+
+    `verbatim(name)` true: that CSV column is kept as its text exactly as the file has it (`007` stays `007`,
+    `NA` and an empty cell stay text, nothing is stripped): batch scoring passes the columns the model does not
+    use through untouched this way. The header's names are stripped of surrounding blanks."""
     p = Path(path)
     lower = p.name.lower()
     if lower.endswith((".csv", ".csv.gz")):
@@ -60,7 +70,7 @@ def read_table(path: str | Path, max_rows: int | None = None, max_bytes: int | N
     if not p.is_file():
         raise TableError(f"{p}: not a regular file")
     try:
-        df = _read_csv(p, max_rows, max_bytes) if kind == "csv" else _read_parquet(p, max_rows, max_bytes)
+        df = _read_csv(p, max_rows, max_bytes, verbatim) if kind == "csv" else _read_parquet(p, max_rows, max_bytes)
     except TableError:
         raise
     except pd.errors.EmptyDataError:
@@ -73,7 +83,7 @@ def read_table(path: str | Path, max_rows: int | None = None, max_bytes: int | N
         raise TableError(f"{p.name}: no columns")
     if df.shape[0] == 0:
         raise TableError(f"{p.name}: no data rows (only a header)")
-    return _normalise(df)
+    return _normalise(df, verbatim)
 
 
 def read_table_with_notes(path: str | Path, **limits: Any) -> tuple[pd.DataFrame, list[str]]:
@@ -124,11 +134,13 @@ def _open_text(p: Path, max_bytes: int | None) -> io.TextIOWrapper:
     return io.TextIOWrapper(counted, encoding="utf-8-sig", newline="")
 
 
-def _scan_csv(p: Path, max_rows: int | None, max_bytes: int | None) -> tuple[list[str], int, int, int]:
-    """(header, fields per line of the widest line, data rows, lines with empty extra fields), or TableError."""
+def _scan_csv(p: Path, max_rows: int | None, max_bytes: int | None) -> tuple[list[str], int, int, int, int]:
+    """(header, fields per line of the widest line, data rows, lines with empty extra fields, blank lines at the
+    end of a one-column table), or TableError. Blank lines at the end of a file are never rows; inside a one-column
+    table a blank line is a missing cell."""
     csv.field_size_limit(MAX_FIELD_CHARS)
     with _open_text(p, max_bytes) as text:
-        reader = csv.reader(text, skipinitialspace=True)
+        reader = csv.reader(text)  # RFC 4180: a blank before a field is part of it (a quote must open the field)
         header = next((r for r in reader if r), None)
         if header is None:
             raise pd.errors.EmptyDataError
@@ -137,10 +149,11 @@ def _scan_csv(p: Path, max_rows: int | None, max_bytes: int | None) -> tuple[lis
             width -= 1
         if width > MAX_COLUMNS:
             raise TableError(f"{p.name}: {width} columns (at most {MAX_COLUMNS})")
-        widest, rows, padded = len(header), 0, 0
+        widest, rows, padded, trailing = len(header), 0, 0, 0
         for record in reader:
             if not record and width > 1:
                 continue  # a blank line, skipped (pandas too); in a one-column table it is a missing cell
+            trailing = trailing + 1 if not record else 0
             rows += 1
             if max_rows is not None and rows > max_rows:
                 raise TableError(f"{p.name}: more than {max_rows:,} data rows (the limit)")
@@ -148,7 +161,7 @@ def _scan_csv(p: Path, max_rows: int | None, max_bytes: int | None) -> tuple[lis
                 _check_line(p.name, record, width, reader.line_num)
                 padded += len(record) > width
             widest = max(widest, len(record))
-    return [h.strip() for h in header[:width]], widest, rows, padded
+    return [h.strip() for h in header[:width]], widest, rows - trailing, padded, trailing
 
 
 def _check_line(name: str, record: list[str], width: int, line: int) -> None:
@@ -163,25 +176,29 @@ def _check_line(name: str, record: list[str], width: int, line: int) -> None:
     )
 
 
-def _read_csv(p: Path, max_rows: int | None, max_bytes: int | None) -> pd.DataFrame:
-    header, widest, rows, padded = _scan_csv(p, max_rows, max_bytes)
+def _read_csv(p: Path, max_rows: int | None, max_bytes: int | None, verbatim=None) -> pd.DataFrame:
+    header, widest, rows, padded, trailing = _scan_csv(p, max_rows, max_bytes)
     _check_unique([n for n in header if n], p.name)
     missing = [i + 1 for i, n in enumerate(header) if not n]
     if missing:
         raise TableError(f"{p.name}: column {missing[0]} has no name in the header")
     extra = [f"\0extra{i}" for i in range(widest - len(header))]  # names no header can have
+    kept = [n for n in header if verbatim is not None and verbatim(n)]
     df = pd.read_csv(
         p,
         header=0,
         names=header + extra,
         usecols=range(len(header)),
         index_col=False,
-        na_values=list(MISSING_TOKENS),
+        dtype=dict.fromkeys(kept, str) or None,
+        na_values={n: list(MISSING_TOKENS) for n in header if n not in kept},
         keep_default_na=False,
-        skipinitialspace=True,
+        skipinitialspace=False,
         skip_blank_lines=len(header) > 1,
         encoding="utf-8-sig",
     )
+    if trailing and len(df) == rows + trailing:
+        df = df.iloc[:rows]  # blank lines at the end of a one-column table: not rows
     if len(df) != rows:  # the two parsers disagree (unusual quoting): refuse rather than guess
         raise TableError(f"{p.name}: the rows cannot be told apart reliably ({rows} lines, {len(df)} rows read)")
     if widest > len(header):
@@ -218,12 +235,20 @@ def _check_unique(names: list[str], where: str) -> None:
         seen.add(n)
 
 
-def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+def _normalise(df: pd.DataFrame, verbatim: Callable[[str], bool] | None = None) -> pd.DataFrame:
     """Plain float/int columns for numbers; the rest as stripped text with NaN for missing cells. A number too
-    large for a float (a 400-digit integer) becomes infinity, which the engine refuses for that row."""
+    large for a float (a 400-digit integer) becomes infinity, which the engine refuses for that row. A column of
+    TRUE/FALSE only becomes 1.0/0.0 and is listed in `attrs["boolean_columns"]` (a consumer that expects numbers
+    there refuses it: `check_columns`). `verbatim` columns of text are left as they are."""
     out = {}
+    booleans = []
     for name in df.columns:
         s = df[name]
+        if verbatim is not None and verbatim(name) and not pd.api.types.is_numeric_dtype(s):
+            out[name] = s.astype(object)
+            continue
+        if pd.api.types.is_bool_dtype(s):
+            booleans.append(name)
         if pd.api.types.is_bool_dtype(s) or (
             pd.api.types.is_numeric_dtype(s) and isinstance(s.dtype, pd.api.extensions.ExtensionDtype)
         ):
@@ -236,7 +261,9 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
             obj = obj.map(lambda v: np.nan if _cell_missing(v) else (v.strip() if isinstance(v, str) else str(v)))
             out[name] = _numeric_or_text(obj)
     # Positional, never by label: the cells stay on their rows whatever index the reader produced.
-    return pd.DataFrame({k: v.reset_index(drop=True) for k, v in out.items()})
+    table = pd.DataFrame({k: v.reset_index(drop=True) for k, v in out.items()})
+    table.attrs["boolean_columns"] = booleans
+    return table
 
 
 def _numeric_or_text(obj: pd.Series) -> pd.Series:

@@ -159,6 +159,46 @@ def test_another_process_sees_registrations_and_activations_at_its_next_refresh(
     assert other.resolve(MODEL).version == 2
 
 
+def test_a_restart_keeps_the_activation_an_admin_made(artifact: Path, tmp_path: Path) -> None:
+    """Issue #22, 1: a process starting on the models folder (a restart, a new replica) used to make the version it
+    found active again, undoing an admin's activation of a newer version (and their return to an older one)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    first = sqlite_registry(tmp_path)
+    first.register_dir(copy(artifact, models / "v1").parent)
+    assert first.resolve(MODEL).version == 1
+    first.register(copy(artifact, tmp_path / "v2", _set("note", "second")), activate=True)  # the admin route
+    assert first.resolve(MODEL).version == 2
+    restarted = ModelRegistry(first.database, threads=1)
+    restarted.register_dir(models)  # logs "version 1 known"
+    restarted.refresh()
+    assert restarted.resolve(MODEL).version == 2
+    first.refresh()
+    assert first.resolve(MODEL).version == 2
+    first.activate(MODEL, 1)  # back to the older one, then v2's folder joins the models folder: still v1
+    shutil.copytree(tmp_path / "v2", models / "v2")
+    again = ModelRegistry(first.database, threads=1)
+    again.register_dir(models)
+    again.refresh()
+    assert again.resolve(MODEL).version == 1
+    assert [(r.version, r.active) for r in again.records()] == [(1, True), (2, False)]
+
+
+def test_a_start_activates_a_new_artifact_or_a_name_with_no_active_version(artifact: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    registry = sqlite_registry(tmp_path)
+    registry.register(copy(artifact, models / "v1"), activate=False)
+    with pytest.raises(ModelNotFound):
+        registry.resolve(MODEL)
+    restarted = ModelRegistry(registry.database, threads=1)
+    restarted.register_dir(models)
+    assert restarted.resolve(MODEL).version == 1  # nothing was active: the folder's version serves
+    copy(artifact, models / "v2", _set("note", "second"))
+    restarted.register_dir(models)
+    assert restarted.resolve(MODEL).version == 2  # a new artifact in the folder is a new deployment
+
+
 def test_the_view_serves_through_a_database_outage(artifact: Path, tmp_path: Path) -> None:
     with pg_schema() as url:
         migrate(url)

@@ -27,6 +27,7 @@ from hhvaem.app.sessions.store import (
     MemorySessionStore,
     Observation,
     RedisSessionStore,
+    SessionFull,
     SessionNotFound,
     SessionState,
     SessionStore,
@@ -68,10 +69,10 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 def make(request: pytest.FixtureRequest) -> StoreFactory:
     """A factory (call it inside the test's event loop) for a store of each kind."""
     if request.param == "memory":
-        return lambda ttl_seconds=60.0: MemorySessionStore(ttl_seconds=ttl_seconds)
+        return lambda ttl_seconds=60.0, **kw: MemorySessionStore(ttl_seconds=ttl_seconds, **kw)
     url = request.getfixturevalue("redis_url")
     prefix = request.getfixturevalue("redis_prefix")
-    return lambda ttl_seconds=60.0: RedisSessionStore(url, ttl_seconds=ttl_seconds, prefix=prefix)
+    return lambda ttl_seconds=60.0, **kw: RedisSessionStore(url, ttl_seconds=ttl_seconds, prefix=prefix, **kw)
 
 
 def free_port() -> int:
@@ -185,6 +186,35 @@ def test_concurrent_writers_lose_nothing(make: StoreFactory) -> None:
             assert [o.seq for o in final.observations] == list(range(n))  # arrival order
             times = [o.at for o in final.observations]
             assert times == sorted(times)
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_a_session_holds_at_most_its_cap_of_answers(make: StoreFactory) -> None:
+    """Issue #22, 2: a history without a cap made every read of a long session cost the event loop (and every other
+    caller) hundreds of ms. An update past the cap is refused whole and stores nothing; concurrent writers racing
+    for the last places get exactly as many as fit."""
+
+    async def main() -> None:
+        store = make(max_observations=5)
+        try:
+            with pytest.raises(SessionFull, match="cap of 5"):
+                await store.create("m", 1, None, {f"f{i}": i for i in range(6)})
+            sid = (await store.create("m", 1, None, {"a": 1, "b": 2})).id
+            await store.add_observations(sid, {"a": 3})  # a correction counts: 3 held
+            with pytest.raises(SessionFull) as e:
+                await store.add_observations(sid, {"c": 1, "d": 2, "e": 3})
+            assert (e.value.held, e.value.adding, e.value.cap) == (3, 3, 5)
+            unchanged = await store.get(sid)
+            assert len(unchanged.observations) == 3 and unchanged.current == {"a": 3, "b": 2}
+            results = await asyncio.gather(
+                *(store.add_observations(sid, {f"x{i}": i}) for i in range(4)), return_exceptions=True
+            )
+            assert sum(isinstance(r, SessionFull) for r in results) == 2
+            final = await store.get(sid)
+            assert [o.seq for o in final.observations] == [0, 1, 2, 3, 4]
         finally:
             await store.close()
 

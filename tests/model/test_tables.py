@@ -155,3 +155,32 @@ def test_every_cell_stays_on_its_row(tmp_path_factory: pytest.TempPathFactory, t
                 assert float(got) == float(value), (i, names[j], got, value)
             else:
                 assert got == value, (i, names[j], got, value)
+
+
+def test_verbatim_columns_keep_their_text_exactly(tmp_path: Path) -> None:
+    """Issue #22, 4: batch scoring passes the columns the model does not use through as the file has them."""
+    p = write(tmp_path, "id,age,note\n007,50,NA\n00123,,None\n9,61,null\n10,62,nan\n11,63, lead\n12,64,\n")
+    df = read_table(p, verbatim=lambda name: name != "age")
+    assert df["id"].tolist() == ["007", "00123", "9", "10", "11", "12"]
+    assert df["note"].tolist() == ["NA", "None", "null", "nan", " lead", ""]
+    assert df["age"].tolist()[:1] == [50] and np.isnan(df["age"][1])  # the model's columns as before
+    plain = read_table(p)
+    assert plain["id"].tolist() == [7, 123, 9, 10, 11, 12] and plain["note"].isna().sum() == 5
+
+
+def test_trailing_blank_lines_are_never_rows(tmp_path: Path) -> None:
+    """Issue #22, 6: in a one-column table, blank lines at the end of the file became missing rows."""
+    df = read_table(write(tmp_path, "age\n50\n\n70\n\n\n"))
+    assert len(df) == 3 and df["age"].tolist()[0] == 50 and np.isnan(df["age"][1]) and df["age"][2] == 70
+    assert len(read_table(write(tmp_path, "age,bmi\n50,30\n\n\n"))) == 1
+
+
+def test_a_column_of_true_and_false_is_flagged(tmp_path: Path) -> None:
+    df = read_table(write(tmp_path, "a,b\nTRUE,1\nFALSE,2\n"))
+    assert df.attrs["boolean_columns"] == ["a"] and df["a"].tolist() == [1.0, 0.0]
+
+
+def test_a_blank_before_a_field_is_part_of_it(tmp_path: Path) -> None:
+    """RFC 4180 (and pandas' default): a numeric cell with a blank still reads as its number; text keeps it."""
+    df = read_table(write(tmp_path, "a,b\n1, 2\n3, x\n"))
+    assert df["a"].tolist() == [1, 3] and df["b"].tolist() == ["2", "x"]

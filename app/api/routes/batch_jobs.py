@@ -19,16 +19,17 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from hhvaem.app.api.deps import Inferrer, State, check_samples, resolve_model
+from hhvaem.app.api.json_body import StrictJSONRoute
 from hhvaem.app.api.problems import Problem, clip, not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import JOB_ID, JOB_LINKS, MAX_VERSION, MODEL_NAME, BatchJobOut
 from hhvaem.app.db import repository as repo
 from hhvaem.app.db.models import new_job_id
-from hhvaem.app.engine.scoring import check_columns
+from hhvaem.app.engine.scoring import check_columns, passthrough
 from hhvaem.app.services.jobs import CHUNK_ROWS
 from hhvaem.model.io.tables import TableError, read_table_with_notes
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/batch-jobs", tags=["batch"])
+router = APIRouter(prefix="/v1/batch-jobs", tags=["batch"], route_class=StrictJSONRoute)
 SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 JobId = Annotated[str, PathParam(description="The job's id (32 hex characters).", examples=["0" * 32])]
 
@@ -108,7 +109,7 @@ def _accept(state, caller, m, operation: str, parameters: dict, file: UploadFile
     try:
         with open(path, "wb") as f:
             shutil.copyfileobj(file.file, f)
-        df, notes = read_table_with_notes(path, **state.jobs.limits)
+        df, notes = read_table_with_notes(path, **state.jobs.limits, verbatim=passthrough(m.engine))
         check_columns(m.engine, df)
     except TableError as e:
         shutil.rmtree(folder, ignore_errors=True)

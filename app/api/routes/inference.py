@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from hhvaem.app.api.answer import answer, recommended, row_count
 from hhvaem.app.api.deps import Inferrer, State, check_samples, input_problem
+from hhvaem.app.api.json_body import StrictJSONRoute
 from hhvaem.app.api.problems import problem_responses, unprocessable
 from hhvaem.app.api.schemas import (
     MAX_VERSION,
@@ -19,7 +20,7 @@ from hhvaem.app.api.schemas import (
 )
 from hhvaem.app.engine import ImputeQuery, InputError, NextFeaturesQuery, PredictQuery
 
-router = APIRouter(prefix="/v1/models", tags=["inference"])
+router = APIRouter(prefix="/v1/models", tags=["inference"], route_class=StrictJSONRoute)
 Version = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Model version (default: the active one).")]
 ERRORS = problem_responses(401, 403, 404, 413, 422, 503)
 

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
 
 from hhvaem.app.api.deps import Admin, Inferrer, State, resolve_model
+from hhvaem.app.api.json_body import StrictJSONRoute
 from hhvaem.app.api.problems import not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import MAX_VERSION, ModelDetail, ModelInfo, RegisterModelRequest
 from hhvaem.model.io.artifact import ArtifactError, name_problem
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=StrictJSONRoute)
 
 
 def _info(r) -> dict:

@@ -9,7 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from hhvaem.app.api.answer import answer, recommended
 from hhvaem.app.api.deps import Inferrer, Principal, State, check_samples, resolve_model
-from hhvaem.app.api.problems import Problem, not_found, problem_responses, unprocessable
+from hhvaem.app.api.json_body import StrictJSONRoute
+from hhvaem.app.api.problems import Problem, field_error, not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import (
     SESSION_LINKS,
     CreateSessionRequest,
@@ -19,10 +20,14 @@ from hhvaem.app.api.schemas import (
     SessionPrediction,
 )
 from hhvaem.app.engine import InputError, NextFeaturesQuery, PredictQuery
-from hhvaem.app.sessions.store import SessionNotFound, SessionState
+from hhvaem.app.sessions.store import SessionFull, SessionNotFound, SessionState
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=StrictJSONRoute)
 ERRORS = problem_responses(401, 403, 404, 422, 503)
+WRITE_ERRORS = problem_responses(401, 403, 404, 409, 422, 503)
+# A session with more answers than this is rendered in a worker thread: a long history (up to the cap,
+# `session_max_observations`) must not hold the event loop, and every other caller, while it is encoded.
+_RENDER_INLINE = 64
 
 
 def _out(state, s: SessionState) -> dict[str, Any]:
@@ -36,6 +41,25 @@ def _out(state, s: SessionState) -> dict[str, Any]:
         "observations": [o.to_dict() for o in s.observations],
         "current": s.current,
     }
+
+
+async def _render(state, s: SessionState, status: int = 200) -> Response:
+    def render() -> bytes:
+        return SessionOut.model_validate(_out(state, s)).model_dump_json().encode()
+
+    body = render() if len(s.observations) <= _RENDER_INLINE else await run_in_threadpool(render)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _full(e: SessionFull) -> Problem:
+    return Problem(
+        409,
+        "Session Full",
+        str(e),
+        "session-full",
+        errors=[field_error("observations", f"{e.adding} more answers would pass the session's cap of {e.cap}")],
+        cap=e.cap,
+    )
 
 
 def _gone(session_id: str) -> Problem:
@@ -85,34 +109,41 @@ def _validate(engine, observations: dict[str, Any]) -> None:
     "",
     status_code=201,
     response_model=SessionOut,
-    responses={201: {"description": "Created", "links": SESSION_LINKS}, **ERRORS},
+    responses={201: {"description": "Created", "links": SESSION_LINKS}, **WRITE_ERRORS},
     summary="Start a questionnaire",
 )
-async def create_session(body: CreateSessionRequest, state: State, caller: Inferrer, response: Response):
+async def create_session(body: CreateSessionRequest, state: State, caller: Inferrer):
     m = await _checked_model(state, body.model, body.version, body.observations)
-    s = await state.store.create(m.name, m.version, caller.owner, body.observations)
-    response.headers["Location"] = f"/v1/sessions/{s.id}"
+    try:
+        s = await state.store.create(m.name, m.version, caller.owner, body.observations)
+    except SessionFull as e:
+        raise _full(e) from None
     await state.audit("session.created", caller, (m.name, m.version), s.id, values=body.observations)
-    return _out(state, s)
+    out = await _render(state, s, 201)
+    out.headers["Location"] = f"/v1/sessions/{s.id}"
+    return out
 
 
 @router.get("/{session_id}", response_model=SessionOut, responses=ERRORS, summary="A session's answers")
 async def get_session(session_id: str, state: State, caller: Inferrer):
-    return _out(state, await _session(state, session_id, caller))
+    return await _render(state, await _session(state, session_id, caller))
 
 
-@router.post("/{session_id}/observations", response_model=SessionOut, responses=ERRORS, summary="Record answers")
+@router.post("/{session_id}/observations", response_model=SessionOut, responses=WRITE_ERRORS, summary="Record answers")
 async def add_observations(session_id: str, body: ObservationsRequest, state: State, caller: Inferrer):
     """Adds answers atomically (concurrent writers lose nothing); answering a feature again corrects it,
-    null retracts it. A rejected request stores nothing."""
+    null retracts it. A rejected request stores nothing; 409 when the session holds its cap of answers
+    (`session_max_observations`, corrections and retractions included)."""
     s = await _session(state, session_id, caller)
     m = await _checked_model(state, s.model_name, s.model_version, body.observations)
     try:
         s = await state.store.add_observations(session_id, body.observations)
     except SessionNotFound:
         raise _gone(session_id) from None
+    except SessionFull as e:
+        raise _full(e) from None
     await state.audit("session.observation", caller, (m.name, m.version), s.id, values=body.observations)
-    return _out(state, s)
+    return await _render(state, s)
 
 
 @router.delete("/{session_id}", status_code=204, responses=ERRORS, summary="End a session")

@@ -22,6 +22,7 @@ from hhvaem.app.api.answer import answer, recommended, row_count
 from hhvaem.app.api.deps import Inferrer, State, check_samples, resolve_model
 from hhvaem.app.api.oip import (
     CLIENT_PARAMETERS,
+    DTYPES,
     HEADER_LENGTH,
     InferenceRequest,
     ProtocolError,
@@ -136,17 +137,38 @@ def _query(tensors: ModelTensors, req: InferenceRequest, operation: str, options
     return kind(rows, o["samples"], o["quantiles"], o["seed"])
 
 
-# The inference request as the protocol defines it (the body is read raw: JSON, or JSON plus binary tensors).
+# The inference request as the protocol defines it (the body is read raw: JSON, or JSON plus binary tensors), with
+# this service's parameters spelled out: the OpenAPI page documents them and the fuzz test generates from them.
+_PARAMETER = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
 _TENSOR = {
     "type": "object",
     "required": ["name", "shape", "datatype"],
     "properties": {
         "name": {"type": "string", "examples": ["features"]},
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "datatype": {"type": "string", "examples": ["FP32"]},
-        "parameters": {"type": "object"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "examples": [[1, 10]]},
+        "datatype": {"type": "string", "enum": list(DTYPES), "examples": ["FP32"]},
+        "parameters": {"type": "object", "additionalProperties": _PARAMETER},
         "data": {"type": "array", "description": "Row-major, flat or nested; null (or NaN) for a hole."},
     },
+}
+_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "operation": {"type": "string", "enum": list(OPERATIONS)},
+        "samples": {"type": "integer"},
+        "seed": {"type": "integer"},
+        "quantiles": {"type": "string", "description": "Comma-separated, each in (0, 1).", "examples": ["0.05,0.5"]},
+        "costs": {"type": "string", "description": "next_features: feature:cost,...", "examples": ["bmi:1,ldl:5"]},
+        "top_k": {"type": "integer"},
+        "target": {"type": "string"},
+        "method": {"type": "string", "enum": ["mixture", "histogram"]},
+        "candidates": {"type": "string", "description": "next_features: comma-separated feature names."},
+        "exclude": {"type": "string"},
+        "min_gain": {"type": "number"},
+        "max_uncertainty": {"type": "number"},
+        "binary_data_output": {"type": "boolean"},
+    },
+    "additionalProperties": _PARAMETER,
 }
 INFER_BODY = {
     "requestBody": {
@@ -158,9 +180,19 @@ INFER_BODY = {
                     "required": ["inputs"],
                     "properties": {
                         "id": {"type": "string"},
-                        "parameters": {"type": "object", "description": "operation, samples, seed, quantiles..."},
+                        "parameters": _PARAMETERS,
                         "inputs": {"type": "array", "items": _TENSOR},
-                        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "parameters": {"type": "object", "additionalProperties": _PARAMETER},
+                                },
+                            },
+                        },
                     },
                 }
             }

@@ -3,6 +3,7 @@ with none of the model's columns, cancellation, retention, and a database outage
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -61,6 +62,31 @@ def test_a_line_with_a_value_beyond_the_header_is_refused_with_its_line_number(c
 def test_a_table_with_none_of_the_models_columns_is_refused(c: httpx.Client, content: bytes, hint: str) -> None:
     why = reason(problem(upload(c, "t.csv", content), 422, "file"), "file")
     assert "none of the columns" in why and hint in why, why
+
+
+def test_the_columns_the_model_does_not_use_come_back_as_they_were_sent(c: httpx.Client) -> None:
+    """Issue #22, 4: ids lost their leading zeros (`007` came back `7.0`), text such as `NA` or `None` came back
+    empty, a leading blank was dropped."""
+    content = b"id,age,bmi,note\n007,50,30,NA\n00123,61,,None\n42,,25,null\nx9,40,22, lead\n8,55,31,\n"
+    job, _ = wait(c, upload(c, "ids.csv", content, operation="impute").json()["id"])
+    assert job["status"] == "succeeded", job
+    text = c.get(job["result_url"]).text
+    got = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    assert got["id"].tolist() == ["007", "00123", "42", "x9", "8"]
+    assert got["note"].tolist() == ["NA", "None", "null", " lead", ""]
+    assert got["age"].tolist()[0] in ("50", "50.0") and got["bmi"][1] not in ("", "nan")  # the hole is imputed
+
+
+@pytest.mark.parametrize("name", ["error", "bmi__std", "age__q05"])
+def test_an_input_column_named_like_an_added_one_is_refused(c: httpx.Client, name: str) -> None:
+    why = reason(problem(upload(c, "t.csv", f"age,bmi,{name}\n50,30,keep me\n".encode()), 422, "file"), "file")
+    assert f"column {name!r} has the name of a column the result adds" in why and "rename it" in why
+
+
+def test_true_and_false_in_a_numeric_column_are_refused(c: httpx.Client) -> None:
+    """Issue #22, 6: a column of TRUE/FALSE where the model expects numbers was scored as 1/0."""
+    why = reason(problem(upload(c, "t.csv", b"age,bmi\nTRUE,30\nFALSE,31\n"), 422, "file"), "file")
+    assert "column 'age' holds TRUE/FALSE" in why
 
 
 def test_cancel(svc: Service, c: httpx.Client) -> None:

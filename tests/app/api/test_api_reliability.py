@@ -315,3 +315,29 @@ def test_a_table_with_too_many_rows_is_refused(svc: Service, c: httpx.Client) ->
     rows = svc.settings.max_job_rows + 1
     why = reason(problem(upload(c, "many.csv", b"age\n" + b"50\n" * rows), 422, "file"), "file")
     assert f"more than {svc.settings.max_job_rows:,} data rows" in why
+
+
+@pytest.mark.parametrize("value", [True, "2", " 2.0 "], ids=["boolean", "text", "padded-text"])
+def test_text_or_a_boolean_for_a_number_coded_category_is_a_422(c: httpx.Client, value) -> None:
+    """Issue #22, 6: `"sex": true` matched the category 1 and `"2"` the category 2, and came back raw."""
+    for path, body, field in (
+        (f"/v1/models/{MODEL}/impute", {"rows": [{"sex": value}]}, "rows.0.sex"),
+        (f"/v1/models/{MODEL}/predict", {"rows": [{"sex": value}]}, "rows.0.sex"),
+    ):
+        why = reason(problem(c.post(path, json=body), 422), field)
+        assert "expected one of the category numbers" in why, why
+    assert c.post(f"/v1/models/{MODEL}/impute", json={"rows": [{"sex": 2}]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"/v1/models/{MODEL}/impute", f"/v1/models/{MODEL}/predict"],
+)
+def test_a_member_given_twice_is_a_422(c: httpx.Client, path: str) -> None:
+    """Issue #22, 6: `{"age": 50, "age": 60}` silently took the last value."""
+    body = problem(c.post(path, content=b'{"rows": [{"age": 50, "age": 60}]}',
+                          headers={"content-type": "application/json"}), 422)  # fmt: skip
+    assert "'age' is given more than once" in reason(body, "body")
+    twice = b'{"inputs": [], "inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}'
+    r = c.post(f"/v2/models/{MODEL}/infer", content=twice)
+    assert r.status_code == 400 and "'inputs' is given more than once" in r.json()["error"]

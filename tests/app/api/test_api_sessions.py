@@ -37,12 +37,17 @@ def throwaway(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def short(request: pytest.FixtureRequest, tmp_path_factory, throwaway: ThrowawayRedis):
-    """PostgreSQL + the throwaway Redis (not started yet), sessions idle-expire after 1 s."""
+    """PostgreSQL + the throwaway Redis (not started yet), sessions idle-expire after 1 s and hold 6 answers."""
     from tests.app.service import artifact_dir
 
     folder = tmp_path_factory.mktemp("service-short")
     with running_service(
-        artifact_dir(request), folder, redis_url=throwaway.url, session_ttl_seconds=1, default_samples=SAMPLES
+        artifact_dir(request),
+        folder,
+        redis_url=throwaway.url,
+        session_ttl_seconds=1,
+        session_max_observations=6,
+        default_samples=SAMPLES,
     ) as service:
         yield service
 
@@ -262,6 +267,25 @@ def test_expired_session_is_404(short: Service, throwaway: ThrowawayRedis) -> No
     body = problem(c.get(f"/v1/sessions/{sid}"), 404)
     assert "expired" in body["detail"]
     problem(c.post(f"/v1/sessions/{sid}/observations", json={"observations": {"bmi": 30}}), 404)
+
+
+def test_a_session_past_its_cap_is_409_and_keeps_what_it_held(short: Service, throwaway: ThrowawayRedis) -> None:
+    """Issue #22, 2: the cap on answers (`session_max_observations`, here 6) bounds what a read costs."""
+    if not throwaway.running:
+        throwaway.start()
+    c = short.client()
+    sid = new_session(c, {"age": 30, "bmi": 25})["session_id"]
+    for bmi in (26, 27, 28, 29):  # corrections count
+        assert c.post(f"/v1/sessions/{sid}/observations", json={"observations": {"bmi": bmi}}).status_code == 200
+    body = problem(c.post(f"/v1/sessions/{sid}/observations", json={"observations": {"bmi": 30}}), 409)
+    assert body["type"].endswith("/session-full") and body["cap"] == 6 and "new session" in body["detail"]
+    assert reason(body, "observations") == "1 more answers would pass the session's cap of 6"
+    held = c.get(f"/v1/sessions/{sid}").json()
+    assert len(held["observations"]) == 6 and held["current"] == {"age": 30, "bmi": 29}
+    assert c.get(f"/v1/sessions/{sid}/prediction", params=Q).status_code == 200  # still usable for answers
+    seven = {"age": 50, "bmi": 25, "blood_pressure": 90, "total_cholesterol": 190, "ldl": 110, "hdl": 50,
+             "blood_sugar": 90}  # fmt: skip
+    assert problem(c.post("/v1/sessions", json={"model": MODEL, "observations": seven}), 409)["cap"] == 6
 
 
 def test_use_renews_the_idle_ttl(short: Service, throwaway: ThrowawayRedis) -> None:

@@ -304,6 +304,53 @@ def test_malformed_bodies_and_unknown_models(c):
     error(c.post(f"/v2/models/{MODEL}/infer", json=two), 400, "one row")
 
 
+def test_crafted_requests_get_a_400_not_a_500(c):
+    """Issue #22, 3: each of these was a 500 (an empty tensor of 2**62 rows, data nested 990 deep, a JSON body nested
+    past Python's recursion limit)."""
+    empty = {"inputs": [{"name": "features", "shape": [2**62, 0], "datatype": "FP32", "data": []}]}
+    error(c.post(f"/v2/models/{MODEL}/infer", json=empty), 400, "shape", "too large")
+    huge = {"inputs": [{"name": "features", "shape": [2**31 - 1] * 3 + [0], "datatype": "FP32", "data": []}]}
+    error(c.post(f"/v2/models/{MODEL}/infer", json=huge), 400, "shape", "too large")
+    head = '{"inputs": [{"name": "features", "shape": [1, ' + str(D) + '], "datatype": "FP32", "data": '
+    deep = head + "[" * 990 + "59.0" + "]" * 990 + "}]}"
+    error(c.post(f"/v2/models/{MODEL}/infer", content=deep.encode()), 400, "nested")
+    three = {
+        "inputs": [{"name": "features", "shape": [1, D], "datatype": "FP32", "data": [[[59.0] + [None] * (D - 1)]]}]
+    }
+    error(c.post(f"/v2/models/{MODEL}/infer", json=three), 400, "nested deeper than the shape's 2")
+    text = '{"inputs": [{"name": "features", "shape": [1], "datatype": "FP32", "data": ' + "[" * 20_000
+    error(c.post(f"/v2/models/{MODEL}/infer", content=text.encode()), 400, "nested too deeply")
+    # data nested exactly as deep as the shape is fine (the protocol's nested form)
+    rows = {"inputs": [{"name": "features", "shape": [1, D], "datatype": "FP32", "data": [[59.0] + [None] * (D - 1)]}]}
+    assert c.post(f"/v2/models/{MODEL}/infer", json=rows).status_code == 200
+
+
+def test_a_gain_per_cost_beyond_fp32_is_null_in_json_and_inf_in_binary(c):
+    """Issue #22, 3: a cost of 1e-300 made gain / cost overflow FP32 and the JSON encoder fail (500). JSON has no
+    infinity: the element is null, as v1 answers; binary output carries the IEEE value."""
+    body = {
+        "parameters": {"operation": "next_features", "samples": SAMPLES, "seed": 0, "costs": "bmi:1e-300"},
+        "inputs": [{"name": "features", "shape": [1, D], "datatype": "FP32", "data": [59.0] + [None] * (D - 1)}],
+    }
+    r = c.post(f"/v2/models/{MODEL}/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in valid("inference_response", r.json())["outputs"]}
+    ranked, per_cost = out["next_features"]["data"], out["gain_per_cost"]["data"]
+    assert per_cost[ranked.index("bmi")] is None  # its ratio is beyond FP32
+    assert all(v is None or math.isfinite(v) for v in per_cost) and sum(v is None for v in per_cost) == 1
+    v1 = c.post(f"/v1/models/{MODEL}/next-features", json={"row": {"age": 59}, "costs": {"bmi": 1e-300},
+                                                          "samples": SAMPLES, "seed": 0})  # fmt: skip
+    assert v1.status_code == 200  # v1 answers in float64: the same ratio, finite there
+    assert next(f for f in v1.json()["ranking"] if f["feature"] == "bmi")["gain_per_cost"] > float(
+        np.finfo(np.float32).max
+    )
+    binary = {**body, "parameters": {**body["parameters"], "binary_data_output": True}}
+    r = c.post(f"/v2/models/{MODEL}/infer", json=binary)
+    assert r.status_code == 200 and "Inference-Header-Content-Length" in r.headers
+    head = json.loads(r.content[: int(r.headers["Inference-Header-Content-Length"])])
+    assert {o["name"] for o in head["outputs"]} >= {"gain_per_cost"}
+
+
 def test_v2_inference_is_audited_like_v1(svc: Service, c):
     before = len(svc.events("imputation.served"))
     ok = {"inputs": [{"name": "features", "shape": [1, D], "datatype": "FP32", "data": [50.0] + [None] * (D - 1)}]}
