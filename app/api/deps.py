@@ -115,7 +115,12 @@ def resolve_model(registry: ModelRegistry, name: str, version: int | None = None
         raise not_found("model", name if version is None else f"{name} version {version}", str(e)) from None
     except ArtifactError as e:  # registered, but its files changed or vanished since
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")
-        raise unavailable(f"{what} cannot be served: {e}", retry_after=60) from None
+        log.error("%s cannot be served: %s", what, e)  # the server's paths stay in its log (and admins' /readyz)
+        raise unavailable(
+            f"{what} cannot be served: its files changed or are missing since registration (an admin's /readyz "
+            "names the cause)",
+            retry_after=60,
+        ) from None
 
 
 def input_problem(e: InputError, row_prefix: str = "rows.{row}.") -> Problem:

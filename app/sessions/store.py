@@ -23,7 +23,7 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -113,10 +113,19 @@ class SessionState:
     created_at: str
     updated_at: str
     observations: tuple[Observation, ...] = field(default_factory=tuple)
+    # The idle TTL the session was created with: every read and update renews it with this, whatever TTL the
+    # process serving that request is configured with (None: a session created before the TTL was recorded).
+    ttl_seconds: float | None = None
 
     @classmethod
     def new(
-        cls, session_id: str, model_name: str, model_version: int, owner: str | None, observations: Mapping[str, Any]
+        cls,
+        session_id: str,
+        model_name: str,
+        model_version: int,
+        owner: str | None,
+        observations: Mapping[str, Any],
+        ttl_seconds: float | None = None,
     ) -> SessionState:
         """A session created now, with `observations` as its first answers (in their order)."""
         now = utc_now()
@@ -130,6 +139,7 @@ class SessionState:
             observations=tuple(
                 Observation(feature=str(f), value=v, at=now, seq=i) for i, (f, v) in enumerate(observations.items())
             ),
+            ttl_seconds=ttl_seconds,
         )
 
     @property
@@ -149,6 +159,7 @@ class SessionState:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "observations": [o.to_dict() for o in self.observations],
+            "ttl_seconds": self.ttl_seconds,
         }
 
     @classmethod
@@ -161,6 +172,7 @@ class SessionState:
             created_at=data["created_at"],
             updated_at=data.get("updated_at") or data["created_at"],
             observations=tuple(Observation.from_dict(o) for o in data.get("observations") or ()),
+            ttl_seconds=data.get("ttl_seconds"),
         )
 
 
@@ -194,7 +206,7 @@ def _dumps(value: Any) -> str:
 # KEYS[1]: session key. ARGV[1]: idle TTL (ms); ARGV[2]: now (fixed-width ISO UTC); ARGV[3]: update token;
 # ARGV[4]: the cap on answers; ARGV[5..]: feature JSON, value JSON, feature JSON, value JSON, ...
 # Returns false when the session is absent, {"full", n} when the update would pass the cap (nothing stored), else
-# {meta, obs, updated_at}.
+# {meta, obs, updated_at, ttl}. The session is renewed with its own TTL (the `ttl` field), ARGV[1] when it has none.
 _ADD_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local cur = redis.call('HMGET', KEYS[1], 'n', 'obs', 'updated_at', 'op')
@@ -216,8 +228,18 @@ if cur[4] ~= ARGV[3] then
     redis.call('HSET', KEYS[1], 'n', string.format('%d', n), 'obs', obs, 'updated_at', now, 'op', ARGV[3])
   end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return redis.call('HMGET', KEYS[1], 'meta', 'obs', 'updated_at')
+local ttl = redis.call('HGET', KEYS[1], 'ttl') or ARGV[1]
+redis.call('PEXPIRE', KEYS[1], ttl)
+return redis.call('HMGET', KEYS[1], 'meta', 'obs', 'updated_at', 'ttl')
+"""
+
+# KEYS[1]: session key. ARGV[1]: the idle TTL (ms) for a session that has none recorded. Renews the session with its
+# own TTL; false when absent, else {meta, obs, updated_at, ttl}.
+_GET_LUA = """
+local v = redis.call('HMGET', KEYS[1], 'meta', 'obs', 'updated_at', 'ttl')
+if not v[1] then return false end
+redis.call('PEXPIRE', KEYS[1], v[4] or ARGV[1])
+return v
 """
 
 
@@ -267,6 +289,7 @@ class RedisSessionStore:
             client_name="hhvaem-sessions",
         )
         self._add_script = self._client.register_script(_ADD_LUA)
+        self._get_script = self._client.register_script(_GET_LUA)
 
     @staticmethod
     def _describe_location(url: str) -> str:
@@ -318,15 +341,15 @@ class RedisSessionStore:
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
 
-    async def _state(self, session_id: str, meta: str | None, obs: str | None, updated_at: str | None) -> SessionState:
+    async def _state(self, session_id: str, meta: str | None, obs: str | None, updated_at: str | None, ttl=None):
         if meta is None:
             raise SessionNotFound(session_id)
         if obs is not None and len(obs) > _DECODE_INLINE_CHARS:  # a long history: decode it off the event loop
-            return await asyncio.to_thread(self._decode, meta, obs, updated_at)
-        return self._decode(meta, obs, updated_at)
+            return await asyncio.to_thread(self._decode, meta, obs, updated_at, ttl)
+        return self._decode(meta, obs, updated_at, ttl)
 
     @staticmethod
-    def _decode(meta: str, obs: str | None, updated_at: str | None) -> SessionState:
+    def _decode(meta: str, obs: str | None, updated_at: str | None, ttl: str | None) -> SessionState:
         m = json.loads(meta)
         return SessionState(
             id=m["id"],
@@ -336,20 +359,24 @@ class RedisSessionStore:
             created_at=m["created_at"],
             updated_at=updated_at or m["created_at"],
             observations=tuple(Observation.from_dict(o) for o in json.loads(obs or "[]")),
+            ttl_seconds=int(ttl) / 1000 if ttl else None,
         )
 
     async def create(
         self, model_name: str, model_version: int, owner: str | None, observations: Mapping[str, Any]
     ) -> SessionState:
-        state = SessionState.new(new_session_id(), model_name, model_version, owner, observations)
+        state = SessionState.new(
+            new_session_id(), model_name, model_version, owner, observations, ttl_seconds=self._ttl_ms / 1000
+        )
         _check_cap(state.id, 0, len(observations), self.max_observations)
-        meta = {k: v for k, v in state.to_dict().items() if k not in ("observations", "updated_at")}
+        meta = {k: v for k, v in state.to_dict().items() if k not in ("observations", "updated_at", "ttl_seconds")}
         mapping = {
             "meta": _dumps(meta),
             "obs": _dumps([o.to_dict() for o in state.observations]),
             "n": str(len(state.observations)),
             "updated_at": state.updated_at,
             "op": "",
+            "ttl": str(self._ttl_ms),
         }
         key = self._key(state.id)
 
@@ -365,14 +392,10 @@ class RedisSessionStore:
     async def get(self, session_id: str) -> SessionState:
         key = self._key(session_id)
 
-        async def run():
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hmget(key, ["meta", "obs", "updated_at"])
-                pipe.pexpire(key, self._ttl_ms)
-                return await pipe.execute()
-
-        (meta, obs, updated_at), _ = await self._call(run)
-        return await self._state(session_id, meta, obs, updated_at)
+        result = await self._call(lambda: self._get_script(keys=[key], args=[self._ttl_ms]))
+        if not result:
+            raise SessionNotFound(session_id)
+        return await self._state(session_id, *result)
 
     async def add_observations(self, session_id: str, observations: Mapping[str, Any]) -> SessionState:
         if not observations:
@@ -386,8 +409,7 @@ class RedisSessionStore:
             raise SessionNotFound(session_id)
         if result[0] == "full":
             raise SessionFull(session_id, int(result[1]), len(observations), self.max_observations)
-        meta, obs, updated_at = result
-        return await self._state(session_id, meta, obs, updated_at)
+        return await self._state(session_id, *result)
 
     async def delete(self, session_id: str) -> None:
         removed = await self._call(lambda: self._client.delete(self._key(session_id)))
@@ -455,7 +477,9 @@ class MemorySessionStore:
             while session_id in self._sessions:
                 session_id = new_session_id()
             _check_cap(session_id, 0, len(observations), self.max_observations)
-            state = SessionState.new(session_id, model_name, model_version, owner, observations)
+            state = SessionState.new(
+                session_id, model_name, model_version, owner, observations, ttl_seconds=self.ttl_seconds
+            )
             self._sessions[session_id] = (state, now + self.ttl_seconds)
             return state
 
@@ -478,15 +502,7 @@ class MemorySessionStore:
                     Observation(feature=str(f), value=v, at=ts, seq=n + i)
                     for i, (f, v) in enumerate(observations.items())
                 )
-                state = SessionState(
-                    id=state.id,
-                    model_name=state.model_name,
-                    model_version=state.model_version,
-                    owner=state.owner,
-                    created_at=state.created_at,
-                    updated_at=ts,
-                    observations=state.observations + added,
-                )
+                state = replace(state, updated_at=ts, observations=state.observations + added)
             self._sessions[session_id] = (state, now + self.ttl_seconds)
             return state
 

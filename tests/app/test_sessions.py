@@ -221,6 +221,28 @@ def test_a_session_holds_at_most_its_cap_of_answers(make: StoreFactory) -> None:
     run(main())
 
 
+def test_a_session_keeps_the_ttl_it_was_created_with(redis_url: str, redis_prefix: str) -> None:
+    """Issue #22, 9: a read through a replica configured with a shorter TTL cut the session's TTL to that one."""
+    import redis
+
+    async def main() -> None:
+        long, short = (RedisSessionStore(redis_url, ttl_seconds=t, prefix=redis_prefix) for t in (600, 2))
+        try:
+            sid = (await long.create("m", 1, None, {"a": 1})).id
+            read = await short.get(sid)
+            updated = await short.add_observations(sid, {"b": 2})
+            assert read.ttl_seconds == updated.ttl_seconds == 600
+            pttl = redis.Redis.from_url(redis_url).pttl(redis_prefix + sid)
+            assert 590_000 < pttl <= 600_000, pttl
+            mine = (await short.create("m", 1, None, {})).id  # its own sessions keep its own TTL
+            assert (await long.get(mine)).ttl_seconds == 2
+        finally:
+            await long.close()
+            await short.close()
+
+    run(main())
+
+
 def test_concurrent_threads_each_with_own_loop_and_client(redis_url: str, redis_prefix: str) -> None:
     threads, per_thread = 4, 8
 

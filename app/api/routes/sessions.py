@@ -37,7 +37,7 @@ def _out(state, s: SessionState) -> dict[str, Any]:
         "version": s.model_version,
         "created_at": s.created_at,
         "updated_at": s.updated_at,
-        "expires_in": int(state.store.ttl_seconds),
+        "expires_in": int(s.ttl_seconds or state.store.ttl_seconds),  # the session's own idle TTL
         "observations": [o.to_dict() for o in s.observations],
         "current": s.current,
     }

@@ -31,6 +31,7 @@ from hhvaem.app.api.oip import (
     parse_request,
 )
 from hhvaem.app.api.problems import Problem, validation_errors
+from hhvaem.app.api.routes.health import readiness
 from hhvaem.app.api.schemas import MAX_VERSION
 from hhvaem.app.api.tensors import OPERATIONS, ModelTensors
 from hhvaem.app.engine import ImputeQuery, InputError, NextFeaturesQuery, PredictQuery
@@ -80,13 +81,10 @@ async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/health/ready", summary="Server ready (200: models loaded and the database reachable; else 400)")
+@router.get("/health/ready", summary="Server ready (200: what /readyz calls ready; else 400)")
 async def ready(state: State) -> Response:
-    try:
-        await run_in_threadpool(state.database.ping)
-    except Exception:  # noqa: BLE001 - any failure to reach the database means not ready
-        return Response(status_code=400)
-    return Response(status_code=200 if state.registry.loaded() else 400)
+    _, _, failing = await readiness(state)  # one answer for both protocols
+    return Response(status_code=400 if failing else 200)
 
 
 def _version(version: str | None) -> int | None:

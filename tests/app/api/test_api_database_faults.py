@@ -41,6 +41,9 @@ def outage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         ) as service:  # fmt: skip
             _, key = service.create_api_key("verified", ["infer"])
             assert service.client(key).get("/v1/models").status_code == 200  # verified: now cached
+            _, admin = service.create_api_key("operator", ["admin"])
+            assert service.client(admin).get("/v1/models").status_code == 200
+            service.admin_key = admin  # /readyz's details are for admin keys
             yield service, proxy, key
 
 
@@ -75,10 +78,12 @@ def _during_outage(service: Service, key: str, unknown_key: str) -> str:
     assert r.headers["retry-after"] and seconds < TIMEOUT * 2 + 1, seconds
     r, seconds = timed(lambda: service.client(unknown_key).get("/v1/models"))
     assert problem(r, 503) and seconds < TIMEOUT * 2 + 1  # cannot tell whether the key is good: not a 401
-    r, seconds = timed(lambda: c.get("/readyz"))
+    r, seconds = timed(lambda: service.client(service.admin_key).get("/readyz"))
     body = problem(r, 503)
     assert body["checks"]["database"].startswith("unreachable (") and seconds < TIMEOUT * 2 + 1
     assert "database unreachable" in body["detail"]
+    body = problem(c.get("/readyz"), 503)  # an infer key: the states, not the reasons
+    assert body["checks"]["database"] == "unreachable" and body["detail"] == "Not ready: database unreachable"
     return sid
 
 
@@ -118,11 +123,17 @@ def test_an_artifact_changed_under_the_running_service_is_refused_until_restored
         while c.post(PREDICT, json={"rows": [ROW]}).status_code == 200 and time.monotonic() < deadline:
             time.sleep(0.1)  # within one registry refresh
         body = problem(c.post(PREDICT, json={"rows": [ROW]}), 503)
-        assert "changed since registration" in body["detail"]
-        ready = problem(service.client().get("/readyz"), 503)
+        assert "changed or are missing since registration" in body["detail"]
+        assert str(service.artifact) not in body["detail"]  # no server path to an infer key (issue #22, 9)
+        ready = problem(service.client(service.admin_key).get("/readyz"), 503)
         assert (
-            ready["checks"]["models"][f"{MODEL} v1"].startswith("broken: ") and f"model {MODEL} v1" in ready["detail"]
+            ready["checks"]["models"][f"{MODEL} v1"].startswith("broken: ")
+            and "changed since registration" in (ready["checks"]["models"][f"{MODEL} v1"])
         )
+        assert f"model {MODEL} v1" in ready["detail"]
+        anonymous = problem(service.client().get("/readyz"), 503)
+        assert anonymous["checks"]["models"] == "0 of 1 ok" and MODEL not in json.dumps(anonymous)
+        assert service.client().get("/v2/health/ready").status_code == 400  # the same answer in both protocols
         problem(c.post("/v1/sessions", json={"model": MODEL}), 503)
     finally:
         manifest.write_bytes(original)
