@@ -115,10 +115,10 @@ def resolve_model(registry: ModelRegistry, name: str, version: int | None = None
         raise not_found("model", name if version is None else f"{name} version {version}", str(e)) from None
     except ArtifactError as e:  # registered, but its files changed or vanished since
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")
-        log.error("%s cannot be served: %s", what, e)  # the server's paths stay in its log (and admins' /readyz)
+        log.error("%s cannot be served: %s", what, e)  # the server's paths stay in its log
         raise unavailable(
-            f"{what} cannot be served: its files changed or are missing since registration (an admin's /readyz "
-            "names the cause)",
+            f"{what} cannot be served: its files changed or are missing since registration (the service log names "
+            "the file; an admin's /readyz too when it is the active version)",
             retry_after=60,
         ) from None
 

@@ -174,6 +174,15 @@ class Settings(BaseSettings):
             "out (its process died) is resumed by any process from the rows already scored."
         ),
     )
+    batch_slice_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "Per-key fairness of the batch queue: a job that has been scored this long since it was taken hands "
+            "its place back (between two chunks, nothing lost) when another key's job is waiting; jobs are taken "
+            "in the order they joined the queue, so keys take turns."
+        ),
+    )
     batch_drain_seconds: float = Field(
         default=10.0,
         ge=0,

@@ -393,16 +393,32 @@ def list_batch_jobs(s: Session, status: str | None = None, limit: int = 100) -> 
 # processes never score the same job at once, and how a job whose process died is taken over.
 
 
+def _claimable(now: dt.datetime):
+    return (BatchJob.status.in_(("queued", "running"))) & (
+        (BatchJob.lease_owner.is_(None)) | (BatchJob.lease_expires_at < now)
+    )
+
+
 def claimable_jobs(s: Session, now: dt.datetime, limit: int = 10) -> list[str]:
-    """Ids of unfinished jobs nobody holds (queued, or leased by a process whose lease ran out), oldest first."""
+    """Ids of unfinished jobs nobody holds (queued, or leased by a process whose lease ran out), in the order they
+    joined the queue (`updated_at`: a job handed back to let another key's job run queues again at the end)."""
     query = (
         select(BatchJob.id)
-        .where(BatchJob.status.in_(("queued", "running")))
-        .where((BatchJob.lease_owner.is_(None)) | (BatchJob.lease_expires_at < now))
-        .order_by(BatchJob.created_at, BatchJob.id)
+        .where(_claimable(now))
+        .order_by(BatchJob.updated_at, BatchJob.created_at, BatchJob.id)
         .limit(limit)
     )
     return list(s.scalars(query))
+
+
+def others_waiting(s: Session, api_key_id: int | None, now: dt.datetime) -> bool:
+    """Whether a job of another key (or of none, when this one has a key) waits to be taken."""
+    other = (
+        BatchJob.api_key_id.is_not(None)
+        if api_key_id is None
+        else (BatchJob.api_key_id.is_(None) | (BatchJob.api_key_id != api_key_id))
+    )
+    return s.scalar(select(BatchJob.id).where(_claimable(now), other).limit(1)) is not None
 
 
 def claim_batch_job(s: Session, job_id: str, owner: str, until: dt.datetime) -> BatchJob | None:

@@ -76,6 +76,7 @@ class BatchRunner:
         self.lease = float(settings.batch_lease_seconds)
         self.retention = float(settings.batch_retention_seconds)
         self.drain = float(settings.batch_drain_seconds)
+        self.slice = float(settings.batch_slice_seconds)
         self.limits = {"max_rows": settings.max_job_rows, "max_bytes": settings.max_table_bytes}
         self.owner = owner or f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.poll = min(1.0, self.lease / 3)
@@ -176,6 +177,7 @@ class BatchRunner:
         finally:
             with self._lock:
                 self._running.pop(job.id, None)
+            self._wake.set()  # a worker is free: take the next job now, not at the next poll
 
     def _score(self, job: Any) -> None:
         params = dict(job.parameters or {})
@@ -189,6 +191,7 @@ class BatchRunner:
         parts = self.folder(job.id) / "parts"
         parts.mkdir(parents=True, exist_ok=True)
         total, done, failed = len(df), 0, 0
+        taken, scored_here = time.monotonic(), 0
         for index, start in enumerate(range(0, total, chunk)):
             rows = min(chunk, total - start)
             summary = parts / f"{index:06d}.json"
@@ -198,8 +201,12 @@ class BatchRunner:
             if self._stop.is_set():
                 self._handback(job.id, done, total)
                 raise Stopped
+            # a turn is at least one chunk, so two keys' jobs never hand the runner back and forth without progress
+            if scored_here and time.monotonic() - taken >= self.slice and self._others_waiting(job):
+                self._handback(job.id, done, total, why="paused to let another key's job run")
+                raise Stopped
             bad, errors = _score_chunk(engine, job.operation, df, start, rows, params, parts / f"{index:06d}")
-            done, failed = done + rows, failed + bad
+            done, failed, scored_here = done + rows, failed + bad, scored_here + 1
             self._checkpoint(job.id, done, failed, errors)
         result = self.folder(job.id) / RESULT
         _write_atomically(result, lambda p: _assemble(sorted(parts.glob("*.csv")), p))
@@ -289,8 +296,16 @@ class BatchRunner:
         if not self._retrying(write):
             self._gone(job_id)
 
-    def _handback(self, job_id: str, done: int, total: int) -> None:
-        message = f"interrupted by a shutdown after {done} of {total} rows; it resumes when the service runs again"
+    def _others_waiting(self, job: Any) -> bool:
+        try:
+            with self.database.read() as tx:
+                return repo.others_waiting(tx, job.api_key_id, _now())
+        except DatabaseUnavailable:
+            return False  # go on with this one
+
+    def _handback(self, job_id: str, done: int, total: int, why: str = "interrupted by a shutdown") -> None:
+        resumes = "it resumes in turn" if why.startswith("paused") else "it resumes when the service runs again"
+        message = f"{why} after {done} of {total} rows; {resumes}"
         self._retrying(lambda: self._in_transaction(repo.release_batch_job, job_id, self.owner, message))
 
     def _finish(self, job_id: str, **fields: Any) -> None:

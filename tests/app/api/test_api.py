@@ -199,7 +199,7 @@ def test_service_loads_what_the_registry_says(lite: Service) -> None:
     assert c.post(PREDICT, json=rows_body(ROW)).status_code == 200
 
 
-def test_a_tampered_registered_version_is_refused_with_a_clear_message(lite: Service, tmp_path) -> None:
+def test_a_tampered_registered_version_is_refused_with_a_clear_message(lite: Service, tmp_path, caplog) -> None:
     # The registry (written by another process) lists a version whose artifact was changed after registration.
     tampered = tmp_path / "tampered"
     shutil.copytree(lite.artifact, tampered)
@@ -212,7 +212,10 @@ def test_a_tampered_registered_version_is_refused_with_a_clear_message(lite: Ser
     with fresh(lite) as c:
         r = c.post(PREDICT, params={"version": version}, json=rows_body(ROW))
     assert r.status_code == 503, r.text
-    assert "checksum" in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert "files changed or are missing since registration" in detail
+    assert str(tmp_path) not in detail  # no server path for the caller ...
+    assert f"{tampered}: checksum mismatch for impute.onnx" in caplog.text  # ... the operator's log has it
 
 
 def test_register_path_with_nul_byte_is_422(svc: Service) -> None:

@@ -89,6 +89,36 @@ def test_true_and_false_in_a_numeric_column_are_refused(c: httpx.Client) -> None
     assert "column 'age' holds TRUE/FALSE" in why
 
 
+def test_a_small_job_does_not_wait_behind_another_keys_large_one(request, tmp_path_factory) -> None:
+    """Issue #22, 5: one runner, one job at a time: a 2-row job waited behind another key's 50 MB job. Now a job
+    that has run `batch_slice_seconds` (0 here) hands its place back between two chunks when another key's job
+    waits, and resumes from its checkpoints: every row scored once, as in one go."""
+    folder = tmp_path_factory.mktemp("service-fair")
+    with running_service(
+        artifact_dir(request), folder, database="sqlite", sessions="memory", auth_enabled=True, batch_slice_seconds=0
+    ) as svc:
+        a, b = (svc.client(svc.create_api_key(name, ["infer"])[1]) for name in ("large", "small"))
+        big = table(128 * 16, seed=3)
+        large = upload(a, "large.csv", csv_bytes(big), operation="predict")
+        assert large.status_code == 202, large.text
+        deadline = time.monotonic() + 30
+        while a.get(f"{JOBS}/{large.json()['id']}").json()["status"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        small = upload(b, "small.csv", csv_bytes(table(2, seed=4)), operation="predict")
+        assert small.status_code == 202, small.text
+        small_job, _ = wait(b, small.json()["id"])
+        large_job, seen = wait(a, large.json()["id"])
+        assert small_job["status"] == large_job["status"] == "succeeded"
+        assert large_job["processed_rows"] == len(big) and large_job["failed_rows"] == 0
+        assert small_job["finished_at"] < large_job["finished_at"]
+        assert any("paused to let another key's job run" in (s.get("message") or "") for s in seen), [
+            s.get("message") for s in seen
+        ]
+        again = upload(a, "again.csv", csv_bytes(big), operation="predict")  # the same table, in one go
+        whole, _ = wait(a, again.json()["id"])
+        pd.testing.assert_frame_equal(result(a, large_job), result(a, whole))
+
+
 def test_cancel(svc: Service, c: httpx.Client) -> None:
     r = upload(c, "long.csv", csv_bytes(table(2000, seed=8)), operation="predict")
     job_id = r.json()["id"]
