@@ -457,11 +457,13 @@ def _serve(host: str, port: int, models_dir: Path | None) -> None:
     import uvicorn
 
     from hhvaem.app.core.config import Settings
+    from hhvaem.app.core.http import server_options
     from hhvaem.app.main import create_app
 
     settings = Settings(**({"models_dir": models_dir} if models_dir else {}))
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), **server_options(settings))
 
 
 @app.command()

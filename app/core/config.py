@@ -237,6 +237,37 @@ class Settings(BaseSettings):
         default=False,
         description="Store the raw feature values in audit events (default: only which features, never values).",
     )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "A request's headers must arrive within this long of the connection opening (or of the previous "
+            "response on it); otherwise the connection is closed (slowloris)."
+        ),
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "A request's body must arrive within this long plus one second per `body_min_rate` bytes received; "
+            "otherwise the connection is closed (a trickled body). Suspended while the service is not reading."
+        ),
+    )
+    body_min_rate: float = Field(
+        default=1024.0, gt=0, description="Bytes per second a request body must average past `body_timeout_seconds`."
+    )
+    keep_alive_seconds: int = Field(
+        default=5, ge=1, description="How long an idle keep-alive connection stays open between two requests."
+    )
+    max_result_bytes: int = Field(
+        default=1024 * MiB,
+        gt=0,
+        description=(
+            "Largest result file of one batch job: a job whose result, projected from the rows scored so far, "
+            "would be larger fails with the projection and the limit (results are kept for "
+            "`batch_retention_seconds`)."
+        ),
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="Log level of the service's loggers (case-insensitive)."
     )

@@ -77,6 +77,7 @@ class BatchRunner:
         self.retention = float(settings.batch_retention_seconds)
         self.drain = float(settings.batch_drain_seconds)
         self.slice = float(settings.batch_slice_seconds)
+        self.max_result_bytes = int(settings.max_result_bytes)
         self.limits = {"max_rows": settings.max_job_rows, "max_bytes": settings.max_table_bytes}
         self.owner = owner or f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.poll = min(1.0, self.lease / 3)
@@ -191,12 +192,13 @@ class BatchRunner:
         parts = self.folder(job.id) / "parts"
         parts.mkdir(parents=True, exist_ok=True)
         total, done, failed = len(df), 0, 0
-        taken, scored_here = time.monotonic(), 0
+        taken, scored_here, written = time.monotonic(), 0, 0
         for index, start in enumerate(range(0, total, chunk)):
             rows = min(chunk, total - start)
             summary = parts / f"{index:06d}.json"
             if summary.exists():  # scored before, by this process or another
                 done, failed = done + rows, failed + json.loads(summary.read_text())["failed"]
+                written += summary.with_suffix(".csv").stat().st_size
                 continue
             if self._stop.is_set():
                 self._handback(job.id, done, total)
@@ -207,6 +209,8 @@ class BatchRunner:
                 raise Stopped
             bad, errors = _score_chunk(engine, job.operation, df, start, rows, params, parts / f"{index:06d}")
             done, failed, scored_here = done + rows, failed + bad, scored_here + 1
+            written += summary.with_suffix(".csv").stat().st_size
+            self._check_result_size(written, done, total)
             self._checkpoint(job.id, done, failed, errors)
         result = self.folder(job.id) / RESULT
         _write_atomically(result, lambda p: _assemble(sorted(parts.glob("*.csv")), p))
@@ -268,6 +272,7 @@ class BatchRunner:
         result = self.folder(job.id) / RESULT
         table = read_results(self.folder(job.id) / "ray").drop(columns="row")  # the in-process result's columns
         _write_atomically(result, lambda p: table.to_csv(p, index=False))
+        self._check_result_size(result.stat().st_size, report.total_rows, report.total_rows)
         with self.database.read() as tx:
             recorded = list((repo.get_batch_job(tx, job.id) or job).errors or [])
         bad = report.failed_rows
@@ -295,6 +300,18 @@ class BatchRunner:
 
         if not self._retrying(write):
             self._gone(job_id)
+
+    def _check_result_size(self, written: int, done: int, total: int) -> None:
+        """Fails the job (TableError) when its result, projected from the rows scored so far, would be over
+        `max_result_bytes`: known after the first chunk, not after filling the disk."""
+        projected = written * total / max(done, 1)
+        if projected > self.max_result_bytes:
+            mib = 1024 * 1024
+            raise TableError(
+                f"its result would be about {projected / mib:,.0f} MiB ({written / mib:,.1f} MiB for the first "
+                f"{done:,} of {total:,} rows), over the limit of {self.max_result_bytes / mib:,.0f} MiB "
+                "(HHVAEM_MAX_RESULT_BYTES): score fewer imputations or quantiles, or split the table"
+            )
 
     def _others_waiting(self, job: Any) -> bool:
         try:

@@ -400,9 +400,12 @@ class Service:
 
 
 @contextlib.contextmanager
-def _serve(app: Any, logs: LogCapture, timeout: float = 60.0) -> Iterator[str]:
-    """Serves `app` with uvicorn on a free loopback port in a background thread; yields the base URL."""
+def _serve(app: Any, logs: LogCapture, settings: Any, timeout: float = 60.0) -> Iterator[str]:
+    """Serves `app` with uvicorn on a free loopback port in a background thread, with the server options
+    `hhvaem serve` uses (`app/core/http.py`: read deadlines); yields the base URL."""
     import uvicorn
+
+    from hhvaem.app.core.http import server_options
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -414,8 +417,8 @@ def _serve(app: Any, logs: LogCapture, timeout: float = 60.0) -> Iterator[str]:
         access_log=True,
         lifespan="on",
         timeout_graceful_shutdown=3,
-        timeout_keep_alive=5,
         ws="none",
+        **server_options(settings),
     )
     server = uvicorn.Server(config)
     failure: list[BaseException] = []
@@ -502,7 +505,7 @@ def running_service(
         logs.install()
         stack.callback(logs.remove)
         app = create_app(s)
-        url = stack.enter_context(_serve(app, logs))
+        url = stack.enter_context(_serve(app, logs, s))
         service = Service(url, s, app, logs, models, copy, redis_url)
         stack.callback(service.close_clients)
         try:
@@ -698,6 +701,7 @@ class ServiceProcess:
         import sys
 
         command = [sys.executable, "-m", "uvicorn", "hhvaem.app.main:app", "--factory"]
+        command += ["--http", "hhvaem.app.core.http:ReadDeadlines"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--timeout-graceful-shutdown", "5"]
         self.stderr = open(self.stderr_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, env=self.env, stdout=self.stderr, stderr=subprocess.STDOUT)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pandas as pd
@@ -32,6 +34,7 @@ from tests.app.service import (
 
 REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own (the other service tests use 13-15)
 REFRESH = 1.0  # HHVAEM_REGISTRY_REFRESH_SECONDS of both replicas
+HEADER_TIMEOUT = 2.0  # HHVAEM_HEADER_TIMEOUT_SECONDS (the deadline of `--http hhvaem.app.core.http:ReadDeadlines`)
 LOAD_MARGIN = 30.0  # loading a version's ONNX sessions on a loaded 2-core CI machine; far below "never"
 
 
@@ -49,6 +52,7 @@ def replicas(request, tmp_path_factory):
             "HHVAEM_MODELS_DIR": str(folder / "models"),
             "HHVAEM_DEFAULT_SAMPLES": str(SAMPLES),
             "HHVAEM_REGISTRY_REFRESH_SECONDS": str(REFRESH),
+            "HHVAEM_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
         }
         a = ServiceProcess(env, folder).start()
         try:
@@ -62,6 +66,16 @@ def replicas(request, tmp_path_factory):
             b.stop()
             a.stop()
             delete_sessions(REDIS_URL)
+
+
+def test_a_replica_closes_a_connection_that_never_sends_its_headers(replicas) -> None:
+    """Issue #22, 7: the uvicorn command line with the service's protocol reads the deadline from the environment."""
+    a, _, _ = replicas
+    with socket.create_connection((urlsplit(a.url).hostname, urlsplit(a.url).port), timeout=HEADER_TIMEOUT + 10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line that ends the headers
+        started = time.monotonic()
+        assert s.recv(1024) == b""  # closed by the service, without an answer
+        assert time.monotonic() - started <= HEADER_TIMEOUT + 5
 
 
 def test_a_session_started_on_one_replica_continues_on_the_other(replicas) -> None:

@@ -111,6 +111,7 @@ def _accept(state, caller, m, operation: str, parameters: dict, file: UploadFile
             shutil.copyfileobj(file.file, f)
         df, notes = read_table_with_notes(path, **state.jobs.limits, verbatim=passthrough(m.engine))
         check_columns(m.engine, df)
+        _check_output_rows(len(df), parameters.get("imputations", 1), state.jobs.limits["max_rows"])
     except TableError as e:
         shutil.rmtree(folder, ignore_errors=True)
         reason = str(e).replace(str(path), name).replace(path.name, name)  # the user's file, not our copy
@@ -132,6 +133,14 @@ def _accept(state, caller, m, operation: str, parameters: dict, file: UploadFile
         shutil.rmtree(folder, ignore_errors=True)  # no job: nothing may be left behind
         raise
     return job, len(df)
+
+
+def _check_output_rows(rows: int, imputations: int, most: int) -> None:
+    """The result has a line per row and imputation: bounded like the input (`max_job_rows`), so that a small
+    table with many imputations cannot make a result hundreds of times its size."""
+    if rows * imputations > most:
+        reason = f"{rows:,} rows x {imputations:,} imputations = {rows * imputations:,} result rows; at most {most:,}"
+        raise unprocessable([{"field": "imputations", "reason": reason}])
 
 
 async def _job(state, job_id: str, caller):

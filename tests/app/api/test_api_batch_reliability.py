@@ -231,3 +231,29 @@ def test_train_cli_reads_a_trailing_comma_table_in_place(tmp_path: Path) -> None
     loaded, schema = load_dataset(tmp_path / "train.csv", ["y"], None)  # what `hhvaem train` reads
     assert [c.name for c in schema.features] == list(df.columns[:-1]) and len(loaded) == 40
     pd.testing.assert_frame_equal(loaded[list(df.columns)].reset_index(drop=True), df, check_dtype=False)
+
+
+def test_a_batch_result_is_bounded_like_its_input(request, tmp_path_factory) -> None:
+    """Issue #22, 7: a 1.6 KB table with 1000 imputations made a 27 MB result; the limits allowed ~135 GB per job.
+    Now the result's lines (rows x imputations) are bounded by `max_job_rows` at the upload (422 naming
+    `imputations`, nothing queued), and its size by `max_result_bytes`, projected after the first chunk (the job
+    fails saying both figures, nothing kept)."""
+    folder = tmp_path_factory.mktemp("service-bounds")
+    with running_service(
+        artifact_dir(request), folder, database="sqlite", sessions="memory", max_job_rows=60, max_result_bytes=6000
+    ) as svc:
+        c = svc.client()
+        r = upload(c, "many.csv", csv_bytes(table(10, seed=5)), operation="impute", imputations=8)
+        why = reason(problem(r, 422, "imputations"), "imputations")
+        assert why == "10 rows x 8 imputations = 80 result rows; at most 60"
+        assert not any((svc.settings.data_dir / "batch").glob("*"))  # nothing kept, nothing queued
+
+        small = wait(c, upload(c, "small.csv", csv_bytes(table(4, seed=5)), operation="both").json()["id"])[0]
+        assert small["status"] == "succeeded", small
+        assert len(c.get(small["result_url"]).content) <= 6000
+
+        big, _ = wait(c, upload(c, "big.csv", csv_bytes(table(50, seed=5)), operation="both").json()["id"])
+        assert big["status"] == "failed", big
+        assert "its result would be about" in big["message"] and "over the limit of" in big["message"], big
+        assert "HHVAEM_MAX_RESULT_BYTES" in big["message"]
+        assert not (svc.settings.data_dir / "batch" / big["id"]).exists()  # nothing of it kept
