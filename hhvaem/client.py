@@ -33,6 +33,7 @@ from hhvaem.app.api.schemas import (
     ModelInfo,
     NextFeaturesResponse,
     PredictResponse,
+    RegisteredModel,
     SessionOut,
     SessionPrediction,
 )
@@ -137,13 +138,18 @@ class _Calls:
         return _Call("GET", f"/v1/models/{name}", params=_drop_none({"version": version}), model=ModelDetail)
 
     @staticmethod
-    def register_model(path: str, name: str | None, activate: bool) -> _Call:
-        body = _drop_none({"path": str(path), "name": name, "activate": activate})
-        return _Call("POST", "/v1/models", json=body, model=ModelInfo)
+    def register_model(path: str, name: str | None, activate: bool, force: bool) -> _Call:
+        body = _drop_none({"path": str(path), "name": name, "activate": activate, "force": force or None})
+        return _Call("POST", "/v1/models", json=body, model=RegisteredModel)
 
     @staticmethod
     def activate(name: str, version: int) -> _Call:
         return _Call("POST", f"/v1/models/{name}/versions/{version}/activate", model=ModelInfo)
+
+    @staticmethod
+    def retire(name: str, version: int, reason: str | None) -> _Call:
+        body = _drop_none({"reason": reason})
+        return _Call("POST", f"/v1/models/{name}/versions/{version}/retire", json=body, model=ModelInfo)
 
     @staticmethod
     def rows(kind: str, model: str, rows, samples, quantiles, seed, return_samples, version) -> _Call:
@@ -253,12 +259,19 @@ class Client:
     def model(self, name: str, version: int | None = None) -> ModelDetail:
         return self._send(_Calls.model(name, version))
 
-    def register_model(self, path: str | Path, name: str | None = None, activate: bool = True) -> ModelInfo:
-        """Registers an artifact directory on the server (admin)."""
-        return self._send(_Calls.register_model(str(path), name, activate))
+    def register_model(
+        self, path: str | Path, name: str | None = None, activate: bool = True, force: bool = False
+    ) -> RegisteredModel:
+        """Registers an artifact directory on the server (admin); `force` accepts a schema that breaks the clients
+        of the name's active version (listed in `schema_changes`)."""
+        return self._send(_Calls.register_model(str(path), name, activate, force))
 
     def activate(self, name: str, version: int) -> ModelInfo:
         return self._send(_Calls.activate(name, version))
+
+    def retire(self, name: str, version: int, reason: str | None = None) -> ModelInfo:
+        """Retires a version for good (admin): requests for it get 410 from then on."""
+        return self._send(_Calls.retire(name, version, reason))
 
     # ---- the three questions ------------------------------------------------------------
     def impute(
@@ -376,11 +389,16 @@ class AsyncClient:
     async def model(self, name: str, version: int | None = None) -> ModelDetail:
         return await self._send(_Calls.model(name, version))
 
-    async def register_model(self, path: str | Path, name: str | None = None, activate: bool = True) -> ModelInfo:
-        return await self._send(_Calls.register_model(str(path), name, activate))
+    async def register_model(
+        self, path: str | Path, name: str | None = None, activate: bool = True, force: bool = False
+    ) -> RegisteredModel:
+        return await self._send(_Calls.register_model(str(path), name, activate, force))
 
     async def activate(self, name: str, version: int) -> ModelInfo:
         return await self._send(_Calls.activate(name, version))
+
+    async def retire(self, name: str, version: int, reason: str | None = None) -> ModelInfo:
+        return await self._send(_Calls.retire(name, version, reason))
 
     async def impute(
         self,

@@ -23,7 +23,7 @@ from hhvaem.app.core.security import ADMIN, INFER, check_scopes, looks_like_api_
 from hhvaem.app.db import repository as repo
 from hhvaem.app.db.availability import DatabaseUnavailable
 from hhvaem.app.engine import InputError
-from hhvaem.app.services.registry import LoadedModel, ModelNotFound, ModelRegistry
+from hhvaem.app.services.registry import LoadedModel, ModelNotFound, ModelRegistry, VersionRetired
 from hhvaem.model.io.artifact import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,26 @@ Inferrer = Annotated[Principal, Depends(require(INFER))]
 Admin = Annotated[Principal, Depends(require(ADMIN))]
 
 
+def retired(e: VersionRetired) -> Problem:
+    """410: an admin retired the version, for good (unlike a 503, retrying never helps): the client moves on."""
+    return Problem(
+        410,
+        "Gone",
+        f"{e}: it is not served any more. Use another version (without `version`, the active one); a session pinned "
+        "to it must be started again.",
+        "version-retired",
+        model=e.name,
+        version=e.version,
+        retired_at=e.retired_at.isoformat() if e.retired_at else None,
+        reason=e.reason,
+    )
+
+
 def resolve_model(registry: ModelRegistry, name: str, version: int | None = None) -> LoadedModel:
     try:
         return registry.resolve(name, version)
+    except VersionRetired as e:  # before ModelNotFound, its base: a retired version is not an unknown one
+        raise retired(e) from None
     except ModelNotFound as e:
         raise not_found("model", name if version is None else f"{name} version {version}", str(e)) from None
     except ArtifactError as e:  # registered, but its files changed or vanished since

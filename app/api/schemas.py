@@ -148,6 +148,14 @@ class ModelInfo(BaseModel):
     created_at: str | None = None
     summary: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
+    retired_at: str | None = Field(None, description="When an admin retired the version (never served again).")
+    retired_reason: str | None = None
+
+
+class RegisteredModel(ModelInfo):
+    schema_changes: list[str] = Field(
+        [], description="With `force`: what in its schema breaks the clients of the name's active version."
+    )
 
 
 class ModelDetail(ModelInfo):
@@ -167,6 +175,28 @@ class RegisterModelRequest(_Strict):
         description="Name to register it under (default: the manifest's): letters, digits, '_', '.', '-'.",
     )
     activate: bool = True
+    force: bool = Field(
+        False,
+        description="Register even when its schema breaks the clients of the name's active version (a feature or "
+        "target gone, a type, unit or role changed, a category removed); the response lists the differences.",
+    )
+
+
+def _one_line(text: str | None) -> str | None:
+    """Text the service will echo (problem bodies, /readyz, its log) and store: no control character (a newline
+    would forge a log line), no lone surrogate (PostgreSQL cannot store one)."""
+    if text is not None and not text.isprintable():
+        raise ValueError("must be one line of printable text")
+    return text
+
+
+class RetireModelRequest(_Strict):
+    reason: Annotated[str | None, AfterValidator(_one_line)] = Field(
+        None,
+        max_length=500,
+        description="Why (shown to the clients that still ask for the version).",
+        examples=["superseded by version 3"],
+    )
 
 
 class CreateSessionRequest(_Strict):

@@ -105,7 +105,8 @@ class ModelRecord(Base):
     """One registered version of a model artifact (``models`` table).
 
     ``version`` counts 1, 2, 3... per ``name``; at most one row per name has ``active`` set (enforced by a
-    partial unique index as well as by the repository).
+    partial unique index as well as by the repository). A retired version (``retired_at`` set) is never served or
+    activated again; the active version cannot be retired (the repository refuses both).
     """
 
     __tablename__ = "models"
@@ -132,9 +133,15 @@ class ModelRecord(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    retired_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+    @property
+    def retired(self) -> bool:
+        return self.retired_at is not None
 
     def __repr__(self) -> str:
-        flag = " active" if self.active else ""
+        flag = " active" if self.active else " retired" if self.retired else ""
         return f"<ModelRecord {self.name} v{self.version}{flag}>"
 
 

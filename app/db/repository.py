@@ -46,6 +46,10 @@ class NotFoundError(LookupError):
     """The row to change does not exist."""
 
 
+class StateConflict(ValueError):
+    """The change contradicts the row's state: retiring the active version, activating a retired one."""
+
+
 # --------------------------------------------------------------------------------------------------- models
 
 
@@ -135,7 +139,7 @@ def ensure_model(
         return register_model(s, name, path, checksum, format_version, metrics, summary, activate=activate), True
     if existing.path != str(path):
         existing.path = str(path)
-    if activate and get_model(s, name) is None:
+    if activate and not existing.retired and get_model(s, name) is None:  # a retired version stays retired
         existing.active = True
     s.flush()
     return existing, False
@@ -165,15 +169,39 @@ def get_model(s: Session, name: str, version: int | None = None) -> ModelRecord 
 
 
 def activate_model(s: Session, name: str, version: int) -> ModelRecord:
-    """Make ``version`` the active version of ``name`` (deactivating the others). Idempotent."""
+    """Make ``version`` the active version of ``name`` (deactivating the others). Idempotent. A retired version
+    raises :class:`StateConflict`."""
+    _serialize_registration(s, name)  # against a retirement of the same version in another process
     record = get_model(s, name, version)
     if record is None:
         raise NotFoundError(f"model {name!r} has no version {version}")
+    if record.retired:
+        raise StateConflict(f"version {version} of {name!r} was retired: it is never served again")
     if not record.active:
         _deactivate_all(s, name)
         s.flush()
         record.active = True
         s.flush()
+    return record
+
+
+def retire_model(s: Session, name: str, version: int, reason: str | None = None) -> ModelRecord:
+    """Retire ``version`` of ``name``: it is never served or activated again. Retiring a retired version returns
+    it unchanged (its first time and reason). The active version raises :class:`StateConflict`: a name must not
+    be left without an active version by accident, so another version is activated first."""
+    _serialize_registration(s, name)  # against an activation of the same version in another process
+    record = get_model(s, name, version)
+    if record is None:
+        raise NotFoundError(f"model {name!r} has no version {version}")
+    if record.retired:
+        return record
+    if record.active:
+        raise StateConflict(
+            f"version {version} of {name!r} is the active version: activate another version first, then retire it"
+        )
+    record.retired_at = utcnow()
+    record.retired_reason = reason
+    s.flush()
     return record
 
 

@@ -15,7 +15,12 @@ once the files are restored. A version that cannot be loaded is broken the same 
 
 Registration validates the whole artifact: the manifest's shape and name, every checksum, and one tiny run of each
 question through the graphs (`smoke_test`), so a manifest that disagrees with its graphs (e.g. `hmc_steps`) is
-refused then, not at every inference afterwards.
+refused then, not at every inference afterwards. Under a name that has an active version, the artifact's schema must
+serve that version's clients (`compatibility.schema_changes`), unless forced.
+
+Retirement: an admin retires a version (`retire`) that is not the active one; it is never served (`resolve` raises
+`VersionRetired`) nor activated again, here at once and in the other processes at their next refresh, and a start
+on a models folder that still holds its artifact does not bring it back.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from hhvaem.app.db import repository as repo
 from hhvaem.app.db.availability import DatabaseUnavailable
 from hhvaem.app.db.database import Database
 from hhvaem.app.engine import Engine
+from hhvaem.app.services.compatibility import schema_changes
 from hhvaem.model.io.artifact import ArtifactError, file_stats, manifest_checksum, name_problem, read_manifest
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,23 @@ class ModelNotFound(LookupError):
         self.name, self.version = name, version
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")
         super().__init__(f"{what} is not registered" + ("" if version is not None else " or has no active version"))
+
+
+class VersionRetired(ModelNotFound):
+    """The version was retired by an admin: it is never served again."""
+
+    def __init__(self, record: Registered):
+        self.name, self.version = record.name, record.version
+        self.retired_at, self.reason = record.retired_at, record.retired_reason
+        LookupError.__init__(self, f"model {record.name!r} version {record.version} was {record.retirement}")
+
+
+class IncompatibleSchema(ArtifactError):
+    """The artifact's schema would break the clients of the name's active version (`changes` says how)."""
+
+    def __init__(self, path: Path, name: str, version: int, changes: list[str]):
+        self.changes = changes
+        super().__init__(f"{path}: its schema differs from {name!r} version {version}'s: " + "; ".join(changes))
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,8 @@ class Registered:
     created_at: dt.datetime | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    retired_at: dt.datetime | None = None
+    retired_reason: str | None = None
 
     @classmethod
     def of(cls, r: Any) -> Registered:
@@ -78,11 +103,32 @@ class Registered:
             r.created_at,
             dict(r.summary or {}),
             dict(r.metrics or {}),
+            r.retired_at,
+            r.retired_reason,
         )
 
     @property
     def key(self) -> tuple[str, int]:
         return self.name, self.version
+
+    @property
+    def retired(self) -> bool:
+        return self.retired_at is not None
+
+    @property
+    def retirement(self) -> str:
+        """E.g. "retired 2026-03-01T12:00:00+00:00 (superseded by v3)"."""
+        when = self.retired_at.isoformat(timespec="seconds") if self.retired_at else "?"
+        return f"retired {when} ({self.retired_reason or 'no reason given'})"
+
+
+@dataclass(frozen=True)
+class Registration:
+    record: Registered
+    created: bool
+    # What in the artifact's schema breaks the clients of the name's active version: accepted with `force` (or at
+    # a start, where it is logged); empty when compatible.
+    schema_changes: tuple[str, ...] = ()
 
 
 def artifact_summary(manifest: dict) -> dict:
@@ -144,19 +190,36 @@ class ModelRegistry:
 
     # ---- registering ---------------------------------------------------------------------------------------
     def register(
-        self, path: str | Path, name: str | None = None, activate: bool = True, *, at_start: bool = False
-    ) -> tuple[Registered, bool]:
-        """Registers an artifact directory (verified and test-run first); returns (record, created).
+        self,
+        path: str | Path,
+        name: str | None = None,
+        activate: bool = True,
+        *,
+        at_start: bool = False,
+        force: bool = False,
+    ) -> Registration:
+        """Registers an artifact directory (verified and test-run first).
 
         `activate` makes the version active. `at_start` (a process starting on its models folder) activates an
         artifact only when it is new or no version of the name is active: an activation an admin made since (or a
-        newer version that superseded this one) survives restarts and new replicas."""
+        newer version that superseded this one) survives restarts and new replicas. IncompatibleSchema when the
+        artifact would break the clients of the name's active version, unless `force` (or `at_start`: the folder is
+        the deployment; logged); VersionRetired when it is a retired version (at a start: it stays retired)."""
         path = Path(path).resolve()
         manifest = read_manifest(path, require_graphs=True)
         checksum = manifest_checksum(path)
         name = name or str(manifest.get("name") or path.name)
         if name_problem(name):
             raise ArtifactError(f"{path}: name {name[:60]!r} is not usable: {name_problem(name)}")
+        active, known = self._registered(name, checksum)
+        if known is not None and known.retired:  # found before loading it: a retired artifact costs nothing
+            if not at_start:
+                raise VersionRetired(known)
+            log.info("model %s version %d %s, not served: %s", name, known.version, known.retirement, path)
+            return Registration(known, False)
+        changes = [] if active is None else schema_changes(active[1], manifest["schema"])
+        if changes and not (force or at_start):
+            raise IncompatibleSchema(path, name, active[0], changes)  # before loading: the cheap refusal first
         engine = self._build(path, checksum)
         with self.database.transaction() as tx:
             record, created = repo.ensure_model(
@@ -169,27 +232,37 @@ class ModelRegistry:
                 artifact_summary(manifest),
                 activate=activate,
             )
+            if record.retired:  # retired by another process meanwhile
+                raise VersionRetired(Registered.of(record))
             if activate and not record.active and not at_start:
                 record = repo.activate_model(tx, name, record.version)
             rows = repo.list_models(tx, name)
         with self._lock:
             self._replace(name, [Registered.of(r) for r in rows])
             self._keep(Registered.of(record).key, engine)
+        if changes and (created or not at_start):  # a start that changes nothing warns at every restart otherwise
+            what = "; ".join(changes)
+            log.warning(
+                "model %s version %d breaks the clients of version %d: %s", name, record.version, active[0], what
+            )
         log.info("model %s version %d %s from %s", name, record.version, "registered" if created else "known", path)
-        return Registered.of(record), created
+        return Registration(Registered.of(record), created, tuple(changes))
 
     def register_dir(self, models_dir: Path) -> list[Registered]:
         """Registers every artifact subfolder of `models_dir`; a broken one is logged and skipped."""
         records = []
         for sub in sorted(p for p in Path(models_dir).iterdir() if p.is_dir()):
             try:
-                records.append(self.register(sub, at_start=True)[0])
+                records.append(self.register(sub, at_start=True).record)
             except ArtifactError as e:
                 log.error("skipping %s: %s", sub, e)
+            except VersionRetired as e:  # retired by another process while this one started
+                log.info("skipping %s: %s", sub, e)
         return records
 
     def activate(self, name: str, version: int) -> Registered | None:
-        """Makes `version` the active one (None when there is no such version)."""
+        """Makes `version` the active one (None when there is no such version; repo.StateConflict when it was
+        retired)."""
         with self.database.transaction() as tx:
             if repo.get_model(tx, name, version) is None:
                 return None
@@ -198,6 +271,43 @@ class ModelRegistry:
         with self._lock:
             self._replace(name, [Registered.of(r) for r in rows])
             return self._rows[(name, version)]
+
+    def retire(self, name: str, version: int, reason: str | None = None) -> Registered | None:
+        """Retires `version` (None when there is no such version; repo.StateConflict when it is the active one):
+        here at once, elsewhere at the next refresh. Retiring it again changes nothing."""
+        with self.database.transaction() as tx:
+            try:
+                record = repo.retire_model(tx, name, version, reason)
+            except repo.NotFoundError:
+                return None
+            rows = repo.list_models(tx, name)
+        with self._lock:
+            self._replace(name, [Registered.of(r) for r in rows])
+            self._forget(record.name, record.version)
+            return self._rows[(name, version)]
+
+    def _registered(self, name: str, checksum: str) -> tuple[tuple[int, dict] | None, Registered | None]:
+        """What the database says before a registration: `name`'s active version and its schema (`_schema_of`; None
+        when there is none), and the version already registered with this checksum, if any."""
+        with self.database.read() as tx:
+            rows = [repo.get_model(tx, name), repo.find_model_by_checksum(tx, name, checksum)]
+            active, known = (None if r is None else Registered.of(r) for r in rows)
+        return (None if active is None else self._schema_of(active)), known
+
+    def _schema_of(self, active: Registered) -> tuple[int, dict] | None:
+        """(version, schema) of a version, from its loaded engine or else its manifest; None when that cannot be read
+        (a broken version: then nothing can be compared, which is logged)."""
+        name = active.name
+        with self._lock:
+            engine = self._engines.get(active.key)
+        try:
+            manifest = engine.manifest if engine is not None else read_manifest(active.path, checksum=active.checksum)
+        except (ArtifactError, OSError) as e:
+            log.warning(
+                "model %s version %d: schema not compared, its manifest is unreadable: %s", name, active.version, e
+            )
+            return None
+        return active.version, manifest["schema"]
 
     def _build(self, path: Path, checksum: str) -> Engine:
         """An engine for the artifact at `path`, which must be the registered one (`checksum`), test-run."""
@@ -218,6 +328,11 @@ class ModelRegistry:
         self._engines[key] = engine
         self._stats[key] = file_stats(engine.path, engine.manifest)
         self._broken.pop(key, None)
+
+    def _forget(self, name: str, version: int) -> None:
+        """Drops a retired version's engine (its memory); requests already holding it finish."""
+        for held in (self._engines, self._stats, self._broken):
+            held.pop((name, version), None)
 
     def _replace(self, name: str | None, rows: list[Registered]) -> None:
         """The view's rows for `name` (None: every name) become `rows`."""
@@ -248,6 +363,8 @@ class ModelRegistry:
             record = self._rows.get((name, version))
         if record is None:
             raise ModelNotFound(name, version)
+        if record.retired:
+            raise VersionRetired(record)
         return record
 
     def _load(self, record: Registered) -> Engine:
@@ -288,6 +405,12 @@ class ModelRegistry:
                     out[label] = "ok" if r.key in self._engines else "not loaded"
             return out
 
+    def retired(self) -> dict[str, str]:
+        """For each retired version, "name vN": "retired <when> (<reason>)": never served, and not a fault."""
+        with self._lock:
+            retired = sorted((r for r in self._rows.values() if r.retired), key=lambda r: r.key)
+            return {f"{r.name} v{r.version}": r.retirement for r in retired}
+
     # ---- refreshing ------------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Re-reads the registry into the view, then loads every active version not loaded yet and re-verifies
@@ -303,6 +426,9 @@ class ModelRegistry:
         self.refresh_error = None
         with self._lock:
             self._replace(None, rows)
+            for record in rows:
+                if record.retired:  # retired by another process since the last refresh
+                    self._forget(record.name, record.version)
             active = [r for r in rows if r.active]
             loaded = [(r, self._engines[r.key]) for r in self._rows.values() if r.key in self._engines]
         for record, engine in loaded:

@@ -242,6 +242,41 @@ def test_checksum_lookup_and_idempotent_registration(db_tx):
     assert len(repo.list_models(db_tx, "a")) == 2
 
 
+def test_a_retired_version_is_recorded_and_final(db_sql_engine):
+    """Issue #22, 8: a version can be retired (when, why), never the active one, and is never activated again, by an
+    admin or by a start-up that registers its artifact while its name has no active version."""
+    transactions = transaction_factory(db_sql_engine)
+    with transactions.begin() as s:
+        _register(s, "a", "x1")
+        _register(s, "a", "x2")
+    with transactions.begin() as s:
+        with pytest.raises(repo.StateConflict, match="is the active version: activate another version first"):
+            repo.retire_model(s, "a", 2)
+        with pytest.raises(repo.NotFoundError):
+            repo.retire_model(s, "a", 9)
+        retired = repo.retire_model(s, "a", 1, "superseded by version 2")
+    when = retired.retired_at
+    assert when is not None and when.tzinfo is not None
+    with transactions.begin() as s:
+        again = repo.retire_model(s, "a", 1, "another reason")  # idempotent: the first retirement stands
+        assert (again.retired_at, again.retired_reason) == (when, "superseded by version 2")
+        with pytest.raises(repo.StateConflict, match="was retired"):
+            repo.activate_model(s, "a", 1)
+    with transactions.begin() as s:  # the name left without an active version, then its old artifact at start-up
+        s.execute(update(ModelRecord).where(ModelRecord.name == "a").values(active=False))
+        record, created = repo.ensure_model(s, "a", "/artifacts/a/x1", "x1", "1", {}, {}, activate=True)
+        assert not created and record.version == 1 and not record.active
+    with transactions() as s:
+        row = repo.get_model(s, "a", 1)
+        assert (row.retired, row.retired_at, row.retired_reason, row.active) == (
+            True,
+            when,
+            "superseded by version 2",
+            False,
+        )
+        assert not repo.get_model(s, "a", 2).retired
+
+
 def test_concurrent_registrations_get_distinct_versions(db_sql_engine):
     transactions = transaction_factory(db_sql_engine)
     failures: list[BaseException] = []

@@ -1,6 +1,7 @@
 """The model registry (issue #11): manifests refused at registration for what they are, an artifact changed after
 registration refused everywhere (and served again once restored), the view that serves through a database outage
-and picks up what another process registered at its next refresh."""
+and picks up what another process registered at its next refresh; retired versions and schema checks (issue #22,
+8)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks.proxy import TcpProxy
+from hhvaem.app.db import repository as repo
 from hhvaem.app.db.availability import DatabaseUnavailable
 from hhvaem.app.db.database import Database, migrate, normalize_url
-from hhvaem.app.services.registry import ModelNotFound, ModelRegistry
+from hhvaem.app.services.compatibility import schema_changes
+from hhvaem.app.services.registry import IncompatibleSchema, ModelNotFound, ModelRegistry, VersionRetired
 from hhvaem.model.io.artifact import ArtifactError, manifest_text
 from tests.app.service import MODEL, artifact_dir, pg_schema
 
@@ -228,3 +231,115 @@ def test_names_that_cannot_be_models_never_reach_the_database(tmp_path: Path) ->
     for name in ("a\0b", "a/b", "", "x" * 300, "\ud800"):
         with pytest.raises(ModelNotFound):
             registry.resolve(name)
+
+
+# ---- versions (issue #22, 8) ------------------------------------------------------------------------------------
+
+
+def test_a_retired_version_is_never_served_here_at_once_and_elsewhere_at_the_next_refresh(artifact, tmp_path) -> None:
+    one = sqlite_registry(tmp_path)
+    one.register(copy(artifact, tmp_path / "v1"))
+    one.register(copy(artifact, tmp_path / "v2", _set("note", "second")))  # active
+    other = ModelRegistry(one.database, threads=1)  # another replica, serving version 1 to a pinned session
+    other.refresh()
+    assert other.resolve(MODEL, 1).version == 1 and (MODEL, 1) in other.loaded()
+    record = one.retire(MODEL, 1, "superseded by version 2")
+    assert record is not None and record.retired and record.retired_reason == "superseded by version 2"
+    with pytest.raises(VersionRetired, match="version 1 was retired .* \\(superseded by version 2\\)"):
+        one.resolve(MODEL, 1)
+    assert other.resolve(MODEL, 1).version == 1  # not before its refresh ...
+    other.refresh()
+    with pytest.raises(VersionRetired) as e:  # ... then never again, and its engine is let go
+        other.resolve(MODEL, 1)
+    assert (e.value.retired_at, e.value.reason) == (record.retired_at, "superseded by version 2")
+    assert (MODEL, 1) not in other.loaded()
+    assert other.retired() == {f"{MODEL} v1": f"retired {record.retired_at.isoformat(timespec='seconds')} "
+                               "(superseded by version 2)"}  # fmt: skip
+    assert other.health() == {f"{MODEL} v2": "ok"} and other.resolve(MODEL).version == 2
+    assert one.retire(MODEL, 1, "again") == record  # idempotent: the first retirement stands
+    with pytest.raises(repo.StateConflict, match="active version"):
+        one.retire(MODEL, 2)
+    with pytest.raises(repo.StateConflict, match="was retired"):
+        one.activate(MODEL, 1)
+    assert one.retire(MODEL, 9) is None
+
+
+def test_a_restart_never_brings_a_retired_version_back(artifact: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    first = sqlite_registry(tmp_path)
+    copy(artifact, models / "v1")
+    copy(artifact, models / "v2", _set("note", "second"))
+    first.register_dir(models)
+    first.retire(MODEL, 1, "withdrawn")
+    restarted = ModelRegistry(first.database, threads=1)
+    restarted.register_dir(models)  # v1's folder is still there
+    restarted.refresh()
+    with pytest.raises(VersionRetired):
+        restarted.resolve(MODEL, 1)
+    assert (MODEL, 1) not in restarted.loaded()  # not even loaded
+    assert [(r.version, r.active, r.retired) for r in restarted.records()] == [(1, False, True), (2, True, False)]
+    with pytest.raises(VersionRetired):  # an admin registering its artifact again
+        restarted.register(models / "v1")
+
+
+def _incompatible(m: dict) -> None:
+    """The demo's schema with a feature renamed, a category replaced and a type changed: the graphs still run."""
+    for column in m["schema"]["features"]:
+        if column["name"] == "bmi":
+            column["name"] = "body_mass_index"
+        elif column["name"] == "sex":
+            column["categories"] = [1, 3]
+        elif column["name"] == "age":
+            column["type"] = "real"
+    m["preprocessing"]["body_mass_index"] = m["preprocessing"].pop("bmi")
+
+
+def test_an_incompatible_schema_is_refused_unless_forced(artifact: Path, tmp_path: Path, caplog) -> None:
+    registry = sqlite_registry(tmp_path)
+    registry.register(copy(artifact, tmp_path / "v1"))
+    changed = copy(artifact, tmp_path / "changed", _incompatible)
+    expected = ["feature 'age' changes from positive to real", "feature 'sex' loses the category 2",
+                "feature 'bmi' is missing"]  # fmt: skip
+    with pytest.raises(IncompatibleSchema, match=f"differs from '{MODEL}' version 1's") as e:
+        registry.register(changed)
+    assert e.value.changes == expected
+    assert [r.version for r in registry.records()] == [1] and registry.resolve(MODEL).version == 1
+    done = registry.register(changed, force=True)
+    assert done.created and done.record.version == 2 and list(done.schema_changes) == expected
+    assert registry.resolve(MODEL).version == 2
+    # A start on a models folder is the deployment: a changed schema there is registered, with a warning.
+    models = tmp_path / "models"
+    copy(artifact, models / "v1")  # known: nothing changes, nothing to warn about
+    copy(artifact, models / "v3", _set("note", "the old schema again"))
+    restarted = ModelRegistry(registry.database, threads=1)
+    caplog.clear()
+    restarted.register_dir(models)
+    assert restarted.resolve(MODEL).version == 3
+    assert "version 3 breaks the clients of version 2: " in caplog.text
+    assert "feature 'body_mass_index' is missing" in caplog.text and "version 1 breaks" not in caplog.text
+
+
+def _col(name: str, kind: str = "real", *categories: str, unit: str | None = None) -> dict:
+    return {"name": name, "type": kind, **({"categories": list(categories)} if categories else {}),
+            **({"unit": unit} if unit else {})}  # fmt: skip
+
+
+OLD_SCHEMA = {"features": [_col("a"), _col("b", "categorical", "x", "y")], "targets": [_col("y", unit="kg")]}
+
+
+@pytest.mark.parametrize(
+    ("features", "targets", "changes"),
+    [
+        ([_col("a"), _col("b", "categorical", "x", "y", "z"), _col("c")], [_col("y", unit="kg"), _col("z")], []),
+        ([_col("b", "categorical", "y"), _col("a")], [_col("y", unit="g")],
+         ["feature 'b' loses the category 'x'", "target 'y' changes unit from 'kg' to 'g'"]),
+        ([_col("a"), _col("y")], [_col("b", "categorical", "x", "y")],
+         ["feature 'b' becomes a target", "target 'y' becomes a feature"]),
+        ([_col("a", "positive"), _col("b", "categorical", "x", "y")], [],
+         ["feature 'a' changes from real to positive", "target 'y' is missing"]),
+    ],
+    ids=["additions-and-order", "category-unit", "roles", "type-target"],
+)  # fmt: skip
+def test_schema_changes_name_what_breaks_the_clients(features: list, targets: list, changes: list[str]) -> None:
+    assert schema_changes(OLD_SCHEMA, {"features": features, "targets": targets}) == changes

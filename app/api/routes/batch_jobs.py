@@ -63,7 +63,10 @@ def _file_name(upload: UploadFile) -> str:
     "",
     status_code=202,
     response_model=BatchJobOut,
-    responses={202: {"description": "Accepted", "links": JOB_LINKS}, **problem_responses(401, 403, 404, 413, 422, 503)},
+    responses={
+        202: {"description": "Accepted", "links": JOB_LINKS},
+        **problem_responses(401, 403, 404, 410, 413, 422, 503),
+    },
 )
 async def create_job(
     state: State,

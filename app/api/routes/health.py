@@ -14,6 +14,7 @@ from hhvaem.app.db.availability import DatabaseUnavailable
 from hhvaem.app.sessions.store import StoreUnavailable
 
 router = APIRouter(tags=["health"])
+RETIRED = "retired "  # how a retired version's status begins (`Registered.retirement`)
 
 
 @router.get("/healthz", summary="Liveness")
@@ -22,9 +23,10 @@ async def healthz() -> dict[str, str]:
 
 
 async def readiness(state) -> tuple[dict[str, str], dict[str, str], list[str]]:
-    """(database and session checks, each active model's status, what fails): what `/readyz` and the OIP's
-    `/v2/health/ready` both answer from. Quick whatever is down: the database check is refused at once while the
-    database is known to be unreachable, and every check has a time limit."""
+    """(database and session checks, each active model's status and each retired version's, what fails): what
+    `/readyz` and the OIP's `/v2/health/ready` both answer from. A retired version is listed (when and why) but
+    never fails readiness: it is meant not to be served. Quick whatever is down: the database check is refused at
+    once while the database is known to be unreachable, and every check has a time limit."""
     checks: dict[str, str] = {}
     limit = state.settings.database_timeout_seconds
     try:
@@ -44,7 +46,7 @@ async def readiness(state) -> tuple[dict[str, str], dict[str, str], list[str]]:
     failing += [f"model {label} {status}" for label, status in models.items() if status != "ok"]
     if not models:
         failing.append("models: none active")
-    return checks, models, failing
+    return checks, {**models, **state.registry.retired()}, failing
 
 
 async def _sees_details(request: Request, state) -> bool:
@@ -73,10 +75,11 @@ async def readyz(request: Request, state: State) -> dict:
         detail = "Not ready: " + "; ".join(failing)
     else:
         plain = {k: v if v.startswith("ok") else "unreachable" for k, v in checks.items()}
-        ok = sum(status == "ok" for status in models.values())
-        checks_out = {**plain, "models": f"{ok} of {len(models)} ok"}
+        served = [status for status in models.values() if not status.startswith(RETIRED)]
+        ok = served.count("ok")
+        checks_out = {**plain, "models": f"{ok} of {len(served)} ok"}
         broken = [f"{k} unreachable" for k, v in plain.items() if v == "unreachable"]
-        broken += [f"models {ok} of {len(models)} ok"] if ok < len(models) or not models else []
+        broken += [f"models {ok} of {len(served)} ok"] if ok < len(served) or not served else []
         detail = "Not ready: " + "; ".join(broken)
     if failing:
         raise Problem(503, "Not ready", detail, "not-ready", checks=checks_out, headers={"Retry-After": "5"})

@@ -22,7 +22,7 @@ from hhvaem.app.engine import ImputeQuery, InputError, NextFeaturesQuery, Predic
 
 router = APIRouter(prefix="/v1/models", tags=["inference"], route_class=StrictJSONRoute)
 Version = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Model version (default: the active one).")]
-ERRORS = problem_responses(401, 403, 404, 413, 422, 503)
+ERRORS = problem_responses(401, 403, 404, 410, 413, 422, 503)
 
 
 def _check_rows(state, body: RowsRequest) -> int:

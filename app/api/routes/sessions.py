@@ -24,7 +24,9 @@ from hhvaem.app.sessions.store import SessionFull, SessionNotFound, SessionState
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=StrictJSONRoute)
 ERRORS = problem_responses(401, 403, 404, 422, 503)
-WRITE_ERRORS = problem_responses(401, 403, 404, 409, 422, 503)
+# A session pinned to a version that an admin retired since gets 410 where the model answers.
+MODEL_ERRORS = problem_responses(401, 403, 404, 410, 422, 503)
+WRITE_ERRORS = problem_responses(401, 403, 404, 409, 410, 422, 503)
 # A session with more answers than this is rendered in a worker thread: a long history (up to the cap,
 # `session_max_observations`) must not hold the event loop, and every other caller, while it is encoded.
 _RENDER_INLINE = 64
@@ -172,7 +174,7 @@ def _parse_costs(text: str | None) -> dict[str, float] | None:
 
 
 @router.get(
-    "/{session_id}/next-features", response_model=NextFeaturesResponse, responses=ERRORS, summary="Next question"
+    "/{session_id}/next-features", response_model=NextFeaturesResponse, responses=MODEL_ERRORS, summary="Next question"
 )
 async def session_next_features(
     session_id: str,
@@ -208,7 +210,7 @@ async def session_next_features(
 
 
 @router.get(
-    "/{session_id}/prediction", response_model=SessionPrediction, responses=ERRORS, summary="Current prediction"
+    "/{session_id}/prediction", response_model=SessionPrediction, responses=MODEL_ERRORS, summary="Current prediction"
 )
 async def session_prediction(
     session_id: str,

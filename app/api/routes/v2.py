@@ -3,7 +3,7 @@
 Health, server and model metadata, and inference. Inference runs the v1 request path (`answer` with the engine's
 query objects: the same validation, limits, dynamic batching and audit); the tensors are `app/api/tensors.py`'s,
 the wire format (JSON and Triton's binary tensor extension) `app/api/oip.py`'s. Every error is the protocol's
-`{"error": "..."}` (400 for a bad request, 401/403/404/413/503 as in v1).
+`{"error": "..."}` (400 for a bad request, 401/403/404/410/413/503 as in v1: 410 for a retired version).
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ async def model_ready(name: str, state: State, caller: Inferrer, version: str | 
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata")
 async def model_metadata(name: str, state: State, caller: Inferrer, version: str | None = None) -> dict[str, Any]:
     m = await run_in_threadpool(resolve_model, state.registry, name, _version(version))
-    versions = sorted(r.version for r in await run_in_threadpool(state.registry.records) if r.name == m.name)
+    records = await run_in_threadpool(state.registry.records)
+    versions = sorted(r.version for r in records if r.name == m.name and not r.retired)  # those it may be asked for
     inputs, outputs, parameters = ModelTensors(m.engine.schema).metadata()
     return {
         "name": m.name,
