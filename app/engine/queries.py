@@ -151,6 +151,21 @@ class MultipleImputeQuery:
         return answer
 
 
+def _refuse_known_targets(engine: Engine, rows: Sequence[Row]) -> None:
+    """A prediction of a target the row already gives would be that value back, not a prediction: refused, as
+    sessions refuse it (impute conditions on a known target: that is where a given target belongs)."""
+    targets = {c.name for c in engine.schema.targets}
+    errors = [
+        FieldError(name, "is the model's target: predict answers it, a row cannot give it (impute takes it)", row=i)
+        for i, row in enumerate(rows)
+        if isinstance(row, Mapping)
+        for name, value in row.items()
+        if name in targets and value is not None
+    ]
+    if errors:
+        raise InputError(errors)
+
+
 @dataclass(frozen=True)
 class PredictQuery:
     """The targets' predictive distribution for each of `rows`, from whatever the row holds."""
@@ -165,6 +180,7 @@ class PredictQuery:
 
     def prepare(self, engine: Engine) -> Prepared:
         quantiles = check_quantiles(self.quantiles)
+        _refuse_known_targets(engine, self.rows)
         finish = lambda p, o: self.finish(engine, p, o, quantiles)  # noqa: E731
         return engine.prepare(self.rows, self.samples, self.seed, finish, self.strict, self.extra_outputs)
 

@@ -108,6 +108,11 @@ def score_frame(
     errors: list[dict[str, Any]] = []
     if extra:
         errors.append({"row": None, "column": extra[0], "reason": "not a column of the model; ignored"})
+    targets = {c.name for c in engine.schema.targets}
+    given = [t for t in targets if t in df.columns]
+    if given and operation in ("predict", "both"):
+        why = "the model's target: passed through as it is; the predictions do not read it"
+        errors.append({"row": None, "column": given[0], "reason": why})
     records = _records(df[_columns(engine, df)])
     out = df.copy()
     out["error"] = ""
@@ -134,8 +139,9 @@ def score_frame(
                 prepared.append(MultipleImputeQuery(rows, imputations, samples, seed + start, False).prepare(engine))
             elif operation in ("impute", "both"):
                 prepared.append(ImputeQuery(rows, samples, seed=seed + start, strict=False).prepare(engine))
-            if operation in ("predict", "both"):
-                prepared.append(PredictQuery(rows, samples, seed=seed + start, strict=False).prepare(engine))
+            if operation in ("predict", "both"):  # a target column passes through; the prediction never reads it
+                unknown = [{k: v for k, v in r.items() if k not in targets} for r in rows]
+                prepared.append(PredictQuery(unknown, samples, seed=seed + start, strict=False).prepare(engine))
             results = engine.run(prepared)
             if imputations is not None:
                 _write_draws(tables, index, results[0])

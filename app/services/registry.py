@@ -154,8 +154,9 @@ def smoke_test(engine: Engine) -> None:
 
     target = engine.schema.targets[0] if engine.schema.targets else None
     queries = [ImputeQuery([{}], 2, seed=0), NextFeaturesQuery({}, samples=2, seed=0, top_k=1)]
-    if target is not None:  # a known target takes the conditional graph
-        queries.append(PredictQuery([{target.name: _example_value(engine, target)}], 2, seed=0))
+    if target is not None:  # the target: predicted from nothing, and known (the conditional graph)
+        queries.append(PredictQuery([{}], 2, seed=0))
+        queries.append(ImputeQuery([{target.name: _example_value(engine, target)}], 2, seed=0))
     for query in queries:
         try:
             engine.answer(query)

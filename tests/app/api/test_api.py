@@ -368,6 +368,18 @@ def test_bad_cells_are_422_naming_the_cell(c: httpx.Client, path: str, cell: dic
     assert why in reason(problem(c.post(path, json=body), 422, field), field)
 
 
+def test_predict_refuses_the_target_inside_a_row_and_impute_takes_it(c: httpx.Client) -> None:
+    """Issue #22, 6: /predict answered from a row holding the target (its own value back); sessions refused it."""
+    row = {"age": 50, "bmi": 31.0, TARGET: 150.0}
+    field = f"rows.1.{TARGET}"
+    why = reason(problem(c.post(PREDICT, json={"rows": [{"age": 50}, row], "samples": SAMPLES}), 422, field), field)
+    assert why == "is the model's target: predict answers it, a row cannot give it (impute takes it)"
+    unknown = c.post(PREDICT, json={"rows": [{"age": 50, TARGET: None}], "samples": SAMPLES})
+    assert unknown.status_code == 200, unknown.text  # null: not known, as everywhere
+    r = c.post(IMPUTE, json={"rows": [row], "samples": SAMPLES})  # features given a known target: the point of it
+    assert r.status_code == 200, r.text
+
+
 def test_every_bad_cell_is_reported_at_once(c: httpx.Client) -> None:
     row = {"foo": 1, "age": "old", "sex": 7, "bmi": -3, "ldl": 100}
     body = problem(c.post(IMPUTE, json=rows_body(row)), 422)

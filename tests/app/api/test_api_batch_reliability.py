@@ -257,3 +257,17 @@ def test_a_batch_result_is_bounded_like_its_input(request, tmp_path_factory) -> 
         assert "its result would be about" in big["message"] and "over the limit of" in big["message"], big
         assert "HHVAEM_MAX_RESULT_BYTES" in big["message"]
         assert not (svc.settings.data_dir / "batch" / big["id"]).exists()  # nothing of it kept
+
+
+def test_a_target_column_passes_through_and_the_prediction_never_reads_it(c: httpx.Client) -> None:
+    """Issue #22, 6: a labelled table scored with `predict` conditioned on its own labels (their value back). Now
+    the target column comes back as it was sent, with a note, and the prediction is the one made without it."""
+    df = table(6, seed=11, holes=0.0)
+    labelled = df.assign(**{TARGET: [25.0, 60.0, 150.0, 200.0, 280.0, 340.0]})
+    without = wait(c, upload(c, "features.csv", csv_bytes(df), operation="predict").json()["id"])[0]
+    job, _ = wait(c, upload(c, "labelled.csv", csv_bytes(labelled), operation="predict").json()["id"])
+    assert job["status"] == "succeeded" and job["failed_rows"] == 0, job
+    assert any(e["column"] == TARGET and "do not read it" in e["reason"] for e in job["errors"]), job["errors"]
+    got, expected = result(c, job), result(c, without)
+    assert got[TARGET].tolist() == labelled[TARGET].tolist()
+    pd.testing.assert_frame_equal(got.drop(columns=TARGET), expected)
