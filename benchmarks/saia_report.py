@@ -155,7 +155,7 @@ def render(results: Path, notes: Path | None) -> str:
         "",
         "## How the figures were produced",
         "",
-        f"- Command: `{run['command']}`",
+        _commands(runs),
         f"- Commit recorded per table ({_commit_kind(runs)}): {_commits(runs)}; {run['machine']}, "
         f"torch {run['torch']}.",
         f"- Splits {', '.join(map(str, first['splits']))} of the 10 docs/protocol.md splits (a quick run, as the "
@@ -289,6 +289,18 @@ def cmd_render(args) -> None:
         args.out.write_text(text)
     else:
         print(text, end="")
+
+
+def _commands(runs: dict) -> str:
+    """The command line(s) that produced the tables (tables may run in several processes, one per core)."""
+    by_command: dict[str, list[str]] = {}
+    for name, r in runs.items():
+        by_command.setdefault(r["run"]["command"], []).append(name)
+    if len(by_command) == 1:
+        return f"- Command: `{next(iter(by_command))}`"
+    return "- Commands (one process per group of tables): " + "; ".join(
+        f"`{c}` ({', '.join(names)})" for c, names in by_command.items()
+    )
 
 
 def main() -> None:
