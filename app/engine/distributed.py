@@ -56,7 +56,7 @@ from hhvaem.app.engine.partitions import (
     score_partition,
     written_partitions,
 )
-from hhvaem.app.engine.scoring import OPERATIONS, check_columns
+from hhvaem.app.engine.scoring import OPERATIONS, check_columns, passthrough
 from hhvaem.model.io.artifact import manifest_checksum
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def score_on_ray(
     if partition_rows <= 0 or partition_rows % chunk_rows:
         raise ValueError(f"partition_rows ({partition_rows}) must be a multiple of chunk_rows ({chunk_rows})")
     engine = Engine(model_dir, threads=1)  # checks the artifact here, before a cluster is involved
-    plan = plan_table(source, partition_rows, max_rows)
+    plan = plan_table(source, partition_rows, max_rows, verbatim=passthrough(engine))
     check_columns(engine, plan.schema.empty_table().to_pandas())
     schema, notes = output_schema(engine, plan.schema, operation, imputations)
     out = Path(output)

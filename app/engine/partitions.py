@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,19 @@ def input_files(source: str | Path) -> list[str]:
     return files
 
 
-def plan_table(source: str | Path, partition_rows: int, max_rows: int | None = None) -> TablePlan:
+def plan_table(
+    source: str | Path,
+    partition_rows: int,
+    max_rows: int | None = None,
+    verbatim: Callable[[str], bool] | None = None,
+) -> TablePlan:
     """Cuts the input into partitions of `partition_rows` rows (the last one shorter), reading Parquet metadata only;
-    a CSV file is read whole by `read_table` (its checks: ragged lines, trailing commas, limits). TableError names
-    the file and the problem."""
+    a CSV file is read whole by `read_table` (its checks: ragged lines, trailing commas, limits), the columns
+    `verbatim` names kept as the file's text (an id `007` stays `007`). TableError names the file and the
+    problem."""
     files = input_files(source)
     if len(files) == 1 and not files[0].lower().endswith(PARQUET):
-        frame = read_table(files[0], max_rows=max_rows)
+        frame = read_table(files[0], max_rows=max_rows, verbatim=verbatim)
         spans = [(files[0], len(frame))]
         schema = pa.Schema.from_pandas(frame, preserve_index=False)
     else:
