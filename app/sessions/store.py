@@ -18,6 +18,7 @@ Values arrive validated by the caller; the store keeps them as given (JSON scala
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -197,6 +198,16 @@ class SessionStore(Protocol):
     async def close(self) -> None: ...
 
 
+def _parse_history(obs: str | None) -> tuple[Observation, ...]:
+    return tuple(Observation.from_dict(o) for o in json.loads(obs or "[]"))
+
+
+# A long history read again unchanged (a client polling its session) is decoded once: a history near the cap
+# takes ~3 ms of interpreter time to decode, time every other request of the process waits for (the GIL). Keyed
+# by the stored text, so any change is a miss; at most 32 histories of at most `session_max_observations` each.
+_history = functools.lru_cache(maxsize=32)(_parse_history)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
@@ -358,7 +369,7 @@ class RedisSessionStore:
             owner=m.get("owner"),
             created_at=m["created_at"],
             updated_at=updated_at or m["created_at"],
-            observations=tuple(Observation.from_dict(o) for o in json.loads(obs or "[]")),
+            observations=_history(obs) if obs and len(obs) > _DECODE_INLINE_CHARS else _parse_history(obs),
             ttl_seconds=int(ttl) / 1000 if ttl else None,
         )
 

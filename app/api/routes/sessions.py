@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -46,8 +47,8 @@ def _out(state, s: SessionState) -> dict[str, Any]:
 
 
 async def _render(state, s: SessionState, status: int = 200) -> Response:
-    def render() -> bytes:
-        return SessionOut.model_validate(_out(state, s)).model_dump_json().encode()
+    def render() -> bytes:  # SessionOut's JSON; every value was validated on the way in, so no second pass
+        return json.dumps(_out(state, s), separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
     body = render() if len(s.observations) <= _RENDER_INLINE else await run_in_threadpool(render)
     return Response(body, status_code=status, media_type="application/json")
