@@ -283,7 +283,7 @@ def test_a_restart_never_brings_a_retired_version_back(artifact: Path, tmp_path:
         restarted.register(models / "v1")
 
 
-def _incompatible(m: dict) -> None:
+def incompatible(m: dict) -> None:
     """The demo's schema with a feature renamed, a category replaced and a type changed: the graphs still run."""
     for column in m["schema"]["features"]:
         if column["name"] == "bmi":
@@ -298,7 +298,7 @@ def _incompatible(m: dict) -> None:
 def test_an_incompatible_schema_is_refused_unless_forced(artifact: Path, tmp_path: Path, caplog) -> None:
     registry = sqlite_registry(tmp_path)
     registry.register(copy(artifact, tmp_path / "v1"))
-    changed = copy(artifact, tmp_path / "changed", _incompatible)
+    changed = copy(artifact, tmp_path / "changed", incompatible)
     expected = ["feature 'age' changes from positive to real", "feature 'sex' loses the category 2",
                 "feature 'bmi' is missing"]  # fmt: skip
     with pytest.raises(IncompatibleSchema, match=f"differs from '{MODEL}' version 1's") as e:

@@ -18,6 +18,7 @@ import pytest
 from hhvaem.app.db import repository as repo
 from hhvaem.model.io.artifact import manifest_text
 from tests.app.service import MODEL, ROW, SAMPLES, Service, problem, running_service, variant_copy
+from tests.app.test_registry import incompatible
 
 PREDICT = f"/v1/models/{MODEL}/predict"
 Q = {"samples": SAMPLES, "seed": 0}
@@ -156,27 +157,20 @@ def test_a_pinned_version_whose_files_vanished_is_503_until_retired_then_410(ver
     )
 
 
-def _incompatible(service: Service) -> Path:
+def incompatible_artifact(service: Service) -> Path:
     """A copy of the artifact with a feature renamed, a category replaced and a type changed (sealed again, so it
     passes every check but the schema's; its graphs still run)."""
     dest = service.models_dir.parent / "variants" / "incompatible"
     if not dest.exists():
         shutil.copytree(service.artifact, dest)
         manifest = json.loads((dest / "manifest.json").read_text())
-        for column in manifest["schema"]["features"]:
-            if column["name"] == "bmi":
-                column["name"] = "body_mass_index"
-            elif column["name"] == "sex":
-                column["categories"] = [1, 3]
-            elif column["name"] == "age":
-                column["type"] = "real"
-        manifest["preprocessing"]["body_mass_index"] = manifest["preprocessing"].pop("bmi")
+        incompatible(manifest)
         (dest / "manifest.json").write_text(manifest_text(manifest))
     return dest
 
 
 def test_a_schema_that_breaks_the_active_versions_clients_is_refused_unless_forced(versions, admin) -> None:
-    path = _incompatible(versions)
+    path = incompatible_artifact(versions)
     expected = [
         "feature 'age' changes from positive to real",
         "feature 'sex' loses the category 2",
@@ -197,7 +191,7 @@ def test_the_python_client_forces_and_retires(versions) -> None:
     from hhvaem.client import Client, ProblemError
 
     with Client(versions.url, api_key=versions.admin_key) as client:
-        registered = client.register_model(_incompatible(versions), activate=False, force=True)
+        registered = client.register_model(incompatible_artifact(versions), activate=False, force=True)
         assert registered.version > 1 and "feature 'bmi' is missing" in registered.schema_changes
         retired = client.retire(MODEL, registered.version, "a mistake")
         assert retired.retired_reason == "a mistake" and retired.retired_at
