@@ -16,10 +16,20 @@ import torch
 from torch import Tensor, nn
 
 from hhvaem.model.dependency import DependencyVAE, Observed
-from hhvaem.model.hmc import ChainInfo, HMCInfo, HMCState, StepNoise, Transition, hmc_step
+from hhvaem.model.hmc import (
+    MASSES,
+    ChainInfo,
+    HMCInfo,
+    HMCState,
+    LogDensityAndGrad,
+    StepNoise,
+    Transition,
+    build_transition,
+    inverse_mass,
+)
 from hhvaem.model.likelihoods import MIN_SCALE, Gaussian
 from hhvaem.model.marginal import MarginalVAEs
-from hhvaem.model.posterior import PosteriorNoise, encoder_draw, importance_log_weights, sample_posterior
+from hhvaem.model.posterior import PosteriorNoise, encoder_draw, sample_posterior
 from hhvaem.model.schema import Column, Schema
 from hhvaem.model.sksd import sksd
 
@@ -53,9 +63,8 @@ class ModelConfig:
     # Weight of the predictive log-likelihood of the entries the training mask hides (0: the ELBO alone).
     predictive_weight: float = 0.0
     sksd_chains: int = 30
-    # "encoder": diagonal mass matrix M = 1 / sigma_q^2 per row, so step sizes are relative to the
-    # encoder's posterior scale (robust when the posterior is much narrower than the prior);
-    # "identity": M = I as in the paper.
+    # The HMC mass (model.hmc.MASSES): "encoder", M = 1 / sigma_q^2 per row, is robust when the posterior is much
+    # narrower than the prior; "identity" is the paper's.
     mass: str = "encoder"
     default_chains: int = 100
     activation: str = "silu"  # of the dependency VAE's networks (model.nets.ACTIVATIONS)
@@ -71,8 +80,8 @@ class ModelConfig:
     code_scale_max: float | None = 0.5
 
     def __post_init__(self) -> None:
-        if self.mass not in ("encoder", "identity"):
-            raise ValueError(f"unknown mass {self.mass!r} (expected encoder or identity)")
+        if self.mass not in MASSES:
+            raise ValueError(f"unknown mass {self.mass!r} (expected one of {', '.join(MASSES)})")
         if self.discrete_units not in ("direct", "marginal"):
             raise ValueError(f"unknown discrete_units {self.discrete_units!r} (expected direct or marginal)")
         if self.variant not in VARIANTS:
@@ -202,25 +211,51 @@ class HHVAEM(nn.Module):
         transition. Where compilation fails (no compiler, an unsupported op) the transition runs eagerly,
         with the same results.
         """
-        self._compiled_transition = torch.compile(self._transition, dynamic=False) if enabled else None
+        self._compiled_transition = torch.compile(self._observed_transition, dynamic=False) if enabled else None
 
-    def _transition(
+    @property
+    def sampler_compiled(self) -> bool:
+        """Whether `transition` hands out the compiled transition (training) rather than an eager one."""
+        return getattr(self, "_compiled_transition", None) is not None
+
+    def _observed_transition(
         self, state: HMCState, step_size: Tensor, noise: StepNoise, inv_mass: Tensor, obs: Observed
     ) -> tuple[HMCState, HMCInfo]:
-        return hmc_step(
-            state,
-            lambda e: self.dependency.log_joint_and_grad(e, obs),
-            step_size,
-            self.config.leapfrog_steps,
-            noise,
-            inv_mass,
+        """The transition with the observations as an input rather than a closure (what compilation traces)."""
+        return build_transition(self.log_joint_and_grad(obs), self.config.leapfrog_steps)(
+            state, step_size, noise, inv_mass
         )
 
-    def transition_for(self, obs: Observed) -> Transition | None:
-        """The compiled HMC transition bound to observations broadcast against eps [..., C, E] (None: eager)."""
+    # ---- the sampler's target: what model.posterior needs of a model (posterior.SamplerTarget) -----------------
+    @property
+    def uses_hmc(self) -> bool:
+        return self.config.uses_hmc
+
+    @property
+    def hmc_steps(self) -> int:
+        return self.config.hmc_steps
+
+    @property
+    def importance_samples(self) -> int:
+        return self.config.importance_samples
+
+    def encode(self, obs: Observed) -> tuple[Tensor, Tensor]:
+        return self.dependency.encode(obs)
+
+    def log_joint_and_grad(self, obs: Observed) -> LogDensityAndGrad:
+        """log p*(eps | observed) and its gradient (the hand-written backward pass) as a function of eps."""
+        return lambda eps: self.dependency.log_joint_and_grad(eps, obs)
+
+    def inverse_mass(self, sigma: Tensor) -> Tensor:
+        """Diagonal inverse mass [B, 1, E] from the encoder scale sigma [B, E] (ModelConfig.mass)."""
+        return inverse_mass(self.config.mass, sigma)
+
+    def transition(self, obs: Observed) -> Transition:
+        """The HMC transition on log p*(eps | obs), obs broadcast against eps [..., C, E]: the compiled one when
+        `compile_sampler` was called (outside `eager_sampler`), else built eagerly."""
         fn = getattr(self, "_compiled_transition", None)
         if fn is None:
-            return None
+            return build_transition(self.log_joint_and_grad(obs), self.config.leapfrog_steps)
 
         def transition(state: HMCState, step_size: Tensor, noise: StepNoise, inv_mass: Tensor):
             # Scoped, not global: a compilation failure falls back to eager execution for this call only.
@@ -229,8 +264,16 @@ class HHVAEM(nn.Module):
 
         return transition
 
-    def log_joint_and_grad(self, obs: Observed):
-        return lambda eps: self.dependency.log_joint_and_grad(eps, obs)
+    def log_importance_weights(
+        self, eps: Tensor, mu: Tensor, sigma: Tensor, obs: Observed, hidden: Observed | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """log p(z_O, y_O, eps) - log q(eps | .) [B, C] for encoder draws eps [B, C, E]; with `hidden`, also
+        (weights, log p(hidden | eps) [B, C])."""
+        dep = self.dependency
+        fwd = dep.forward_pass(eps, obs.unsqueeze(-2), hidden=None if hidden is None else hidden.unsqueeze(-2))
+        log_q = Gaussian(mu.unsqueeze(-2), sigma.unsqueeze(-2)).log_prob(eps).sum(-1)
+        log_w = fwd.log_lik + dep.log_prior(eps) - log_q
+        return log_w if hidden is None else (log_w, fwd.hidden_log_lik)
 
     # ---- posterior over eps ---------------------------------------------------------------
     @torch.no_grad()
@@ -291,9 +334,9 @@ class HHVAEM(nn.Module):
         weight = self.config.predictive_weight if hidden is not None else 0.0
         if self.config.importance_samples:
             if not weight:
-                log_w = importance_log_weights(self, eps, mu, sigma, obs)
+                log_w = self.log_importance_weights(eps, mu, sigma, obs)
                 return torch.logsumexp(log_w, -1) - torch.log(torch.tensor(float(k)))
-            log_w, hidden_lp = importance_log_weights(self, eps, mu, sigma, obs, hidden)
+            log_w, hidden_lp = self.log_importance_weights(eps, mu, sigma, obs, hidden)
             bound = torch.logsumexp(log_w, -1) - torch.log(torch.tensor(float(k)))
             # self-normalised importance estimate of log p(hidden | observed)
             return bound + weight * (torch.logsumexp(log_w + hidden_lp, -1) - torch.logsumexp(log_w, -1))

@@ -2,7 +2,8 @@
 
 Style after BlackJAX: the state carries position, log density and its gradient so nothing is
 recomputed; the integrator, the proposal and the accept/reject step are small pure functions;
-every transition returns `(state, info)`. All randomness comes in as a named noise bundle
+every transition returns `(state, info)`; the transition is built once per target (`build_transition`) and a
+chain only runs it. All randomness comes in as a named noise bundle
 (`ChainNoise`: momenta and log-uniforms for every step), which keeps the sampler a deterministic
 function of its inputs (needed for export and for parity tests).
 
@@ -66,15 +67,32 @@ class ChainNoise(NamedTuple):
         return StepNoise(self.momentum[t], self.log_u[t])
 
     @classmethod
-    def draw(cls, steps: int, position: Tensor, generator: torch.Generator | None = None) -> ChainNoise:
-        """Fresh noise for `steps` transitions of chains shaped like `position` [..., E]."""
+    def draw(cls, n_transitions: int, position: Tensor, generator: torch.Generator | None = None) -> ChainNoise:
+        """Fresh noise for `n_transitions` (T) transitions of chains shaped like `position` [..., E]."""
         kw = {"generator": generator, "dtype": position.dtype, "device": position.device}
-        momentum = torch.randn((steps, *position.shape), **kw)
-        return cls(momentum, torch.log(torch.rand((steps, *position.shape[:-1]), **kw)))
+        momentum = torch.randn((n_transitions, *position.shape), **kw)
+        return cls(momentum, torch.log(torch.rand((n_transitions, *position.shape[:-1]), **kw)))
 
 
 # (state, step size [E], noise, inverse mass) -> (state, info): one transition, the unit `torch.compile` fuses.
 Transition = Callable[[HMCState, Tensor, StepNoise, Tensor], tuple[HMCState, HMCInfo]]
+
+# How the diagonal mass is chosen: "encoder": M = 1 / sigma_q^2 per row, so step sizes are relative to the
+# encoder's scale (a sharp posterior then needs no tiny absolute steps); "identity": M = I, the paper's.
+MASSES = ("encoder", "identity")
+
+
+def inverse_mass(kind: str, scale: Tensor) -> Tensor:
+    """Diagonal inverse mass [..., 1, E] for chains of rows whose encoder scale is `scale` [..., E] (see MASSES)."""
+    if kind == "encoder":
+        return (scale.detach() ** 2).unsqueeze(-2)
+    if kind == "identity":
+        return torch.ones_like(scale).unsqueeze(-2)
+    raise ValueError(f"unknown mass {kind!r} (expected one of {MASSES})")
+
+
+def kinetic_energy(momentum: Tensor, inv_mass: Tensor) -> Tensor:
+    return 0.5 * (momentum * momentum * inv_mass).sum(-1)
 
 
 def init_state(position: Tensor, logp_and_grad: LogDensityAndGrad) -> HMCState:
@@ -82,26 +100,22 @@ def init_state(position: Tensor, logp_and_grad: LogDensityAndGrad) -> HMCState:
     return HMCState(position, logp, grad)
 
 
-def kinetic_energy(momentum: Tensor, inv_mass: Tensor) -> Tensor:
-    return 0.5 * (momentum * momentum * inv_mass).sum(-1)
-
-
 def leapfrog(
     state: HMCState,
     momentum: Tensor,
     step_size: Tensor,
-    n_steps: int,
+    n_leapfrog: int,
     inv_mass: Tensor,
     logp_and_grad: LogDensityAndGrad,
 ) -> tuple[HMCState, Tensor]:
-    """`n_steps` velocity-Verlet steps; one gradient evaluation per step."""
+    """`n_leapfrog` (L) velocity-Verlet steps; one gradient evaluation per step."""
     position, logp, grad = state
     p = momentum + 0.5 * step_size * grad
     move = step_size * inv_mass  # once per trajectory, not per step
-    for i in range(n_steps):
+    for i in range(n_leapfrog):
         position = position + move * p
         logp, grad = logp_and_grad(position)
-        p = p + (step_size if i < n_steps - 1 else 0.5 * step_size) * grad
+        p = p + (step_size if i < n_leapfrog - 1 else 0.5 * step_size) * grad
     return HMCState(position, logp, grad), p
 
 
@@ -123,56 +137,43 @@ def metropolis(current: HMCState, proposal: HMCState, energy_change: Tensor, log
     return state, HMCInfo(accept_prob, accepted, energy_change > DIVERGENCE_THRESHOLD, energy_change)
 
 
-def hmc_step(
-    state: HMCState,
-    logp_and_grad: LogDensityAndGrad,
-    step_size: Tensor,
-    n_leapfrog: int,
-    noise: StepNoise,
-    inv_mass: Tensor,
-) -> tuple[HMCState, HMCInfo]:
-    """One HMC transition: momentum from the noise, `n_leapfrog` leapfrog steps, Metropolis."""
-    momentum = noise.momentum / torch.sqrt(inv_mass)
-    proposal, p_end = leapfrog(state, momentum, step_size, n_leapfrog, inv_mass, logp_and_grad)
-    energy_change = (-proposal.logp + kinetic_energy(p_end, inv_mass)) - (
-        -state.logp + kinetic_energy(momentum, inv_mass)
-    )
-    return metropolis(state, proposal, energy_change, noise.log_u)
+def build_transition(logp_and_grad: LogDensityAndGrad, n_leapfrog: int) -> Transition:
+    """The HMC transition on one target, built once: momentum from the noise, L leapfrog steps, Metropolis."""
+
+    def transition(state: HMCState, step_size: Tensor, noise: StepNoise, inv_mass: Tensor) -> tuple[HMCState, HMCInfo]:
+        momentum = noise.momentum / torch.sqrt(inv_mass)
+        proposal, p_end = leapfrog(state, momentum, step_size, n_leapfrog, inv_mass, logp_and_grad)
+        energy_change = (-proposal.logp + kinetic_energy(p_end, inv_mass)) - (
+            -state.logp + kinetic_energy(momentum, inv_mass)
+        )
+        return metropolis(state, proposal, energy_change, noise.log_u)
+
+    return transition
 
 
 def hmc_chain(
     state: HMCState,
-    logp_and_grad: LogDensityAndGrad,
+    transition: Transition,
     step_sizes: Tensor,
-    n_leapfrog: int,
     inv_mass: Tensor | None = None,
     noise: ChainNoise | None = None,
     generator: torch.Generator | None = None,
-    transition: Transition | None = None,
 ) -> tuple[HMCState, ChainInfo]:
-    """T = len(step_sizes) transitions; `noise` (drawn from `generator` when absent) shaped [T, ..., E] / [T, ...].
-
-    `transition` replaces `hmc_step` bound to `logp_and_grad` when given (e.g. a compiled version of it).
-    """
-    n_steps, dim = step_sizes.shape
+    """T = len(step_sizes) transitions; `noise` (drawn from `generator` when absent) shaped [T, ..., E] / [T, ...]."""
+    n_transitions, dim = step_sizes.shape
     if inv_mass is None:
         inv_mass = torch.ones(dim, dtype=state.position.dtype, device=state.position.device)
     if noise is None:
-        noise = ChainNoise.draw(n_steps, state.position, generator)
-    if transition is None:
-
-        def transition(state, step_size, step_noise, inv_mass):
-            return hmc_step(state, logp_and_grad, step_size, n_leapfrog, step_noise, inv_mass)
-
+        noise = ChainNoise.draw(n_transitions, state.position, generator)
     # *_like keeps the batch shape symbolic when the sampler is traced for export.
     prob_sum = torch.zeros_like(state.logp)
     n_acc = torch.zeros_like(state.logp, dtype=torch.long)
     n_div = torch.zeros_like(n_acc)
     energy = torch.zeros_like(prob_sum)
-    for t in range(n_steps):
+    for t in range(n_transitions):
         state, info = transition(state, step_sizes[t], noise.step(t), inv_mass)
         prob_sum = prob_sum + info.acceptance_prob.detach()
         n_acc = n_acc + info.accepted.long()
         n_div = n_div + info.divergent.long()
         energy = info.energy_error
-    return state, ChainInfo(prob_sum / max(n_steps, 1), n_acc, n_div, energy.detach())
+    return state, ChainInfo(prob_sum / max(n_transitions, 1), n_acc, n_div, energy.detach())

@@ -13,21 +13,41 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from hhvaem.model.dependency import Observed
-from hhvaem.model.hmc import ChainInfo, ChainNoise, HMCState, hmc_chain, init_state
-from hhvaem.model.likelihoods import Gaussian
-
-if TYPE_CHECKING:
-    from hhvaem.model.hhvaem import HHVAEM
+from hhvaem.model.hmc import ChainInfo, ChainNoise, HMCState, LogDensityAndGrad, Transition, hmc_chain, init_state
 
 # Which parameters the result is differentiated into: None (inference: nothing detached), "steps" (the stage-3
 # sampler objective: the step sizes only) or "inflation" (SKSD: the initial proposal's inflation only).
 LEARN = (None, "steps", "inflation")
+
+
+class SamplerTarget(Protocol):
+    """What the posterior needs of a model (`HHVAEM` is one): its encoder, log p* with its gradient, the tuned
+    sampler (step sizes, inflation, mass, the transition) and, for MIWAEM, importance weights."""
+
+    latent_size: int  # E
+    uses_hmc: bool
+    hmc_steps: int  # T
+    importance_samples: int  # 0: no importance resampling
+    step_sizes: Tensor  # [T, E]
+    inflation: Tensor  # scalar: the SKSD-tuned inflation of the initial draw
+
+    def encode(self, obs: Observed) -> tuple[Tensor, Tensor]: ...  # mu, sigma [B, E]
+
+    def log_joint_and_grad(self, obs: Observed) -> LogDensityAndGrad: ...
+
+    def inverse_mass(self, sigma: Tensor) -> Tensor: ...  # [B, 1, E]
+
+    def transition(self, obs: Observed) -> Transition: ...
+
+    def log_importance_weights(self, eps: Tensor, mu: Tensor, sigma: Tensor, obs: Observed) -> Tensor: ...
+
+    def generative_parameters(self) -> list[nn.Parameter]: ...
 
 
 class PosteriorNoise(NamedTuple):
@@ -40,7 +60,7 @@ class PosteriorNoise(NamedTuple):
     @classmethod
     def draw(
         cls,
-        model: HHVAEM,
+        model: SamplerTarget,
         rows: int,
         samples: int,
         generator: torch.Generator | None = None,
@@ -51,9 +71,9 @@ class PosteriorNoise(NamedTuple):
         if like is not None:
             kw.update(dtype=like.dtype, device=like.device)
         initial = torch.randn((rows, samples, model.latent_size), **kw)
-        chain = ChainNoise.draw(model.config.hmc_steps, initial, generator) if model.config.uses_hmc else None
+        chain = ChainNoise.draw(model.hmc_steps, initial, generator) if model.uses_hmc else None
         gumbel = None
-        if model.config.importance_samples:
+        if model.importance_samples:
             gumbel = -torch.log(-torch.log(torch.rand((rows, samples, samples), **kw)))
         return cls(initial, chain, gumbel)
 
@@ -67,7 +87,7 @@ class Posterior(NamedTuple):
 
 
 def sample_posterior(
-    model: HHVAEM,
+    model: SamplerTarget,
     obs: Observed,
     noise: PosteriorNoise,
     learn: str | None = None,
@@ -83,10 +103,10 @@ def sample_posterior(
     """
     if learn not in LEARN:
         raise ValueError(f"learn must be one of {LEARN}, got {learn!r}")
-    mu, sigma = model.dependency.encode(obs)
+    mu, sigma = model.encode(obs)
     if learn:
         mu, sigma = mu.detach(), sigma.detach()
-    if model.config.uses_hmc and use_sampler:
+    if model.uses_hmc and use_sampler:
         inflation = model.inflation if learn != "steps" else model.inflation.detach()
         step_sizes = model.step_sizes if learn != "inflation" else model.step_sizes.detach()
         eps0 = encoder_draw(mu, sigma * inflation, noise.initial)
@@ -95,9 +115,9 @@ def sample_posterior(
             state, info = run(model, eps0, obs, sigma, noise.chain, step_sizes)
         return Posterior(state.position, mu, sigma, state, info)
     eps = encoder_draw(mu, sigma, noise.initial)
-    if model.config.importance_samples and use_sampler:
+    if model.importance_samples and use_sampler:
         # Sampling-importance-resampling by the Gumbel-max trick: draw c of row b takes proposal argmax_j.
-        log_w = importance_log_weights(model, eps, mu, sigma, obs)
+        log_w = model.log_importance_weights(eps, mu, sigma, obs)
         idx = torch.argmax(log_w.unsqueeze(-2) + noise.gumbel, dim=-1)
         eps = torch.gather(eps, -2, idx.unsqueeze(-1).expand_as(eps))
     return Posterior(eps, mu, sigma, None, None)
@@ -108,47 +128,25 @@ def encoder_draw(mu: Tensor, scale: Tensor, noise: Tensor) -> Tensor:
     return mu.unsqueeze(-2) + scale.unsqueeze(-2) * noise
 
 
-def inverse_mass(model: HHVAEM, sigma: Tensor) -> Tensor:
-    """Diagonal inverse mass [B, 1, E] from the encoder scale sigma [B, E] (see ModelConfig.mass)."""
-    if model.config.mass == "encoder":
-        return (sigma.detach() ** 2).unsqueeze(-2)
-    return torch.ones_like(sigma).unsqueeze(-2)
-
-
 def run_chain(
-    model: HHVAEM, eps0: Tensor, obs: Observed, sigma: Tensor, noise: ChainNoise, step_sizes: Tensor
+    model: SamplerTarget, eps0: Tensor, obs: Observed, sigma: Tensor, noise: ChainNoise, step_sizes: Tensor
 ) -> tuple[HMCState, ChainInfo]:
     """T HMC transitions on log p*(eps | observed) from eps0 [B, C, E] (compiled transitions when set up)."""
     obs_c = obs.unsqueeze(-2)
-    target = model.log_joint_and_grad(obs_c)
-    return hmc_chain(
-        init_state(eps0, target),
-        target,
-        step_sizes,
-        model.config.leapfrog_steps,
-        inverse_mass(model, sigma),
-        noise,
-        transition=model.transition_for(obs_c),
-    )
+    state = init_state(eps0, model.log_joint_and_grad(obs_c))
+    return hmc_chain(state, model.transition(obs_c), step_sizes, model.inverse_mass(sigma), noise)
 
 
 def run_flat_chain(
-    model: HHVAEM, eps0: Tensor, obs: Observed, sigma: Tensor, noise: ChainNoise, step_sizes: Tensor
+    model: SamplerTarget, eps0: Tensor, obs: Observed, sigma: Tensor, noise: ChainNoise, step_sizes: Tensor
 ) -> tuple[HMCState, ChainInfo]:
     """`run_chain` with rows and chains folded into one axis: every tensor in the chain is [B * C, ...]."""
     b, c, e = eps0.shape
     per_chain = Observed(*(None if t is None else _repeat(t, c) for t in obs))
-    target = model.log_joint_and_grad(per_chain)
     flat_noise = ChainNoise(noise.momentum.flatten(1, 2), noise.log_u.flatten(1, 2))
-    state, info = hmc_chain(
-        init_state(eps0.reshape(-1, e), target),
-        target,
-        step_sizes,
-        model.config.leapfrog_steps,
-        inverse_mass(model, _repeat(sigma, c)).squeeze(-2),
-        flat_noise,
-        transition=model.transition_for(per_chain),
-    )
+    state = init_state(eps0.reshape(-1, e), model.log_joint_and_grad(per_chain))
+    inv_mass = model.inverse_mass(_repeat(sigma, c)).squeeze(-2)
+    state, info = hmc_chain(state, model.transition(per_chain), step_sizes, inv_mass, flat_noise)
     return (
         HMCState(state.position.reshape(b, c, e), state.logp.reshape(b, c), state.grad.reshape(b, c, e)),
         ChainInfo(*(t.reshape(b, c) for t in info)),
@@ -158,18 +156,6 @@ def run_flat_chain(
 def _repeat(t: Tensor, c: int) -> Tensor:
     """[B, K] -> [B * C, K]: each row's values once per chain."""
     return t.unsqueeze(1).expand(-1, c, -1).reshape(-1, t.shape[-1])
-
-
-def importance_log_weights(
-    model: HHVAEM, eps: Tensor, mu: Tensor, sigma: Tensor, obs: Observed, hidden: Observed | None = None
-):
-    """log p(z_O, y_O, eps) - log q(eps | .) [B, C] for encoder draws eps [B, C, E]; with `hidden`, also
-    (weights, log p(hidden | eps) [B, C])."""
-    dep = model.dependency
-    fwd = dep.forward_pass(eps, obs.unsqueeze(-2), hidden=None if hidden is None else hidden.unsqueeze(-2))
-    log_q = Gaussian(mu.unsqueeze(-2), sigma.unsqueeze(-2)).log_prob(eps).sum(-1)
-    log_w = fwd.log_lik + dep.log_prior(eps) - log_q
-    return log_w if hidden is None else (log_w, fwd.hidden_log_lik)
 
 
 @contextmanager

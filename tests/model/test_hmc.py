@@ -12,8 +12,8 @@ from hhvaem.model.hmc import (
     ChainNoise,
     HMCState,
     StepNoise,
+    build_transition,
     hmc_chain,
-    hmc_step,
     init_state,
     kinetic_energy,
     leapfrog,
@@ -61,7 +61,7 @@ def test_chain_samples_correlated_gaussian():
     x0 = MEAN + 3.0 * torch.randn(n_chains, 3, generator=gen, dtype=DT)  # dispersed start
     target = gaussian_target(MEAN, PREC)
     step_sizes = torch.full((t_steps, 3), 0.15, dtype=DT)
-    state, info = hmc_chain(init_state(x0, target), target, step_sizes, 10, generator=gen)
+    state, info = hmc_chain(init_state(x0, target), build_transition(target, 10), step_sizes, generator=gen)
     x = state.position
     assert x.shape == (n_chains, 3)
     assert torch.all(info.acceptance_rate > 0) and torch.all(info.acceptance_rate <= 1)
@@ -83,7 +83,9 @@ def test_chain_with_bad_step_sizes_does_not_mix():
     gen = torch.Generator().manual_seed(0)
     x0 = MEAN + 3.0 * torch.randn(2000, 3, generator=gen, dtype=DT)
     target = gaussian_target(MEAN, PREC)
-    state, _ = hmc_chain(init_state(x0, target), target, torch.full((5, 3), 1e-3, dtype=DT), 3, generator=gen)
+    state, _ = hmc_chain(
+        init_state(x0, target), build_transition(target, 3), torch.full((5, 3), 1e-3, dtype=DT), generator=gen
+    )
     assert not torch.allclose(torch.cov(state.position.T), COV, atol=0.2)
 
 
@@ -193,7 +195,9 @@ def test_chain_counts_divergences_and_survives_them():
     target = gaussian_target(torch.zeros(1, dtype=DT), torch.eye(1, dtype=DT))
     x0 = torch.randn(50, 1, generator=gen, dtype=DT)
     # step 10 on a unit harmonic oscillator is unstable: energy explodes within 10 leapfrog steps
-    state, info = hmc_chain(init_state(x0, target), target, torch.full((4, 1), 10.0, dtype=DT), 10, generator=gen)
+    state, info = hmc_chain(
+        init_state(x0, target), build_transition(target, 10), torch.full((4, 1), 10.0, dtype=DT), generator=gen
+    )
     assert torch.all(info.divergences == 4)
     assert torch.all(info.accepted == 0)
     torch.testing.assert_close(state.position, x0)
@@ -207,7 +211,9 @@ def test_chain_rejects_proposals_where_target_is_nan():
 
     gen = torch.Generator().manual_seed(4)
     x0 = 0.3 * torch.randn(200, 3, generator=gen, dtype=DT)
-    state, info = hmc_chain(init_state(x0, walled), walled, torch.full((10, 3), 0.3, dtype=DT), 5, generator=gen)
+    state, info = hmc_chain(
+        init_state(x0, walled), build_transition(walled, 5), torch.full((10, 3), 0.3, dtype=DT), generator=gen
+    )
     assert torch.isfinite(state.position).all() and torch.isfinite(state.logp).all()
     assert torch.isfinite(state.grad).all()
     assert (state.position.abs() <= 1.0).all()
@@ -228,16 +234,18 @@ def test_explicit_noise_makes_chain_deterministic_and_matches_generator():
     log_u = torch.log(torch.rand((t_steps, *shape[:-1]), generator=gen, dtype=DT))
 
     torch.manual_seed(100)
-    a, ia = hmc_chain(init_state(x0, target), target, steps, 4, noise=ChainNoise(noise, log_u))
+    a, ia = hmc_chain(init_state(x0, target), build_transition(target, 4), steps, noise=ChainNoise(noise, log_u))
     torch.manual_seed(200)
-    b, ib = hmc_chain(init_state(x0, target), target, steps, 4, noise=ChainNoise(noise, log_u))
+    b, ib = hmc_chain(init_state(x0, target), build_transition(target, 4), steps, noise=ChainNoise(noise, log_u))
     for u, v in zip(a + ia, b + ib):
         assert torch.equal(u, v)
     # the same noise drawn by the chain itself from an identically seeded generator
-    c, _ = hmc_chain(init_state(x0, target), target, steps, 4, generator=torch.Generator().manual_seed(6))
+    c, _ = hmc_chain(
+        init_state(x0, target), build_transition(target, 4), steps, generator=torch.Generator().manual_seed(6)
+    )
     assert torch.equal(a.position, c.position)
     # and different noise gives a different result
-    d, _ = hmc_chain(init_state(x0, target), target, steps, 4, noise=ChainNoise(-noise, log_u))
+    d, _ = hmc_chain(init_state(x0, target), build_transition(target, 4), steps, noise=ChainNoise(-noise, log_u))
     assert not torch.allclose(a.position, d.position)
 
 
@@ -247,8 +255,8 @@ def test_step_uses_given_momentum_noise_scaled_by_mass():
     noise = torch.tensor([[1.0, -2.0]], dtype=DT)
     inv_mass = torch.tensor([4.0, 0.25], dtype=DT)
     step = torch.tensor([0.1, 0.2], dtype=DT)
-    new, (prob, acc, div, de) = hmc_step(
-        state, target, step, 3, StepNoise(noise, torch.zeros(1, dtype=DT) - 50), inv_mass
+    new, (prob, acc, div, de) = build_transition(target, 3)(
+        state, step, StepNoise(noise, torch.zeros(1, dtype=DT) - 50), inv_mass
     )
     momentum = noise / inv_mass.sqrt()
     ref, p_end = leapfrog(state, momentum, step, 3, inv_mass, target)
@@ -276,7 +284,9 @@ def test_chain_with_per_row_inverse_mass_targets_each_row():
     x0 = mean + 3.0 * sd * torch.randn(2, n_chains, 1, generator=gen, dtype=DT)
     # varied step sizes (trajectory length 1-2.5, in units of each row's scale) avoid periodic orbits
     steps = torch.linspace(0.2, 0.5, t_steps, dtype=DT)[torch.randperm(t_steps, generator=gen)].unsqueeze(-1)
-    state, info = hmc_chain(init_state(x0, target), target, steps, 5, inv_mass=inv_mass, generator=gen)
+    state, info = hmc_chain(
+        init_state(x0, target), build_transition(target, 5), steps, inv_mass=inv_mass, generator=gen
+    )
     x = state.position[..., 0]
     assert x.shape == (2, n_chains)
     assert info.acceptance_rate.mean() > 0.7
@@ -285,7 +295,7 @@ def test_chain_with_per_row_inverse_mass_targets_each_row():
     torch.testing.assert_close(x.std(1), sd.flatten(), rtol=0.08, atol=0)
 
     # without the mass matrix the same step size is unstable on the narrow row and it never mixes
-    state2, info2 = hmc_chain(init_state(x0, target), target, steps, 5, generator=gen)
+    state2, info2 = hmc_chain(init_state(x0, target), build_transition(target, 5), steps, generator=gen)
     assert info2.acceptance_rate[0].mean() < 0.05
     assert state2.position[0, :, 0].std() > 2 * 0.1
 
@@ -295,7 +305,10 @@ def test_chain_info_shapes_over_two_batch_axes(n_leapfrog):
     target = quartic_target
     x0 = torch.zeros(3, 4, 2, dtype=DT)
     state, info = hmc_chain(
-        init_state(x0, target), target, torch.full((5, 2), 0.3, dtype=DT), n_leapfrog, generator=torch.Generator()
+        init_state(x0, target),
+        build_transition(target, n_leapfrog),
+        torch.full((5, 2), 0.3, dtype=DT),
+        generator=torch.Generator(),
     )
     assert state.position.shape == (3, 4, 2) and state.logp.shape == (3, 4)
     for f in info:

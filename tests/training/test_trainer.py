@@ -51,7 +51,7 @@ def test_a_short_run_reports_every_stage_and_frees_the_compiled_sampler():
     )
     assert ("marginal", 4, 4) in seen and ("vi", 6, 6) in seen and ("hmc", 3, 3) in seen
     assert 0 < history["hmc"]["acceptance_rate"] <= 1 and history["hmc"]["inflation"] > 0
-    assert model.transition_for(None) is None  # inference runs eager after training
+    assert not model.sampler_compiled  # inference runs eager after training
 
 
 def test_transition_plumbing_matches_the_default_sampler():
@@ -69,7 +69,7 @@ def test_transition_plumbing_matches_the_default_sampler():
     )
     noise = PosteriorNoise.draw(model, 5, 4, torch.Generator().manual_seed(2), like=obs.z)
     a = sample_posterior(model, obs, noise)
-    model._compiled_transition = model._transition  # the same function, minus torch.compile
+    model._compiled_transition = model._observed_transition  # the same function, minus torch.compile
     b = sample_posterior(model, obs, noise)
     for u, v in zip(a.state, b.state):
         assert torch.equal(u, v)
