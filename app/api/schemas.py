@@ -31,6 +31,12 @@ MODEL_NAME = NAME_PATTERN.pattern
 # A batch job id: what `new_job_id` makes (32 lowercase hex characters).
 JOB_ID = r"^[0-9a-f]{32}$"
 ROW_EXAMPLE = {"age": 59, "sex": 2, "bmi": 32.1, "blood_pressure": 101, "ldl": None}
+SEED_DESCRIPTION = (
+    "Seed of the sampler's random draws (docs/how-to/reproducible-answers.md). Default: one per row, derived from the "
+    "model version's artifact checksum, `samples` and the row's values as the model encodes them, so the same "
+    "request to the same model version returns the same numbers, alone or batched with others. Another seed gives "
+    "an independent set of draws."
+)
 
 
 class _Strict(BaseModel):
@@ -45,7 +51,7 @@ class RowsRequest(_Strict):
     quantiles: list[FiniteFloat] = Field(
         [0.05, 0.5, 0.95], min_length=1, max_length=99, description="Quantiles in (0, 1) to report."
     )
-    seed: int | None = Field(None, ge=0, description="Makes the answer reproducible.")
+    seed: int | None = Field(None, ge=0, description=SEED_DESCRIPTION)
     return_samples: bool = Field(False, description="Also return the raw predictive draws.")
 
 
@@ -64,8 +70,10 @@ class NextFeaturesRequest(_Strict):
     max_uncertainty: FiniteFloat | None = Field(
         None, ge=0, description="Stopping hint: prediction std/entropy below this."
     )
-    samples: int | None = Field(None, ge=2)
-    seed: int | None = Field(None, ge=0)
+    samples: int | None = Field(
+        None, ge=2, description="Posterior samples per row (default: the service's `HHVAEM_DEFAULT_SAMPLES`)."
+    )
+    seed: int | None = Field(None, ge=0, description=SEED_DESCRIPTION)
 
 
 class ColumnSummary(BaseModel):

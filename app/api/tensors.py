@@ -145,7 +145,9 @@ class ModelTensors:
     def _row(self, values: np.ndarray, i: int, errors: list[str]) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for j, col in enumerate(self.features):
-            v = float(values[j])
+            # The shortest decimal that is this float32 (32.1, not 32.099998...): what the client meant, and the row
+            # that v1 gets for the same value, so the two protocols encode, seed and answer it alike.
+            v = float(str(values[j]))
             if math.isnan(v):
                 continue
             if col.is_discrete:

@@ -8,8 +8,8 @@
   Ray Data's `read_parquet` is not used: it numbers no rows (the input's row identity is needed for the results,
   the seeds and resumption), and its blocks are not the fixed ranges that make results independent of the cluster.
 * **Scoring**: an actor pool (`ActorPoolStrategy`, one CPU each); every actor loads the artifact once and keeps
-  its ONNX Runtime sessions for all the partitions it is given. Each partition is scored by `score_frame`, seeded
-  by its first row, so the numbers are those of the in-process scorer with the same seed, row by row.
+  its ONNX Runtime sessions for all the partitions it is given. Each partition is scored by `score_frame`, each row
+  from its own seed, so the numbers are those of the in-process scorer with the same seed, row by row.
 * **Output**: `write_parquet` into the output directory, every row with its `row` number and `error` (a bad row is
   reported there and in the errors, never sinks its partition).
 * **Failures**: a killed worker is restarted and its partition retried by Ray (bounded: `max_retries`); a partition

@@ -1,9 +1,9 @@
 """The inference engine over an exported artifact: impute, predict, next features.
 
 Requests (query objects, `app.engine.queries`) are validated against the artifact's schema, encoded to the
-normalised scale, given their own noise (from the request's seed, shaped by the graph contract), and run through
-the exported sampler graph; many requests can share one graph call (`run`), which is how the service batches
-concurrent requests. Results come back in the user's units and categories.
+normalised scale, given their own noise (each row from its own seed: `app.engine.seeds`; shaped by the graph
+contract), and run through the exported sampler graph; many requests can share one graph call (`run`), which is
+how the service batches concurrent requests. Results come back in the user's units and categories.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from hhvaem.app.engine.backends import Backend, OnnxBackend, TorchBackend
 from hhvaem.app.engine.errors import FieldError, InputError
 from hhvaem.app.engine.queries import ImputeQuery, NextFeaturesQuery, PredictQuery
+from hhvaem.app.engine.seeds import row_seeds
 from hhvaem.model.io.artifact import ArtifactError, manifest_checksum, read_manifest
 from hhvaem.model.io.contract import ContractError, Dims, draw_noise, graph_for, graphs_from_manifest
 from hhvaem.model.preprocessing import EncodingError, Preprocessor, is_missing
@@ -29,19 +30,29 @@ QUANTILE_DRAWS = 1000
 # A graph call runs at most this many chains (rows x samples); larger batches are split. Cost per chain is lowest
 # between ~1,000 and ~3,000 chains on one core (docs/performance.md), and it bounds memory (~13 KiB per chain).
 CHAINS_PER_CALL = 2048
+# Every graph call ends with guard rows of at least this many chains (zeros, answers dropped). ONNX Runtime's CPU
+# kernels compute the last few elements of a tensor (its vector tail) on another code path, which rounds
+# differently; the guard rows hold that tail, so no real row's numbers depend on whether it came last in a call.
+GUARD_CHAINS = 64
 Query = ImputeQuery | PredictQuery | NextFeaturesQuery
 
 
 @dataclass
 class Prepared:
-    """One request's encoded rows and noise, ready to share a sampler call with others."""
+    """One request's encoded rows and noise, ready to share a sampler call with others. `seeds`: one per row
+    (`Engine.prepare`); the row's noise is drawn from its seed, every other draw of its answer from `rng`."""
 
     feeds: dict[str, np.ndarray]
     rows: int
     samples: int
     finish: Callable[[dict[str, np.ndarray]], Any]
-    rng: np.random.Generator = field(repr=False, default_factory=np.random.default_rng)
+    seeds: list[int] = field(repr=False, default_factory=list)
     graph: str = "conditional"  # the graph that answers it (`contract.graph_for`)
+
+    def rng(self, row: int, *stream: int) -> np.random.Generator:
+        """Row `row`'s generator for the draws named `stream` (e.g. a column's): independent of the row's noise and
+        of its other streams, so what one figure draws does not move another."""
+        return np.random.default_rng(np.random.SeedSequence(self.seeds[row], spawn_key=stream))
 
 
 class Engine:
@@ -136,24 +147,32 @@ class Engine:
         names = [c.name for c in self.schema.columns]
         return ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
 
-    def noise(self, rows: int, samples: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """The graph's noise inputs for `rows` x `samples`, as the contract shapes them."""
+    def noise(self, rows: int, samples: int, rng) -> dict[str, np.ndarray]:
+        """The graph's noise inputs for `rows` x `samples`, as the contract shapes them (`rng`: one generator, or
+        one per row)."""
         return draw_noise(self.graph, self.dims, rows, samples, rng)
 
     def prepare(
         self, rows, samples: int | None, seed: int | None, finish, strict: bool = True, needs: frozenset = frozenset()
     ) -> Prepared:
         """Encodes `rows` and draws their noise; `finish(prepared, outputs by name)` makes the answer.
-        `needs`: graph outputs the answer reads beyond features, target and acceptance."""
+        `needs`: graph outputs the answer reads beyond features, target and acceptance. Each row has a seed of its
+        own, from the model (or `seed`, when given), the sample count and the encoded row (`app.engine.seeds`)."""
         samples = self._check_samples(samples)
         x, mx, y, my = self.encode_rows(rows, strict)
-        rng = np.random.default_rng(seed)
-        prepared = Prepared(self.feeds(x, mx, y, my, samples, rng), len(x), samples, finish, rng)
+        seeds = row_seeds(self.seed_source(seed), {"samples": samples}, x, mx, y, my)
+        rngs = [np.random.default_rng(s) for s in seeds]
+        prepared = Prepared(self.feeds(x, mx, y, my, samples, rngs), len(x), samples, finish, seeds)
         prepared.graph = graph_for(bool(my.any()), set(needs))
         prepared.finish = lambda outputs: finish(prepared, outputs)
         return prepared
 
-    def feeds(self, x, mask, y, y_mask, samples: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def seed_source(self, seed: int | None) -> dict[str, Any]:
+        """What a row's seed starts from: the caller's `seed`, or else the model's identity (its artifact checksum:
+        the same for every registered version of one artifact, different for any other)."""
+        return {"model": self.checksum} if seed is None else {"seed": seed}
+
+    def feeds(self, x, mask, y, y_mask, samples: int, rng) -> dict[str, np.ndarray]:
         """Every graph input for encoded rows (the normalised scale, float32) and `samples` samples per row."""
         return {"x": x, "mask": mask, "y": y, "y_mask": y_mask, **self.noise(len(x), samples, rng)}
 
@@ -187,14 +206,16 @@ class Engine:
 
     def run_graph(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`graph` on `feeds` (at least its inputs); its outputs by name. Calls of more than CHAINS_PER_CALL chains
-        run as several calls of whole rows."""
+        run as several calls of whole rows, each ending with guard rows (`GUARD_CHAINS`)."""
         spec = self.graphs[graph]
         rows, samples = feeds["x"].shape[0], feeds["eps_noise"].shape[1]
         step = max(1, self.chains_per_call // samples)
+        guard = -(-GUARD_CHAINS // samples)
         parts = []
         for start in range(0, rows, step):
-            part = {t.name: _rows(feeds[t.name], self._rows_axis[t.name], start, step) for t in spec.inputs}
-            parts.append(spec.named(self.backends[graph].run(part)))
+            part = {t.name: _guarded(feeds[t.name], t.rows_axis, start, step, guard) for t in spec.inputs}
+            n = min(step, rows - start)
+            parts.append({k: _rows(v, 0, 0, n) for k, v in spec.named(self.backends[graph].run(part)).items()})
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -257,3 +278,11 @@ class Engine:
 
 def _rows(a: np.ndarray, axis: int, start: int, n: int) -> np.ndarray:
     return a[start : start + n] if axis == 0 else a[:, start : start + n]
+
+
+def _guarded(a: np.ndarray, axis: int, start: int, n: int, guard: int) -> np.ndarray:
+    """Rows `start`..`start + n` of `a` along `axis`, then `guard` rows of zeros (an empty row, zero noise)."""
+    part = _rows(a, axis, start, n)
+    shape = list(part.shape)
+    shape[axis] = guard
+    return np.concatenate([part, np.zeros(shape, part.dtype)], axis=axis)

@@ -4,10 +4,10 @@ No Ray here (numpy, pandas, pyarrow): `app/engine/distributed.py` runs the parti
 plans them, reads one, turns one's scored frame into Arrow with the output's fixed schema, and tells which
 partitions an output directory already holds.
 
-Why fixed row ranges rather than whatever blocks a reader produces: a partition's rows are scored by `score_frame`
-with the seed `seed + <its first row>`, so partition k's numbers are those of rows `k*P ..` scored in one process
-with the same seed (P a multiple of `chunk_rows`: the chunks, and so their seeds, coincide), whatever the cluster's
-size or the order in which workers take partitions. The same ranges name the partitions a rerun skips and the ones
+Why fixed row ranges rather than whatever blocks a reader produces: every row is scored from its own seed (the
+job's seed and the row's content, `app.engine.seeds`), so a row's numbers are those it gets scored in one process,
+whatever the partition or chunk it falls in, the cluster's size or the order in which workers take partitions; the
+fixed ranges make resumption and reports exact. The same ranges name the partitions a rerun skips and the ones
 a failure report lists. Every result row carries `row`, its 1-based data row number in the whole input (files in
 sorted order), so the input's row identity survives the shuffle of partitions across files and workers.
 """
@@ -213,8 +213,8 @@ def output_schema(
 def score_partition(
     engine: Engine, table: pa.Table, schema: pa.Schema, options: dict[str, Any]
 ) -> tuple[pa.Table, list[dict]]:
-    """Scores one whole partition (`table`: `row` first, consecutive rows) with `score_frame`, seeded by its first
-    row; (the result in `schema`, its errors with the whole input's row numbers)."""
+    """Scores one whole partition (`table`: `row` first, consecutive rows) with `score_frame` (each row seeded by
+    the job's seed and its own content); (the result in `schema`, its errors with the whole input's row numbers)."""
     rows = table.column(ROW).to_numpy()
     first = int(rows[0]) - 1
     if not np.array_equal(rows, np.arange(first + 1, first + 1 + len(rows))):
@@ -226,7 +226,7 @@ def score_partition(
         options["operation"],
         options.get("samples"),
         options["chunk_rows"],
-        int(options.get("seed", 0)) + first,
+        int(options.get("seed", 0)),
         imputations=options.get("imputations"),
     )
     errors = [{**e, "row": e["row"] + first} for e in errors if e["row"] is not None]

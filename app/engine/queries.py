@@ -2,6 +2,9 @@
 
 Each query knows how to prepare itself on an engine (encode its rows, draw its noise) and how to turn the sampler
 graph's named outputs into its answer, in the user's units. The engine runs many prepared queries in one graph call.
+Every draw a row's answer makes comes from the row's own streams (`Prepared.rng(row, kind, column)`), so the answer
+depends on the row, the model, the sample count and the seed only: not on the rows beside it, in the request or in
+the sampler call, nor on which other figures were asked for.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
     from hhvaem.app.engine.engine import Engine, Prepared
 
 DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
+# The kinds of a row's draw streams (`Prepared.rng`), each keyed further by the schema column it draws for.
+SUMMARY, GAIN, IMPUTATION = 0, 1, 2
 METHODS = ("mixture", "histogram")
 Row = Mapping[str, Any]
 
@@ -69,18 +74,6 @@ class ImputeQuery:
             [np.pad(features, [*pad, (0, w - features.shape[-1])]), np.pad(target, [*pad, (0, w - target.shape[-1])])],
             axis=2,
         )
-        summaries = {  # only for columns with a hole in some row
-            c.name: summarise(
-                ColumnPredictive(c, params[:, :, j]),
-                engine.preprocessor,
-                prep.rng,
-                quantiles,
-                engine.draws_per_sample(prep.samples),
-                self.return_samples,
-            )
-            for j, c in enumerate(schema.columns)
-            if not mask[:, j].all()
-        }
         rows = []
         for i, row in enumerate(self.rows):
             completed, imputed = {}, {}
@@ -88,7 +81,7 @@ class ImputeQuery:
                 if mask[i, j]:
                     completed[c.name] = row[c.name]
                 else:
-                    imputed[c.name] = summaries[c.name][i]
+                    imputed[c.name] = _summary(engine, prep, i, j, c, params[i, :, j], quantiles, self.return_samples)
                     completed[c.name] = point_value(c, imputed[c.name])
             rows.append({"values": completed, "imputed": imputed, "acceptance_rate": float(out["acceptance"][i])})
         return rows
@@ -125,18 +118,19 @@ class MultipleImputeQuery:
         observed = np.concatenate([prep.feeds["mask"], prep.feeds["y_mask"]], axis=1) > 0
         features, target = out["features"][:, :m], out["target"][:, :m]
         n_features = len(engine.schema.features)
-        draws = {}  # column -> [B, M] values in the user's units, only for columns with a hole in some row
-        for j, col in enumerate(engine.schema.columns):
-            if observed[:, j].all():
-                continue
-            natural = features[:, :, j] if j < n_features else target[:, :, j - n_features]
-            drawn = col.family.sample(col.family.component_params(natural, col.n_categories), prep.rng)
-            if col.is_discrete:
-                draws[col.name] = np.asarray(col.categories, dtype=object)[drawn.astype(int)]
-            else:
-                draws[col.name] = engine.preprocessor.to_original(col, drawn)
         answer = []
         for i, row in enumerate(self.rows):
+            draws = {}  # column -> [M] values in the user's units, for the row's holes
+            for j, col in enumerate(engine.schema.columns):
+                if observed[i, j]:
+                    continue
+                natural = features[i : i + 1, :, j] if j < n_features else target[i : i + 1, :, j - n_features]
+                params = col.family.component_params(natural, col.n_categories)
+                drawn = col.family.sample(params, prep.rng(i, IMPUTATION, j))[0]
+                if col.is_discrete:
+                    draws[col.name] = np.asarray(col.categories, dtype=object)[drawn.astype(int)]
+                else:
+                    draws[col.name] = engine.preprocessor.to_original(col, drawn)
             completed = []
             for k in range(m):
                 values = {}
@@ -144,7 +138,7 @@ class MultipleImputeQuery:
                     if observed[i, j]:
                         values[col.name] = row[col.name]
                     else:
-                        v = draws[col.name][i, k]
+                        v = draws[col.name][k]
                         values[col.name] = v if col.is_discrete else col.family.to_json(v)
                 completed.append(values)
             answer.append(completed)
@@ -185,19 +179,16 @@ class PredictQuery:
         return engine.prepare(self.rows, self.samples, self.seed, finish, self.strict, self.extra_outputs)
 
     def finish(self, engine: Engine, prep: Prepared, out: dict[str, np.ndarray], quantiles) -> list[dict[str, Any]]:
-        per_target = {
-            c.name: summarise(
-                ColumnPredictive(c, out["target"][:, :, j]),
-                engine.preprocessor,
-                prep.rng,
-                quantiles,
-                engine.draws_per_sample(prep.samples),
-                self.return_samples,
-            )
-            for j, c in enumerate(engine.schema.targets)
-        }
+        first = len(engine.schema.features)  # the targets' place among the schema's columns
+        samples = self.return_samples
         return [
-            {"targets": {n: s[i] for n, s in per_target.items()}, "acceptance_rate": float(out["acceptance"][i])}
+            {
+                "targets": {
+                    c.name: _summary(engine, prep, i, first + t, c, out["target"][i, :, t], quantiles, samples)
+                    for t, c in enumerate(engine.schema.targets)
+                },
+                "acceptance_rate": float(out["acceptance"][i]),
+            }
             for i in range(prep.rows)
         ]
 
@@ -248,30 +239,31 @@ class NextFeaturesQuery:
     def finish(self, engine: Engine, prep: Prepared, out, tcol, pool, quantiles) -> dict[str, Any]:
         ti = engine.target_index[tcol.name]
         y_pred = ColumnPredictive(tcol, out["target"][:, :, ti])
-        gains = self.gains(engine, out, tcol, ti, pool, prep.rng)
+        gains = self.gains(engine, out, tcol, ti, pool, lambda j: prep.rng(0, GAIN, j))
         costs = {k: float(v) for k, v in (self.costs or {}).items()} or None
         ranking = rank_features({k: g.value for k, g in gains.items()}, costs, self.top_k)
         unc = uncertainty(y_pred, engine.preprocessor, 0)
         advice = stopping_advice(ranking[0].gain if ranking else None, unc, self.min_gain, self.max_uncertainty)
-        draws = engine.draws_per_sample(prep.samples)
+        first = len(engine.schema.features)
         return {
             "target": tcol.name,
             "method": self.method,
             "ranking": [{**vars(r), "gain_se": _finite(gains[r.feature].se)} for r in ranking],
             "tie": tie(ranking, gains),
-            "prediction": summarise(y_pred, engine.preprocessor, prep.rng, quantiles, draws, False)[0],
+            "prediction": _summary(engine, prep, 0, first + ti, tcol, out["target"][0, :, ti], quantiles, False),
             "uncertainty": unc,
             "stop": {"stop": advice.stop, "reason": advice.reason},
             "acceptance_rate": float(out["acceptance"][0]),
         }
 
-    def gains(self, engine: Engine, out, tcol, ti: int, pool, rng) -> dict[str, Gain]:
+    def gains(self, engine: Engine, out, tcol, ti: int, pool, rng_for) -> dict[str, Gain]:
         """I(y; x_i | x_O) for each candidate, on the joint the model implies: component k pairs p_k(x_i) with the
         target's p(y | eps_k, x_i = its sampled value) (the graph's `target_given`); for a feature the model reads
         directly (a category, no code), p_k(x_i) is the point mass at the value drawn (`draws`). Every
         candidate is scored on the same K posterior samples (common random numbers), so differences between
         candidates carry less noise than the gains themselves; the mixture estimator reports each gain's Monte
-        Carlo standard error, the histogram baseline none (inf)."""
+        Carlo standard error, the histogram baseline none (inf). `rng_for(j)`: candidate j's generator, so a
+        candidate's gain does not depend on which others are ranked with it."""
         gains = {}
         draws = out.get("draws")
         for name in pool:
@@ -282,6 +274,7 @@ class NextFeaturesQuery:
             else:
                 x_mix = ColumnPredictive(col, out["features"][:, :, j]).mixture(0)
             y_mix = ColumnPredictive(tcol, out["target_given"][:, :, j, ti]).mixture(0)
+            rng = rng_for(j)
             if self.method == "mixture":
                 gains[name] = mixture_gain(x_mix, y_mix, rng)
             else:  # the paper's estimator: a 2-d histogram of one joint draw per posterior sample
@@ -308,6 +301,14 @@ def tie(ranking, gains: dict[str, Gain]) -> dict[str, Any]:
         "difference": float(diff),
         "difference_se": _finite(se),
     }
+
+
+def _summary(engine: Engine, prep: Prepared, row: int, j: int, col, params: np.ndarray, quantiles, samples: bool):
+    """Row `row`'s predictive summary of schema column `j` (`col`, natural params [K, W]), from the row's own stream
+    for that column."""
+    rng = prep.rng(row, SUMMARY, j)
+    draws = engine.draws_per_sample(prep.samples)
+    return summarise(ColumnPredictive(col, params[None]), engine.preprocessor, rng, quantiles, draws, samples)[0]
 
 
 def _finite(x: float) -> float | None:

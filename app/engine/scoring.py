@@ -136,12 +136,12 @@ def score_frame(
             index = [start + i for i in good]
             prepared = []
             if imputations is not None:
-                prepared.append(MultipleImputeQuery(rows, imputations, samples, seed + start, False).prepare(engine))
+                prepared.append(MultipleImputeQuery(rows, imputations, samples, seed, False).prepare(engine))
             elif operation in ("impute", "both"):
-                prepared.append(ImputeQuery(rows, samples, seed=seed + start, strict=False).prepare(engine))
+                prepared.append(ImputeQuery(rows, samples, seed=seed, strict=False).prepare(engine))
             if operation in ("predict", "both"):  # a target column passes through; the prediction never reads it
                 unknown = [{k: v for k, v in r.items() if k not in targets} for r in rows]
-                prepared.append(PredictQuery(unknown, samples, seed=seed + start, strict=False).prepare(engine))
+                prepared.append(PredictQuery(unknown, samples, seed=seed, strict=False).prepare(engine))
             results = engine.run(prepared)
             if imputations is not None:
                 _write_draws(tables, index, results[0])

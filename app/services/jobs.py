@@ -420,8 +420,8 @@ class BatchRunner:
 
 def _score_chunk(engine: Any, operation: str, df: Any, start: int, rows: int, params: dict, part: Path):
     """Scores rows `start`..`start + rows` into `part`.csv (the rows) and `part`.json (rejected rows, errors);
-    (rows rejected, errors) with data row numbers of the whole table. The chunk's seed is the job's plus its first
-    row, so a resumed job scores each chunk exactly as the first attempt would have."""
+    (rows rejected, errors) with data row numbers of the whole table. Each row's seed comes from the job's and the
+    row itself (`app.engine.seeds`), so a resumed job scores each chunk exactly as the first attempt would have."""
     options = {k: v for k, v in params.items() if k not in BASE_PARAMETERS}
     out, errors = score_frame(
         engine,
@@ -429,7 +429,7 @@ def _score_chunk(engine: Any, operation: str, df: Any, start: int, rows: int, pa
         operation,
         params.get("samples"),
         rows,
-        int(params.get("seed", 0)) + start,
+        int(params.get("seed", 0)),
         **options,
     )
     errors = [

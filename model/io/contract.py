@@ -202,10 +202,17 @@ _DRAW = {
 
 
 def draw_noise(
-    graph: GraphSpec, dims: Dims, rows: int, samples: int, rng: np.random.Generator
+    graph: GraphSpec, dims: Dims, rows: int, samples: int, rng: np.random.Generator | Sequence[np.random.Generator]
 ) -> dict[str, np.ndarray]:
-    """Every noise input of `graph` for `rows` x `samples`, float32, from `rng` (in the graph's input order)."""
-    return {t.name: _DRAW[t.noise](rng, dims.shape(t, rows, samples)) for t in graph.noise_inputs}
+    """Every noise input of `graph` for `rows` x `samples`, float32, in the graph's input order: from `rng`, or, given
+    one generator per row, row i's from `rng[i]` alone, so that a row's noise does not depend on the rows beside it
+    (what keeps an answer the same whatever it is batched with)."""
+    if isinstance(rng, np.random.Generator):
+        return {t.name: _DRAW[t.noise](rng, dims.shape(t, rows, samples)) for t in graph.noise_inputs}
+    if len(rng) != rows:
+        raise ValueError(f"{len(rng)} generators for {rows} rows")
+    per_row = [draw_noise(graph, dims, 1, samples, r) for r in rng]
+    return {t.name: np.concatenate([d[t.name] for d in per_row], axis=t.rows_axis) for t in graph.noise_inputs}
 
 
 def graphs_from_manifest(manifest: Mapping[str, Any]) -> dict[str, GraphSpec]:

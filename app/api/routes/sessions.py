@@ -13,6 +13,7 @@ from hhvaem.app.api.deps import Inferrer, Principal, State, check_samples, resol
 from hhvaem.app.api.json_body import StrictJSONRoute
 from hhvaem.app.api.problems import Problem, field_error, not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import (
+    SEED_DESCRIPTION,
     SESSION_LINKS,
     CreateSessionRequest,
     NextFeaturesResponse,
@@ -188,7 +189,7 @@ async def session_next_features(
     min_gain: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 0.01,
     max_uncertainty: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
     samples: Annotated[int | None, Query(ge=2)] = None,
-    seed: Annotated[int | None, Query(ge=0)] = None,
+    seed: Annotated[int | None, Query(ge=0, description=SEED_DESCRIPTION)] = None,
 ):
     samples = check_samples(state.settings, samples)
     s = await _session(state, session_id, caller)
@@ -218,7 +219,7 @@ async def session_prediction(
     state: State,
     caller: Inferrer,
     samples: Annotated[int | None, Query(ge=2)] = None,
-    seed: Annotated[int | None, Query(ge=0)] = None,
+    seed: Annotated[int | None, Query(ge=0, description=SEED_DESCRIPTION)] = None,
 ):
     samples = check_samples(state.settings, samples)
     s = await _session(state, session_id, caller)

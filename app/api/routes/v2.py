@@ -32,7 +32,7 @@ from hhvaem.app.api.oip import (
 )
 from hhvaem.app.api.problems import Problem, validation_errors
 from hhvaem.app.api.routes.health import readiness
-from hhvaem.app.api.schemas import MAX_VERSION
+from hhvaem.app.api.schemas import MAX_VERSION, SEED_DESCRIPTION
 from hhvaem.app.api.tensors import OPERATIONS, ModelTensors
 from hhvaem.app.engine import ImputeQuery, InputError, NextFeaturesQuery, PredictQuery
 from hhvaem.app.engine.queries import DEFAULT_QUANTILES
@@ -155,7 +155,7 @@ _PARAMETERS = {
     "properties": {
         "operation": {"type": "string", "enum": list(OPERATIONS)},
         "samples": {"type": "integer"},
-        "seed": {"type": "integer"},
+        "seed": {"type": "integer", "description": SEED_DESCRIPTION},
         "quantiles": {"type": "string", "description": "Comma-separated, each in (0, 1).", "examples": ["0.05,0.5"]},
         "costs": {"type": "string", "description": "next_features: feature:cost,...", "examples": ["bmi:1,ldl:5"]},
         "top_k": {"type": "integer"},

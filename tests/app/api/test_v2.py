@@ -328,20 +328,23 @@ def test_crafted_requests_get_a_400_not_a_500(c):
 def test_a_gain_per_cost_beyond_fp32_is_null_in_json_and_inf_in_binary(c):
     """Issue #22, 3: a cost of 1e-300 made gain / cost overflow FP32 and the JSON encoder fail (500). JSON has no
     infinity: the element is null, as v1 answers; binary output carries the IEEE value."""
+    plain = {"row": {"age": 59}, "samples": SAMPLES, "seed": 0}
+    best = c.post(f"/v1/models/{MODEL}/next-features", json=plain).json()["ranking"][0]
+    assert best["gain"] > 0  # the cheap feature must carry some gain for its ratio to overflow
+    cheap = best["feature"]
     body = {
-        "parameters": {"operation": "next_features", "samples": SAMPLES, "seed": 0, "costs": "bmi:1e-300"},
+        "parameters": {"operation": "next_features", "samples": SAMPLES, "seed": 0, "costs": f"{cheap}:1e-300"},
         "inputs": [{"name": "features", "shape": [1, D], "datatype": "FP32", "data": [59.0] + [None] * (D - 1)}],
     }
     r = c.post(f"/v2/models/{MODEL}/infer", json=body)
     assert r.status_code == 200, r.text
     out = {o["name"]: o for o in valid("inference_response", r.json())["outputs"]}
     ranked, per_cost = out["next_features"]["data"], out["gain_per_cost"]["data"]
-    assert per_cost[ranked.index("bmi")] is None  # its ratio is beyond FP32
+    assert per_cost[ranked.index(cheap)] is None  # its ratio is beyond FP32
     assert all(v is None or math.isfinite(v) for v in per_cost) and sum(v is None for v in per_cost) == 1
-    v1 = c.post(f"/v1/models/{MODEL}/next-features", json={"row": {"age": 59}, "costs": {"bmi": 1e-300},
-                                                          "samples": SAMPLES, "seed": 0})  # fmt: skip
+    v1 = c.post(f"/v1/models/{MODEL}/next-features", json={**plain, "costs": {cheap: 1e-300}})
     assert v1.status_code == 200  # v1 answers in float64: the same ratio, finite there
-    assert next(f for f in v1.json()["ranking"] if f["feature"] == "bmi")["gain_per_cost"] > float(
+    assert next(f for f in v1.json()["ranking"] if f["feature"] == cheap)["gain_per_cost"] > float(
         np.finfo(np.float32).max
     )
     binary = {**body, "parameters": {**body["parameters"], "binary_data_output": True}}
