@@ -4,7 +4,9 @@
 
 1. A fresh copy: `git clone` of this repository's HEAD, or with --working-tree the files `git ls-files` lists
    (tracked and untracked, ignored ones left out) as they are now, for changes not yet committed.
-2. `make .venv/installed` in it: venv, pip, torch's CPU wheel, the package with its extras (the install).
+2. `make .venv/installed` in it: venv, pip, torch's CPU wheel (its index probed first), the package with its `train`
+   extra: the install `make demo` needs (the test tooling, `make test`'s `.venv/installed-dev`, is not timed). Its
+   size on disk, and whether torch's index was unreachable (then pip's own configuration installed torch).
 3. `make demo` with its own data folder (HHVAEM_DATA_DIR) on a free port: seconds until `/healthz` answers 200,
    and until its first line of output (the first run trains the demo model); then it is stopped (SIGINT).
 4. `make demo` again: seconds until `/healthz` (the demo model is reused).
@@ -50,6 +52,12 @@ def fresh_copy(dest: Path, working_tree: bool) -> None:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
+
+
+def size_mb(path: Path) -> float:
+    """Disk usage of a folder, as `du -sk` counts it (blocks, hard links once), in MB."""
+    out = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, check=True).stdout
+    return round(int(out.split()[0]) / 1024, 1)
 
 
 def free_port() -> int:
@@ -126,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         fresh_copy(repo, args.working_tree)
         log("make .venv/installed ...")
         t = time.monotonic()
-        subprocess.run(["make", ".venv/installed"], cwd=repo, check=True, capture_output=True)
+        install = subprocess.run(["make", ".venv/installed"], cwd=repo, check=True, capture_output=True, text=True)
         report["install_seconds"] = round(time.monotonic() - t, 1)
+        report["venv_mb"] = size_mb(repo / ".venv")
+        report["torch_index_unreachable"] = "is unreachable" in install.stderr
         report["load_average_after_install"] = os.getloadavg()
         log("first make demo ...")
         report["first_demo"] = time_demo(repo, data, work / "demo-1.log", args.timeout)
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         report["later_demo"] = time_demo(repo, data, work / "demo-2.log", args.timeout)
         report["later_demo"]["log"] = (work / "demo-2.log").read_text().splitlines()[:10]
     except (subprocess.CalledProcessError, RuntimeError) as e:
-        report["error"] = str(e)[-3000:] + (getattr(e, "stderr", b"") or b"").decode(errors="replace")[-3000:]
+        report["error"] = str(e)[-3000:] + (getattr(e, "stderr", None) or "")[-3000:]  # make's output is text
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -117,42 +117,65 @@ def user_errors():
 
 
 class StageProgress:
-    """Training progress on stderr: on a terminal one rich bar per stage with its loss; anywhere else (a log file,
-    a pipe, `docker logs`) a line at each stage's first step, then one every `every_seconds`, and one at its end."""
+    """Training progress on stderr, with each stage's measured step rate and time left (training/progress.py): on a
+    terminal one rich bar per stage; anywhere else (a log file, a pipe, `docker logs`) a line at each stage's first
+    step, then one every `every_seconds`, and one at its end. Stage 3's one-off compile is announced before it
+    starts, with its expected time, and its actual time is printed after. `stages` ({stage: steps}) lets a line
+    name the stage that comes next."""
 
-    NAMES = {"marginal": "stage 1 marginal VAEs", "vi": "stage 2 dependency VAE", "hmc": "stage 3 VAE + HMC"}
-
-    def __init__(self, prefix: str = "", every_seconds: float = 10.0):
+    def __init__(self, prefix: str = "", every_seconds: float = 10.0, stages: dict[str, int] | None = None):
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from hhvaem.training.progress import LineProgress
+
         self.prefix = prefix
-        self.every_seconds = every_seconds
+        self.lines = LineProgress(None, prefix, every_seconds, stages)
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.3f}"),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[rate]}, {task.fields[eta]}"),
+            console=Console(stderr=True),
             disable=not sys.stderr.isatty(),
         )
         self.tasks: dict[str, int] = {}
-        self.stage_started = self.last_line = time.monotonic()  # a stage starts when the one before it ends
 
     def __call__(self, stage: str, step: int, total: int, loss: float) -> None:
-        first = stage not in self.tasks
-        if first:
-            self.tasks[stage] = self.progress.add_task(f"{self.prefix}{self.NAMES[stage]}", total=total, loss=loss)
-        self.progress.update(self.tasks[stage], completed=step, loss=loss)
-        now = time.monotonic()
-        if self.progress.disable and (first or step == total or now - self.last_line >= self.every_seconds):
-            self.last_line = now
-            what = f"{total} steps" if step == total else f"step {step}/{total}"
-            typer.echo(
-                f"{self.prefix}{self.NAMES[stage]}: {what}, loss {loss:.3f}, {now - self.stage_started:.0f} s",
-                err=True,
-            )
+        from hhvaem.training.progress import STAGE_NAMES, duration
+
+        if self.progress.disable:
+            self.lines(stage, step, total, loss)
+            return
+        clock = self.lines.clock
+        clock.update(stage, step, total)
+        if stage not in self.tasks:
+            name = f"{self.prefix}{STAGE_NAMES[stage]}"
+            self.tasks[stage] = self.progress.add_task(name, total=total, loss=loss, rate="", eta="")
+        left = clock.eta()
+        eta = "done" if step == total else "ETA: measuring" if left is None else f"ETA {duration(left)}"
+        self.progress.update(self.tasks[stage], completed=step, loss=loss, rate=clock.rate_text(), eta=eta)
         if step == total:
-            self.stage_started = now
+            clock.end_stage()
+
+    def compiling(self, expected: str) -> None:
+        self._notice(self.lines.compiling, expected)
+
+    def compiled(self, seconds: float) -> None:
+        self._notice(self.lines.compiled, seconds)
+
+    def _notice(self, event, value) -> None:
+        if self.progress.disable:
+            event(value)
+            return
+        stream = self.lines.stream
+        self.lines.stream = _ConsoleLines(self.progress.console)  # printed above the bars
+        try:
+            event(value)
+        finally:
+            self.lines.stream = stream
 
     def __enter__(self):
         self.progress.__enter__()
@@ -160,6 +183,20 @@ class StageProgress:
 
     def __exit__(self, *exc):
         self.progress.__exit__(*exc)
+
+
+class _ConsoleLines:
+    """A text stream onto a rich console (lines printed while its progress bars stay at the bottom)."""
+
+    def __init__(self, console):
+        self.console = console
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self.console.print(text.rstrip("\n"), highlight=False, markup=False)
+
+    def flush(self) -> None:
+        pass
 
 
 def free_cores() -> int:
@@ -238,26 +275,34 @@ def _load(
     )
 
 
-def _plan(df, sch, variant: str, steps: int | None, threads: int, compile: bool | None) -> str:
-    """What is about to be trained, in one line: the table as read, the budget, the threads."""
+def _stage_steps(df, sch, variant: str, steps: int | None) -> dict[str, int]:
+    """{stage: steps} that training will run (training/fit.py: planned_steps)."""
+    from hhvaem.training.fit import planned_steps
+
+    return planned_steps(variant, len(df), len(sch.features), steps)
+
+
+def _plan(df, sch, variant: str, steps: int | None, threads: int, compile: bool | None, held_out: int = 0) -> str:
+    """What is about to be trained, in one line: the table as read (`df`: the training rows; `held_out` more rows
+    kept for the quality summary), every stage's steps and their sum, the threads."""
     from collections import Counter
 
-    from hhvaem.model.hhvaem import ModelConfig
-    from hhvaem.training.fit import default_steps
     from hhvaem.training.trainer import StageSteps, TrainConfig
 
     types = Counter(c.type for c in sch.features)
-    total = steps or default_steps(len(df), len(sch.features))
-    stages = StageSteps.from_total(total)
-    hmc = ModelConfig.for_table(variant, len(sch.features), len(df)).uses_hmc
-    compile_note = "; stage 3 starts with a one-off compile (a minute or two)"
-    compiles = hmc and TrainConfig(stages, compile=compile).compiles
+    stages = _stage_steps(df, sch, variant, steps)
+    dependency = stages["vi"] + stages.get("hmc", 0)
+    compiles = "hmc" in stages and TrainConfig(StageSteps(**stages), compile=compile).compiles
+    compile_note = "; stage 3 starts with a one-off compile of the HMC sampler (a minute or more)"
+    source = "from --steps" if steps else "the default for this table; --steps N to change"
+    names = {"marginal": "marginal-VAE", "vi": "VI", "hmc": "HMC"}
+    rows = f"{len(df)} rows" + (f" to train on ({held_out} more held out to measure quality)" if held_out else "")
     return (
-        f"{len(df)} rows, {len(sch.features)} features ({', '.join(f'{n} {t}' for t, n in types.most_common())}), "
-        f"target {', '.join(f'{c.name} ({c.type})' for c in sch.targets)}; {total} steps "
-        f"({stages.marginal} marginal + {stages.vi} VI + {stages.hmc} {'HMC' if hmc else 'more VI'})"
-        f"{' from --steps' if steps else ' (default for this table; --steps N to change)'}, {threads} torch "
-        f"thread{'s' if threads != 1 else ''}{compile_note if compiles else ''}"
+        f"{rows}, {len(sch.features)} features ({', '.join(f'{n} {t}' for t, n in types.most_common())}), "
+        f"target {', '.join(f'{c.name} ({c.type})' for c in sch.targets)}; {sum(stages.values())} steps = "
+        + " + ".join(f"{n} {names[s]}" for s, n in stages.items())
+        + f" ({dependency} dependency-VAE steps, {source}), {threads} torch thread{'s' if threads != 1 else ''}"
+        + (compile_note if compiles else "")
     )
 
 
@@ -283,21 +328,38 @@ def train(
     ignore_extra: IgnoreExtraOpt = False,
     drop: DropOpt = None,
     non_numeric_as_missing: NonNumericOpt = False,
+    hold_out: Annotated[
+        bool,
+        typer.Option(
+            "--hold-out/--no-hold-out",
+            help="Keep min(10%, 1000) rows out of training (tables of >= 500 rows) to measure the model's quality "
+            "on; --no-hold-out trains on every row and measures on the training rows (optimistic).",
+        ),
+    ] = True,
 ) -> None:
-    """Fit a model on DATA and write an artifact directory (manifest.json, the ONNX graphs, model.pt)."""
+    """Fit a model on DATA and write an artifact directory (manifest.json, the ONNX graphs, model.pt); print and
+    store (manifest `metrics.quality`) the model's error on hidden entries and on the target."""
     typer.echo(f"reading {data}", err=True)  # before torch loads: a line within the first second
     _check_variant(variant)
     n_threads = _setup(threads, seed)
     with user_errors():
+        from hhvaem.training import quality
         from hhvaem.training.artifact import data_fingerprint, write_artifact
         from hhvaem.training.fit import fit
 
         df, sch = _load(data, schema, target, ignore_extra, drop, non_numeric_as_missing)
-        typer.echo(_plan(df, sch, variant, steps, n_threads, compile), err=True)
-        with StageProgress() as bar:
-            fitted = fit(df, sch, variant, steps, seed, bar, compile=compile, overrides=_overrides(settings))
+        train_df, held = quality.split_rows(df, seed) if hold_out else (df, None)
+        n_held = 0 if held is None else len(held)
+        typer.echo(_plan(train_df, sch, variant, steps, n_threads, compile, n_held), err=True)
+        with StageProgress(stages=_stage_steps(train_df, sch, variant, steps)) as bar:
+            fitted = fit(train_df, sch, variant, steps, seed, bar, compile=compile, overrides=_overrides(settings))
         typer.echo("exporting the ONNX graphs", err=True)
         manifest = write_artifact(out, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(df))
+        rows = quality.rows_to_score(train_df, held, seed)
+        typer.echo(f"measuring the quality on {len(rows)} {'held-out' if n_held else 'training'} rows", err=True)
+        summary = quality.measure(out, fitted, rows, held is not None, len(df), seed, max(n_threads, 1))
+        manifest = quality.record(out, "quality", summary)
+    typer.echo(quality.describe(summary, [c.name for c in sch.targets]))
     s = manifest["sampler"]
     typer.echo(
         f"wrote {out} ({variant}, {len(df)} rows, {len(sch.features)} features, targets "
@@ -451,19 +513,41 @@ HostOpt = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
 PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")]
 
 
-def _serve(host: str, port: int, models_dir: Path | None) -> None:
+def _listen(host: str, port: int):
+    """A socket bound to host:port, or exit 2 saying why not. Bound before the service starts (which migrates the
+    database and registers the models): a serve that cannot listen must leave the registry as it was."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            fail(f"--port {port}: {host}:{port} is already in use (another server?); choose another --port")
+        fail(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); nothing was started")
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(host: str, port: int, settings, sock=None) -> None:
+    """Runs the service with `settings` on `sock` (default: host:port, bound now, before anything else)."""
     import logging
 
     import uvicorn
 
-    from hhvaem.app.core.config import Settings
     from hhvaem.app.core.http import server_options
     from hhvaem.app.main import create_app
 
-    settings = Settings(**({"models_dir": models_dir} if models_dir else {}))
+    sock = sock or _listen(host, port)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), **server_options(settings))
+    config = uvicorn.Config(
+        create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), **server_options(settings)
+    )
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @app.command()
@@ -477,7 +561,11 @@ def serve(
     """Run the HTTP service (settings from HHVAEM_* environment variables; see the README)."""
     if models is not None and not models.is_dir():
         fail(f"--models: {models} is not a directory")
-    _serve(host, port, models)
+    with user_errors():  # a bad HHVAEM_* variable: one line
+        from hhvaem.app.core.config import Settings
+
+        settings = Settings(**({"models_dir": models} if models else {}))
+    _serve(host, port, settings)
 
 
 @app.command()
@@ -496,7 +584,10 @@ def demo(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Train the demo model again.")] = False,
     threads: ThreadsOpt = None,
     models: Annotated[
-        Path | None, typer.Option("--models", help="Folder that holds the demo model (default: <data dir>/demo).")
+        Path | None,
+        typer.Option(
+            "--models", help="The demo's own data folder: its model and its registry (default: <data dir>/demo)."
+        ),
     ] = None,
     train_only: Annotated[
         bool, typer.Option("--train-only", help="Train the demo model unless it is there, then exit (no server).")
@@ -505,8 +596,10 @@ def demo(
     """Serve the demo model (scikit-learn's diabetes table in raw units), training it on first run."""
     from hhvaem.app.core.config import Settings
 
-    models_dir = models or Settings().data_dir / "demo"
+    settings = Settings().for_demo(models)  # the demo's own data folder and registry, never the user's
+    models_dir = settings.models_dir
     target = models_dir / "diabetes"
+    sock = None if train_only else _listen(host, port)  # before a minute of training, not after
     reason = _demo_needs_training(target, rebuild)
     if reason:
         _train_demo(target, reason, steps, threads)
@@ -520,7 +613,7 @@ def demo(
         typer.echo(
             f"the hhvaem command is {here} (not on PATH: `source {here.parent}/activate` puts it there)", err=True
         )
-    _serve(host, port, models_dir)
+    _serve(host, port, settings, sock)
 
 
 def _demo_needs_training(target: Path, rebuild: bool) -> str | None:
@@ -532,9 +625,14 @@ def _demo_needs_training(target: Path, rebuild: bool) -> str | None:
     if not (target / "manifest.json").is_file():
         return "first run only"
     try:
-        read_manifest(target, require_graphs=True)
+        manifest = read_manifest(target, require_graphs=True)
     except ArtifactError as e:
         return f"the one there cannot be used: {e}"
+    from hhvaem.model.schema import Schema
+    from hhvaem.training.demo import demo_table
+
+    if Schema.from_dict(manifest["schema"]) != demo_table()[1]:
+        return "the demo's columns changed since it was trained (names, units, labels or descriptions)"
     return None
 
 
@@ -633,7 +731,14 @@ def score(
     if not output.name.lower().endswith((".csv", ".parquet")):
         fail(f"{output.name}: the output must end in .csv or .parquet")
     with user_errors():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         from hhvaem.app.engine import Engine
         from hhvaem.app.engine.scoring import passthrough, score_frame
@@ -643,18 +748,18 @@ def score(
         df, notes = read_table_with_notes(input, verbatim=passthrough(engine))
         for note in notes:
             typer.echo(f"warning: {note}", err=True)
-        columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, disable=not sys.stderr.isatty()) as bar:
+        columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=_stderr_console(), disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task("rows", total=len(df))
+            lines = ScoreLines("scoring") if bar.disable else None
+
+            def report(done: int, total: int, _) -> None:
+                bar.update(task, completed=done)
+                if lines:
+                    lines(done, total)
+
             out, errors = score_frame(
-                engine,
-                df,
-                operation,
-                samples,
-                chunk_rows,
-                seed,
-                progress=lambda done, total, _: bar.update(task, completed=done),
-                imputations=imputations,
+                engine, df, operation, samples, chunk_rows, seed, progress=report, imputations=imputations
             )
         output.parent.mkdir(parents=True, exist_ok=True)
         if output.name.lower().endswith(".parquet"):
@@ -676,6 +781,38 @@ def score(
     typer.echo(f"wrote {output}: {len(df) - bad} rows scored, {bad} rejected ({what}, {engine.backend_name})")
 
 
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+class ScoreLines:
+    """`hhvaem score`'s progress where stderr is not a terminal (a log file, a pipe): a line after the first chunk,
+    then one every `every_seconds`, and one at the end: rows done of all, rows per second, time left."""
+
+    def __init__(self, what: str, every_seconds: float = 10.0, clock=time.monotonic):
+        self.what, self.every_seconds, self.clock = what, every_seconds, clock
+        self.started = self.last_line = clock()
+        self.lines = 0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        from hhvaem.training.progress import duration
+
+        now = self.clock()
+        if self.lines and done != total and now - self.last_line < self.every_seconds:
+            return
+        self.last_line, self.lines = now, self.lines + 1
+        seconds = now - self.started
+        rate = done / seconds if seconds > 0 else 0.0
+        text = f"{self.what}: {done}/{total if total is not None else '?'} rows, {rate:.0f} rows/s"
+        if total is not None and done < total and rate > 0:
+            text += f", ETA {duration((total - done) / rate)}"
+        elif done == total:
+            text += f", done in {duration(seconds)}"
+        typer.echo(text, err=True)
+
+
 def _score_on_ray(model_dir: Path, input: Path, output: Path, operation: str, options: dict, cluster: dict) -> None:
     """`hhvaem score --engine ray`: Parquet partitions in OUTPUT (or OUTPUT.parts, assembled into OUTPUT if it is a
     .csv); exit status 1 naming the partitions that failed (a rerun retries only those)."""
@@ -688,8 +825,15 @@ def _score_on_ray(model_dir: Path, input: Path, output: Path, operation: str, op
         as_csv = output.name.lower().endswith(".csv")
         parts = output.with_name(output.name + ".parts") if as_csv else output
         columns = (TextColumn("scoring on ray"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, disable=not sys.stderr.isatty()) as bar:
+        with Progress(*columns, console=_stderr_console(), disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task("rows", total=None)
+            lines = ScoreLines("scoring on ray") if bar.disable else None
+
+            def report(done: int, total: int | None, _) -> None:
+                bar.update(task, completed=done, total=total)
+                if lines:
+                    lines(done, total)
+
             report = score_on_ray(
                 model_dir,
                 input,
@@ -699,7 +843,7 @@ def _score_on_ray(model_dir: Path, input: Path, output: Path, operation: str, op
                 address=cluster["address"],
                 workers=cluster["workers"],
                 partition_rows=cluster["partition_rows"],
-                progress=lambda done, total, _: bar.update(task, completed=done, total=total),
+                progress=report,
             )
     for e in report.notes + report.errors[:20]:
         where = f"row {e['row']}, " if e["row"] is not None else ""
@@ -731,6 +875,81 @@ def _db():
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.database_url)
     return Database(settings.database_url)
+
+
+DemoOpt = Annotated[bool, typer.Option("--demo", help="The demo's data folder (<data dir>/demo) instead.")]
+
+
+def _folder_settings(demo: bool):
+    from hhvaem.app.core.config import Settings
+
+    with user_errors():
+        settings = Settings()
+    return settings.for_demo() if demo else settings
+
+
+@app.command()
+def info(demo: DemoOpt = False) -> None:
+    """Show the data folder, the database (no password) and the registry (models and versions) in use. Reads
+    only: creates nothing."""
+    from hhvaem.app.core.config import redact_url
+
+    settings = _folder_settings(demo)
+    typer.echo(f"data folder: {settings.data_dir}{'' if settings.data_dir.is_dir() else ' (not created yet)'}")
+    typer.echo(f"database:    {redact_url(settings.database_url)}")
+    typer.echo(f"models:      {settings.models_dir or '(none registered at start: HHVAEM_MODELS_DIR or --models)'}")
+    batch = settings.data_dir / "batch"
+    jobs = sum(1 for p in batch.iterdir() if p.is_dir()) if batch.is_dir() else 0
+    typer.echo(f"batch files: {jobs} job folder{'s' if jobs != 1 else ''} in {batch}")
+    if settings.sqlite_path is not None and not settings.sqlite_path.exists():
+        typer.echo("registry:    empty (no database yet: `hhvaem serve` creates it)")
+        return
+    from hhvaem.app.db import repository as repo
+    from hhvaem.app.db.database import Database
+
+    database = Database(settings.database_url, timeout=settings.database_timeout_seconds)
+    try:
+        with database.read() as tx:
+            rows = repo.list_models(tx)
+    except Exception as e:  # noqa: BLE001 - unreachable, not migrated, not ours: say why in one line
+        fail(f"registry: cannot read the database ({' '.join(str(e).split())[:300]})")
+    finally:
+        database.dispose()
+    typer.echo(f"registry:    {len(rows)} version{'s' if len(rows) != 1 else ''}")
+    for r in rows:
+        state = "active" if r.active else (f"retired {r.retired_at:%Y-%m-%d}" if r.retired_at else "inactive")
+        typer.echo(f"  {r.name} v{r.version}  {state:<18} {r.path}")
+
+
+@app.command()
+def reset(
+    demo: DemoOpt = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete the data folder's SQLite database (registry, API keys, audit, batch jobs) and its batch job files.
+    Model artifacts are never deleted (only their registration). Refuses a database that is not a SQLite file:
+    drop that one with its own tools. Stop the service on this folder first."""
+    from hhvaem.app.core.config import redact_url
+
+    settings = _folder_settings(demo)
+    if settings.sqlite_path is None:
+        fail(
+            f"reset: the database is {redact_url(settings.database_url)}, not a SQLite file of a data folder; "
+            "nothing was deleted (a shared database is dropped with its own tools)"
+        )
+    db = settings.sqlite_path
+    doomed = [p for p in (db, *(db.with_name(db.name + x) for x in ("-wal", "-shm", "-journal"))) if p.exists()]
+    batch = settings.data_dir / "batch"
+    doomed += [batch] if batch.is_dir() else []
+    if not doomed:
+        typer.echo(f"nothing to reset in {settings.data_dir}")
+        return
+    typer.echo("to delete:\n" + "\n".join(f"  {p}" for p in doomed))
+    if not yes and not typer.confirm("delete these?", default=False):
+        fail("reset: not confirmed; nothing was deleted (--yes skips the question)")
+    for p in doomed:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    typer.echo(f"reset {settings.data_dir}: the next start begins with an empty registry")
 
 
 @keys_app.command("create")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +55,7 @@ class _HHVAEMEstimator(BaseEstimator):
         random_state: int | None = 0,
         threads: int = 1,
         artifact_dir: str | None = None,
+        verbose: bool | int = False,
     ):
         self.steps = steps
         self.variant = variant
@@ -63,6 +65,7 @@ class _HHVAEMEstimator(BaseEstimator):
         self.random_state = random_state
         self.threads = threads
         self.artifact_dir = artifact_dir
+        self.verbose = verbose
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -112,21 +115,28 @@ class _HHVAEMEstimator(BaseEstimator):
         import torch
 
         from hhvaem.training.artifact import data_fingerprint, write_artifact
-        from hhvaem.training.fit import fit
-        from hhvaem.training.tabular import infer_schema, validate_table
+        from hhvaem.training.fit import fit, planned_steps
+        from hhvaem.training.progress import LineProgress
+        from hhvaem.training.tabular import PYTHON, infer_schema, validate_table
         from hhvaem.training.trainer import StageSteps
 
         types = dict(self.types or {})
         if target_type is not None:
             types[target] = dict(target_type)
-        schema = infer_schema(df, [target], types)
-        table, _ = validate_table(df, schema, min_rows=2)
+        schema = infer_schema(df, [target], types, remedies=PYTHON)  # its messages name `types=`, not CLI flags
+        table, _ = validate_table(df, schema, min_rows=2, remedies=PYTHON)
         threads = torch.get_num_threads()
         if self.threads > 0:
             torch.set_num_threads(self.threads)
         try:
             steps = StageSteps(**self.steps) if isinstance(self.steps, Mapping) else self.steps
-            fitted = fit(table, schema, self.variant, steps, self._seed(), overrides=dict(self.overrides or {}))
+            progress = None
+            if self.verbose:  # scikit-learn's convention: progress on stdout
+                stages = planned_steps(self.variant, len(table), len(schema.features), steps)
+                progress = LineProgress(sys.stdout, f"[{type(self).__name__}] ", stages=stages)
+            fitted = fit(
+                table, schema, self.variant, steps, self._seed(), progress, overrides=dict(self.overrides or {})
+            )
         finally:
             torch.set_num_threads(threads)
         if self.artifact_dir is None:
@@ -277,7 +287,8 @@ class HHVAEMImputer(TransformerMixin, _HHVAEMEstimator):
     `variant`, `samples` (posterior samples
     per answer), `types` ({column: type or {"type", "categories"}} overriding schema inference), `overrides`
     (ModelConfig / TrainConfig fields, e.g. {"hidden": 16}), `random_state`, `threads` (torch and ONNX Runtime
-    threads), `artifact_dir` (where fit writes the artifact; default a temporary directory).
+    threads), `artifact_dir` (where fit writes the artifact; default a temporary directory), `verbose` (True:
+    `fit` prints training progress on stdout: each stage's step rate and time left, every 10 s).
     """
 
     _kind = "imputer"
@@ -293,8 +304,9 @@ class HHVAEMImputer(TransformerMixin, _HHVAEMEstimator):
         random_state: int | None = 0,
         threads: int = 1,
         artifact_dir: str | None = None,
+        verbose: bool | int = False,
     ):
-        super().__init__(steps, variant, samples, types, overrides, random_state, threads, artifact_dir)
+        super().__init__(steps, variant, samples, types, overrides, random_state, threads, artifact_dir, verbose)
         self.target = target
 
     def fit(self, X, y=None):
@@ -390,8 +402,9 @@ class HHVAEMRegressor(RegressorMixin, _HHVAEMEstimator):
         random_state: int | None = 0,
         threads: int = 1,
         artifact_dir: str | None = None,
+        verbose: bool | int = False,
     ):
-        super().__init__(steps, variant, samples, types, overrides, random_state, threads, artifact_dir)
+        super().__init__(steps, variant, samples, types, overrides, random_state, threads, artifact_dir, verbose)
         self.target_type = target_type
 
     def fit(self, X, y):

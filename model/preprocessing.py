@@ -62,6 +62,10 @@ class Preprocessor:
         self._cat_index = {
             c.name: {category_key(v): i for i, v in enumerate(c.categories)} for c in schema.columns if c.is_discrete
         }
+        # A label stands for its category wherever a value is read (schema.Column.labels).
+        self._label_index = {
+            c.name: {label.strip(): i for i, label in enumerate(c.labels)} for c in schema.columns if c.labels
+        }
 
     # ---- fitting -------------------------------------------------------------------------
     @classmethod
@@ -111,14 +115,17 @@ class Preprocessor:
         """
         index = self._cat_index.get(col.name)
         if index is not None:
+            labelled = self._label_index.get(col.name, {})
+            if isinstance(v, str) and v.strip() in labelled:
+                return float(labelled[v.strip()])
+            known = ", ".join(repr(c) for c in col.categories[:10])
+            named = f" or labels ({', '.join(repr(label) for label in col.labels[:10])})" if col.labels else ""
             if strict and isinstance(v, (bool, str)) and col.number_coded:
                 what = "a boolean" if isinstance(v, bool) else f"text {v!r}"
-                known = ", ".join(repr(c) for c in col.categories[:10])
-                raise EncodingError(col.name, f"expected one of the category numbers ({known}), got {what}", row)
+                raise EncodingError(col.name, f"expected one of the category numbers ({known}){named}, got {what}", row)
             key = category_key(v)
             if key not in index:
-                known = ", ".join(repr(c) for c in col.categories[:10])
-                raise EncodingError(col.name, f"unknown category {v!r} (expected one of {known})", row)
+                raise EncodingError(col.name, f"unknown category {v!r} (expected one of {known}{named})", row)
             return float(index[key])
         if strict and (isinstance(v, (bool, str)) or not isinstance(v, (int, float))):
             raise EncodingError(col.name, f"expected a number for a {col.type} column, got {type(v).__name__}", row)

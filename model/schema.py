@@ -21,6 +21,10 @@ class Column:
     type: str
     categories: tuple[Any, ...] | None = None
     unit: str | None = None
+    # Categorical/binary columns: one display label per category, in the categories' order (e.g. codes 1, 2 shown
+    # as "group 1", "group 2"). The codes stay the values; the API also takes a label in a code's place.
+    labels: tuple[str, ...] | None = None
+    description: str | None = None  # one plain sentence: what the column measures (shown by the questionnaire)
 
     def __post_init__(self) -> None:
         if self.type not in FEATURE_TYPES:
@@ -36,6 +40,12 @@ class Column:
             if len(set(cats)) != len(cats):
                 raise SchemaError(f"column {self.name!r}: duplicate categories")
             object.__setattr__(self, "categories", cats)
+        if self.labels is not None:
+            if not isinstance(self.labels, (list, tuple)):
+                raise SchemaError(f"column {self.name!r}: labels must be a list, one per category")
+            object.__setattr__(self, "labels", _checked_labels(self.name, tuple(self.labels), cats, self.is_discrete))
+        if self.description is not None and not (isinstance(self.description, str) and self.description.strip()):
+            raise SchemaError(f"column {self.name!r}: description must be non-empty text")
 
     @property
     def family(self) -> Family:
@@ -72,19 +82,53 @@ class Column:
             d["categories"] = list(self.categories)
         if self.unit:
             d["unit"] = self.unit
+        if self.labels is not None:
+            d["labels"] = list(self.labels)
+        if self.description:
+            d["description"] = self.description
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Column:
         if "name" not in d or "type" not in d:
             raise SchemaError(f"schema entry {d!r}: needs 'name' and 'type'")
-        cats = d.get("categories")
+        cats, labels = d.get("categories"), d.get("labels")
         return cls(
             name=str(d["name"]),
             type=str(d["type"]),
             categories=tuple(cats) if cats is not None else None,
             unit=d.get("unit"),
+            labels=tuple(labels) if isinstance(labels, list) else labels,
+            description=d.get("description"),
         )
+
+
+def _reads_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _checked_labels(name: str, labels: tuple[Any, ...], categories: tuple[Any, ...], discrete: bool) -> tuple[str, ...]:
+    """`labels` if they can name `categories` one to one, else SchemaError. A label is matched as a value too, so
+    none may read as a number (it would shadow a number code) or as another category's text."""
+    if not discrete:
+        raise SchemaError(f"column {name!r}: labels name categories; a numeric column has none")
+    if len(labels) != len(categories):
+        raise SchemaError(f"column {name!r}: {len(labels)} labels for {len(categories)} categories (one each)")
+    texts = {str(c).strip(): i for i, c in enumerate(categories)}
+    for i, label in enumerate(labels):
+        if not isinstance(label, str) or not label.strip() or not label.isprintable():
+            raise SchemaError(f"column {name!r}: label {label!r} is not one line of non-empty text")
+        if _reads_as_number(label):
+            raise SchemaError(f"column {name!r}: label {label!r} reads as a number (a label must be a word)")
+        if texts.get(label.strip(), i) != i:
+            raise SchemaError(f"column {name!r}: label {label!r} is the value of another category")
+    if len({label.strip() for label in labels}) != len(labels):
+        raise SchemaError(f"column {name!r}: duplicate labels")
+    return labels
 
 
 @dataclass(frozen=True)

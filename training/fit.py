@@ -30,6 +30,18 @@ def default_steps(n_rows: int, n_features: int) -> int:
     return int(min(20_000, max(3_000, round(100 * n_rows**0.5))))
 
 
+def planned_steps(variant: str, n_rows: int, n_features: int, steps: int | StageSteps | None = None) -> dict[str, int]:
+    """{stage: steps} that `fit` will run: `steps` (default: `default_steps`) counts the dependency VAE's steps (VI,
+    the last 10 % with HMC, or more VI for variants without it); the marginal VAEs train min(N / 4, 1000) steps
+    before them (StageSteps.from_total)."""
+    if steps is None:
+        steps = default_steps(n_rows, n_features)
+    s = steps if isinstance(steps, StageSteps) else StageSteps.from_total(steps)
+    if ModelConfig.for_table(variant, n_features, n_rows).uses_hmc:
+        return {"marginal": s.marginal, "vi": s.vi, "hmc": s.hmc}
+    return {"marginal": s.marginal, "vi": s.vi + s.hmc}
+
+
 @dataclass
 class FittedModel:
     model: HHVAEM

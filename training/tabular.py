@@ -3,11 +3,11 @@
 Inference follows docs/protocol.md ("Data") on the observed values of a column, with two additions (counts, and
 refusing what would be modelled the wrong way):
 
-* text -> binary (2 levels) or categorical, unless it has too many levels for a categorical (more than
-  `MAX_CATEGORIES`, or at least `DISCRETE_MAX_DISTINCT` levels and more than half as many levels as observed
-  values: an identifier or free text), which is refused; a text column that is mostly numbers (more than half
-  of its observed cells, with at least `DISCRETE_MAX_DISTINCT` distinct numbers) is a numeric column with a few
-  bad cells, refused with those cells named (or, when asked, read with them missing);
+* text -> binary (2 levels) or categorical, unless the evidence for its levels is too thin (`too_many_levels`:
+  from `DISCRETE_MAX_DISTINCT` levels on, most levels must be seen at least `MIN_ROWS_PER_LEVEL` times, and there
+  are at most `MAX_CATEGORIES`; an identifier or free text fails), which is refused; a text column that is mostly
+  numbers (more than half of its observed cells, with at least `DISCRETE_MAX_DISTINCT` distinct numbers) is a
+  numeric column with a few bad cells, refused with those cells named (or, when asked, read with them missing);
 * numeric with fewer than `DISCRETE_MAX_DISTINCT` distinct values -> binary (2) or categorical;
 * otherwise count when the values are whole numbers >= 0 that look like a tally (`is_count_like`), else, if all
   values are >= 0, zero_positive when at least `ZERO_INFLATED_SHARE` of them are exact zeros (a point mass at 0
@@ -16,6 +16,8 @@ refusing what would be modelled the wrong way):
 A schema (file or mapping) overrides inference column by column and may name only some columns. Every problem is
 a `TableError` whose one-line message names the column (and the 1-based data row, i.e. the row after the header)
 so it can be shown to the user as is; what is read anyway but changed (cells read as missing) is a `TableWarning`.
+A message that suggests a way out names it the way its reader gives it (`Remedies`: the CLI's flags by default,
+the estimators' arguments with `PYTHON`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +41,42 @@ log = logging.getLogger(__name__)
 
 # Numeric columns with fewer distinct observed values than this are discrete (the paper's rule).
 DISCRETE_MAX_DISTINCT = 10
-# An inferred categorical with more levels than this (or, from DISCRETE_MAX_DISTINCT levels on, with more levels
-# than half its observed values) is refused: one weight per level learnt from a handful of rows is no model of it.
-MAX_CATEGORIES = 50
+# A categorical level is one input of the encoder's one-hot and one logit of the decoder's softmax, each learnt from
+# the rows that show it. From DISCRETE_MAX_DISTINCT levels on, an inferred categorical is refused unless most of its
+# levels (the median level) are seen at least this often: so the levels allowed grow with the rows (54 US regions in
+# 18,249 rows: median 338), while an identifier or free text (most values seen once) is refused. docs/how-to/
+# columns.md has the measurement (benchmarks/categorical_levels.py).
+MIN_ROWS_PER_LEVEL = 5
+# And never more levels than this, whatever the rows: the model's width (and a step's time) grows with the levels,
+# and beyond this a column is more likely a code to leave out or group than a category (declared, it is modelled).
+MAX_CATEGORIES = 1000
 # A non-negative column with at least this share of exact zeros is zero_positive (a point mass at 0 plus the
 # positive family): a log-normal alone almost never puts a hidden true zero near zero.
 ZERO_INFLATED_SHARE = 0.10
 # Cells named in a message (the rest are counted).
 SHOWN_CELLS = 5
+
+
+@dataclass(frozen=True)
+class Remedies:
+    """How the reader of a message leaves a column out, declares its type, or reads non-numeric cells as missing:
+    the CLI's flags (`CLI`) or the estimators' arguments (`PYTHON`). Templates take {name} and {type}."""
+
+    drop: str
+    declare: str
+    non_numeric: str
+
+
+CLI = Remedies(
+    drop="leave it out (--drop {name})",
+    declare="declare it {type} in --schema",
+    non_numeric="read such cells as missing (--non-numeric-as-missing)",
+)
+PYTHON = Remedies(
+    drop="leave it out of X",
+    declare="declare it with types={{{name!r}: {type!r}}}",
+    non_numeric="set such cells to NaN (missing)",
+)
 
 
 # ---- schema files and overrides ----------------------------------------------------------------
@@ -118,17 +149,20 @@ def _entry(name: str, item: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def infer_schema(
-    df: pd.DataFrame, targets: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None
+    df: pd.DataFrame,
+    targets: Sequence[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    remedies: Remedies = CLI,
 ) -> Schema:
     """Schema of `df` by the paper's rule; `overrides` (on-disk or flat {name: {type, categories?}}) wins.
 
     Targets keep the order given; when none are given, the targets listed in an on-disk `overrides`
-    are used. Every other data column is a feature, in file order.
+    are used. Every other data column is a feature, in file order. A refusal suggests `remedies`.
     """
     entries, file_targets = _parse_overrides(overrides)
     target_names = [str(t) for t in targets] if targets else list(file_targets)
     _check_names(df.columns, target_names, entries)
-    cols = {name: _infer_column(name, df[name], entries.get(name)) for name in df.columns}
+    cols = {name: _infer_column(name, df[name], entries.get(name), remedies) for name in df.columns}
     features = tuple(c for n, c in cols.items() if n not in target_names)
     if not features:
         raise TableError("no feature columns: every column is a target")
@@ -149,7 +183,7 @@ def _check_names(columns: Sequence[str], target_names: Sequence[str], entries: M
             raise TableError(f"column {name!r}: listed in the schema but not in the data (columns: {_list(columns)})")
 
 
-def _infer_column(name: str, s: pd.Series, entry: dict[str, Any] | None) -> Column:
+def _infer_column(name: str, s: pd.Series, entry: dict[str, Any] | None, remedies: Remedies = CLI) -> Column:
     observed = s[~_missing_mask(s)]
     if entry is not None:
         cats = entry["categories"]
@@ -178,16 +212,18 @@ def _infer_column(name: str, s: pd.Series, entry: dict[str, Any] | None) -> Colu
         raise TableError(
             f"column {name!r}: {len(bad)} of {len(observed)} values {'is' if len(bad) == 1 else 'are'} not a number "
             f"in an otherwise numeric column ({_cells(s, bad)}); correct {'it' if len(bad) == 1 else 'them'}, or "
-            "read such cells as missing (--non-numeric-as-missing)"
+            f"{remedies.non_numeric}"
         )
     levels = _distinct(observed)
     if len(levels) == 1:
         raise TableError(f"column {name!r}: constant (every observed value is {_show(levels[0])})")
-    if too_many_levels(len(levels), len(observed)):
+    counts = observed.map(category_key).value_counts().to_numpy()
+    why = too_many_levels(counts)
+    if why:
+        drop, declare = remedies.drop.format(name=name), remedies.declare.format(name=name, type="categorical")
         raise TableError(
-            f"column {name!r}: {len(levels)} distinct text values in {len(observed)} observed rows, too many for a "
-            f"categorical (at most {MAX_CATEGORIES}, and at most half the observed values); an identifier or free "
-            f"text can be left out (--drop {name}), a category with this many levels declared in --schema"
+            f"column {name!r}: {len(levels):,} distinct text values in {len(observed):,} observed rows, too many for "
+            f"a categorical: {why}; an identifier or free text: {drop}; a category with this many levels: {declare}"
         )
     return _make_column(name, "binary" if len(levels) == 2 else "categorical", levels)
 
@@ -203,9 +239,22 @@ def is_count_like(x: np.ndarray) -> bool:
     return len(np.unique(x)) >= span / 2 and float(np.var(x)) >= float(np.mean(x)) / 2
 
 
-def too_many_levels(levels: int, observed: int) -> bool:
-    """Too many levels for an inferred categorical (see MAX_CATEGORIES)."""
-    return levels > MAX_CATEGORIES or (levels >= DISCRETE_MAX_DISTINCT and levels > observed / 2)
+def too_many_levels(counts: Sequence[int] | np.ndarray) -> str | None:
+    """Why a text column whose levels are seen `counts` times each is no inferred categorical (None: it is one):
+    from DISCRETE_MAX_DISTINCT levels on, its median level must be seen MIN_ROWS_PER_LEVEL times, and it may have
+    at most MAX_CATEGORIES levels."""
+    levels = len(counts)
+    if levels < DISCRETE_MAX_DISTINCT:
+        return None
+    median = float(np.median(counts))
+    if median < MIN_ROWS_PER_LEVEL:
+        seen_once = int(np.sum(np.asarray(counts) == 1))
+        return (
+            f"most levels are seen fewer than {MIN_ROWS_PER_LEVEL} times (median {median:g}, {seen_once:,} seen once)"
+        )
+    if levels > MAX_CATEGORIES:
+        return f"more than {MAX_CATEGORIES:,} levels (the most an inferred categorical may have)"
+    return None
 
 
 def _mostly_numeric_bad_cells(s: pd.Series) -> np.ndarray | None:
@@ -284,7 +333,7 @@ def _distinct(observed: pd.Series) -> list[Any]:
 
 
 def validate_table(
-    df: pd.DataFrame, schema: Schema, min_rows: int = 20, ignore_extra: bool = False
+    df: pd.DataFrame, schema: Schema, min_rows: int = 20, ignore_extra: bool = False, remedies: Remedies = CLI
 ) -> tuple[pd.DataFrame, int]:
     """Check `df` against `schema`; return (the table ready for training, number of rows dropped).
 
@@ -310,7 +359,7 @@ def validate_table(
     masks = {c.name: _missing_mask(df[c.name]) for c in schema.columns}
     feature_names = {c.name for c in schema.features}
     for col in schema.columns:
-        _check_column(col, df[col.name], masks[col.name], is_feature=col.name in feature_names)
+        _check_column(col, df[col.name], masks[col.name], col.name in feature_names, remedies)
 
     empty_rows = np.logical_and.reduce([masks[c.name] for c in schema.columns])
     n_dropped = int(empty_rows.sum())
@@ -328,7 +377,7 @@ def validate_table(
     return out, n_dropped
 
 
-def _check_column(col: Column, s: pd.Series, missing: np.ndarray, is_feature: bool) -> None:
+def _check_column(col: Column, s: pd.Series, missing: np.ndarray, is_feature: bool, remedies: Remedies) -> None:
     name = col.name
     if missing.all():
         raise TableError(f"column {name!r}: all values are missing")
@@ -346,8 +395,7 @@ def _check_column(col: Column, s: pd.Series, missing: np.ndarray, is_feature: bo
             more = f"; {len(bad) - 1} more ({_cells(s, bad[1:])})" if len(bad) > 1 else ""
             raise TableError(
                 f"column {name!r}, row {bad[0] + 1}: non-numeric value {_show(values[bad[0]])} in a {col.type} "
-                f"column{more}; correct {'it' if len(bad) == 1 else 'them'}, or read such cells as missing "
-                "(--non-numeric-as-missing)"
+                f"column{more}; correct {'it' if len(bad) == 1 else 'them'}, or {remedies.non_numeric}"
             )
         bad = ~np.isfinite(x)
         if bad.any():

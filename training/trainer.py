@@ -92,7 +92,21 @@ class TrainConfig:
 COMPILE_MIN_HMC_STEPS = 500
 MIN_VALIDATION_ROWS = 20
 
+# progress(stage, step, total, loss); one may also have compiling(expected: str) and compiled(seconds), called
+# around stage 3's first step when it compiles the sampler (training/progress.py).
 Progress = Callable[[str, int, int, float], None]
+
+# Seconds of stage 3's first step, which compiles the HMC transition (and SKSD's, another shape), on a free machine:
+# 82 s on boston (13 features, T = 10, one thread; docs/train_speed.json), about 155 s reported on a 2-core machine,
+# and on yacht (6 features, T = 5, empty compile cache) 214 s of CPU for the whole `hhvaem train --steps 40
+# --compile` run, compile workers included (docs/how-to/train.md). It does not grow with the networks' width (the
+# compiled function is one transition); on a busy machine it takes longer in wall time (9 min at load average 9).
+COMPILE_SECONDS = (80, 200)
+
+
+def expected_compile_time() -> str:
+    lo, hi = COMPILE_SECONDS
+    return f"about {lo}-{hi} s on a free core, measured; longer on a busy machine"
 
 
 def random_mask(observed: Tensor, generator: torch.Generator, rates: tuple[float, float] = (0.01, 0.99)) -> Tensor:
@@ -281,7 +295,13 @@ class Trainer:
             every = max(total // 50, 1)
             check = cfg.validate_every or max(total // 40, 1)
             for i in range(total):
+                compiling = stage == "hmc" and i == 0 and cfg.compiles
+                if compiling:
+                    getattr(progress, "compiling", lambda expected: None)(expected_compile_time())
                 out = step_fn()
+                if compiling:
+                    history["compile_seconds"] = time.perf_counter() - t0
+                    getattr(progress, "compiled", lambda seconds: None)(history["compile_seconds"])
                 loss, more = out if isinstance(out, tuple) else (out, None)
                 if more is not None:
                     extra.append(more)

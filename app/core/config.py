@@ -7,6 +7,9 @@ the documentation cannot drift from the code.
 path relative to the working directory: the default SQLite registry then stays the same whichever directory
 `hhvaem serve` is started from, instead of silently creating a fresh, empty registry elsewhere. Containers set
 `HHVAEM_DATA_DIR` explicitly (the Dockerfile uses `/var/lib/hhvaem`).
+
+`hhvaem demo` keeps a data folder of its own (`Settings.for_demo`: `<data_dir>/demo`, its own SQLite registry), so
+what the demo registers never shows up in the user's `hhvaem serve`, nor the user's models in the demo.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["Settings", "configuration_table", "get_settings", "make_settings", "redact_url"]
+__all__ = ["Settings", "configuration_table", "get_settings", "make_settings", "redact_url", "sqlite_url"]
 
 ENV_PREFIX = "HHVAEM_"
 MiB = 1024 * 1024
+SQLITE_FILE = "hhvaem.db"  # the default database, in the data folder
+DEMO_FOLDER = "demo"  # the demo's own data folder, in the data folder
 
 
 def default_data_dir() -> Path:
@@ -31,6 +36,11 @@ def default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
     return base / "hhvaem"
+
+
+def sqlite_url(data_dir: Path) -> str:
+    """The default database of a data folder: the SQLite file `hhvaem.db` in it."""
+    return f"sqlite:///{(data_dir / SQLITE_FILE).as_posix()}"
 
 
 def redact_url(url: str | None) -> str | None:
@@ -309,7 +319,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         if self.database_url is None:
-            self.database_url = f"sqlite:///{(self.data_dir / 'hhvaem.db').as_posix()}"
+            self.database_url = sqlite_url(self.data_dir)
         if self.default_samples > self.max_samples:
             raise ValueError(
                 f"default_samples ({self.default_samples}) must not exceed max_samples ({self.max_samples})"
@@ -326,6 +336,13 @@ class Settings(BaseSettings):
             path = url.split(":///", 1)[1].split("?", 1)[0]
             return Path(path) if path and path != ":memory:" else None
         return None
+
+    def for_demo(self, folder: Path | None = None) -> Settings:
+        """The demo's settings: these, with the data folder `folder` (default `<data_dir>/demo`), which also holds
+        the demo model (the models folder) and its own SQLite registry, whatever `database_url` says: the demo
+        never registers into the user's database, nor serves the user's models."""
+        folder = (folder or self.data_dir / DEMO_FOLDER).expanduser()
+        return self.model_copy(update={"data_dir": folder, "models_dir": folder, "database_url": sqlite_url(folder)})
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with passwords removed from URLs (for start-up logs)."""

@@ -2,8 +2,9 @@
 
 Clients of a name send the features of its active version and read its targets. A new version under that name
 breaks them when a feature or target they use is gone or changes type, unit or role (their values would then be
-refused with 422, or read in the wrong units), or when a category they send or read disappears. What a new version
-adds (a feature, a target, a category) breaks no one. Order does not matter: rows are keyed by name.
+refused with 422, or read in the wrong units), or when a category they send or read, or a category's label they
+may send in its place, disappears. What a new version adds (a feature, a target, a category, a label, a
+description) breaks no one. Order does not matter: rows are keyed by name.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def _column_changes(role: str, name: str, old: dict[str, Any], new: dict[str, An
     if lost:
         listed = ", ".join(repr(c) for c in lost)
         changes.append(f"{role} {name!r} loses the categor{'y' if len(lost) == 1 else 'ies'} {listed}")
+    gone = [label for label in old.get("labels") or [] if label not in (new.get("labels") or [])]
+    if gone:  # its clients may send the label in the code's place
+        listed = ", ".join(repr(label) for label in gone)
+        changes.append(f"{role} {name!r} loses the label{'' if len(gone) == 1 else 's'} {listed}")
     if old.get("unit") and new.get("unit") and old["unit"] != new["unit"]:
         changes.append(f"{role} {name!r} changes unit from {old['unit']!r} to {new['unit']!r}")
     return changes

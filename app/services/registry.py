@@ -250,9 +250,10 @@ class ModelRegistry:
         return Registration(Registered.of(record), created, tuple(changes))
 
     def register_dir(self, models_dir: Path) -> list[Registered]:
-        """Registers every artifact subfolder of `models_dir`; a broken one is logged and skipped."""
+        """Registers every artifact subfolder of `models_dir`; a broken one is logged and skipped, a hidden one (e.g.
+        the demo's `.training-*` folder, a model being written) is left alone."""
         records = []
-        for sub in sorted(p for p in Path(models_dir).iterdir() if p.is_dir()):
+        for sub in sorted(p for p in Path(models_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
                 records.append(self.register(sub, at_start=True).record)
             except ArtifactError as e:

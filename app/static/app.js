@@ -88,6 +88,23 @@ function fieldLabel(field) {
 const inWords = (text) =>
   String(text).replace(/\b(?:observations|rows\.\d+)\.([A-Za-z0-9_]+)/g, (_, name) => label(name));
 const withUnit = (value, unit) => (unit ? `${value} ${unit}` : String(value));
+
+// What a category is called on the page: its label in the model's schema (`labels`, one per category), else its
+// value. `value` is a category (1), its text as the API keys probabilities by ("1"), or a label already.
+function categoryName(spec, value) {
+  const categories = spec?.categories || [];
+  const i = categories.findIndex((c) => c === value || String(c) === String(value));
+  if (i >= 0 && spec.labels?.[i]) return spec.labels[i];
+  return String(value);
+}
+
+// Whether the answer `value` (a category or its label) is the category at `i`.
+const isCategory = (spec, i, value) =>
+  value !== undefined && value !== null && (spec.categories[i] === value || spec.labels?.[i] === value);
+
+// The schema's plain sentence about a column, or nothing.
+const describe = (spec, id) =>
+  spec?.description ? el("p", { id, class: "description", text: spec.description }) : null;
 const percentChange = (from, to) => {
   if (!from) return "";
   const p = Math.round(((to - from) / from) * 100);
@@ -275,7 +292,9 @@ function rangeHint(spec) {
     }
   }
   if (r?.probabilities) {
-    const parts = Object.entries(r.probabilities).map(([k, p]) => `${k}: ${Math.round(p * 100)}%`);
+    const parts = Object.entries(r.probabilities).map(
+      ([k, p]) => `${categoryName(spec, k)}: ${Math.round(p * 100)}%`,
+    );
     return `Before any answers the model expects ${parts.join(", ")}.`;
   }
   return spec.unit ? `In ${spec.unit}.` : "";
@@ -285,7 +304,8 @@ function rangeHint(spec) {
 function buildInput(spec, prefix, value) {
   const hint = el("p", { id: `${prefix}-hint`, class: "hint", text: rangeHint(spec) });
   const error = el("p", { id: `${prefix}-error`, class: "field-error" });
-  const describedby = `${prefix}-hint ${prefix}-error`;
+  const description = describe(spec, `${prefix}-description`);
+  const describedby = `${description ? `${prefix}-description ` : ""}${prefix}-hint ${prefix}-error`;
   const feature = el("input", { type: "hidden", id: `${prefix}-form-feature`, value: spec.name });
   if (NUMERIC.has(spec.type)) {
     const input = el("input", {
@@ -300,30 +320,33 @@ function buildInput(spec, prefix, value) {
     if (value !== undefined && value !== null) input.value = String(value);
     const text = el("label", { for: input.id, class: "question-label" }, label(spec.name));
     if (spec.unit) text.append(" ", el("span", { class: "unit", text: `(${spec.unit})` }));
-    return el("div", { class: "field" }, feature, text, input, hint, error);
+    return el("div", { class: "field" }, feature, text, description, input, hint, error);
   }
   const categories = spec.categories || [];
   if (categories.length > 8) {
     const select = el("select", { id: `${prefix}-input`, "aria-describedby": describedby, "data-feature": spec.name });
     select.append(el("option", { value: "", text: "Choose…" }));
     categories.forEach((c, i) =>
-      select.append(el("option", { value: String(i), text: String(c), selected: c === value })),
+      select.append(
+        el("option", { value: String(i), text: categoryName(spec, c), selected: isCategory(spec, i, value) }),
+      ),
     );
     const text = el("label", { for: select.id, class: "question-label", text: label(spec.name) });
-    return el("div", { class: "field" }, feature, text, select, hint, error);
+    return el("div", { class: "field" }, feature, text, description, select, hint, error);
   }
   const group = el("fieldset", { id: `${prefix}-group`, class: "choices", "aria-describedby": describedby });
   group.append(el("legend", { class: "question-label", text: label(spec.name) }));
+  if (description) group.append(description);
   categories.forEach((c, i) => {
     const radio = el("input", {
       type: "radio",
       name: `${prefix}-value`,
       id: `${prefix}-opt-${i}`,
       value: String(i),
-      checked: c === value,
+      checked: isCategory(spec, i, value),
       "data-feature": spec.name,
     });
-    group.append(el("label", { for: radio.id, class: "choice" }, radio, ` ${String(c)}`));
+    group.append(el("label", { for: radio.id, class: "choice" }, radio, ` ${categoryName(spec, c)}`));
   });
   return el("div", { class: "field" }, feature, group, hint, error);
 }
@@ -574,7 +597,9 @@ function barsPlot(target, probs, baseProbs, summary) {
   root.dataset.probabilities = JSON.stringify(probs);
   classes.forEach((c, i) => {
     const y = 10 + i * 30;
-    root.append(svg("text", { x: L - 10, y: y + 15, "text-anchor": "end", class: "row-label" }, c));
+    root.append(
+      svg("text", { x: L - 10, y: y + 15, "text-anchor": "end", class: "row-label" }, categoryName(target, c)),
+    );
     if (baseProbs && c in baseProbs) {
       const width = Math.max(1, baseProbs[c] * (R - L));
       root.append(svg("rect", { x: L, y: y - 1, width, height: 22, class: "base" }));
@@ -601,8 +626,8 @@ function renderPrediction() {
   if (p.probabilities) {
     const ordered = Object.entries(p.probabilities).sort((a, b) => b[1] - a[1]);
     summary =
-      `${label(target.name)}: most likely ${p.mode} ` +
-      `(${ordered.map(([k, v]) => `${k} ${Math.round(v * 100)}%`).join(", ")}).`;
+      `${label(target.name)}: most likely ${categoryName(target, p.mode)} ` +
+      `(${ordered.map(([k, v]) => `${categoryName(target, k)} ${Math.round(v * 100)}%`).join(", ")}).`;
     plot = barsPlot(target, p.probabilities, base?.prediction.probabilities, summary);
     if (base) {
       change =
@@ -625,6 +650,7 @@ function renderPrediction() {
     }
   }
   $("prediction-heading").textContent = `Prediction: ${label(target.name)}${target.unit ? ` (${target.unit})` : ""}`;
+  $("prediction-description").textContent = target.description || "";
   $("prediction-summary").textContent = summary;
   const legend = p.probabilities
     ? "Bars: probability of each class now; pale boxes: at the start."
@@ -642,7 +668,7 @@ async function renderOtherTargets() {
     .map((t) => {
       const s = out.targets[t.name];
       if (!s) return "";
-      if (s.probabilities) return `${label(t.name)}: most likely ${s.mode}.`;
+      if (s.probabilities) return `${label(t.name)}: most likely ${categoryName(t, s.mode)}.`;
       return `${label(t.name)}: mean ${fmt(s.mean)} ± ${fmt(s.std)}${t.unit ? ` ${t.unit}` : ""}.`;
     })
     .join(" ");
@@ -650,6 +676,7 @@ async function renderOtherTargets() {
 
 function displayValue(feature, value) {
   const spec = state.features[feature];
+  if (spec?.categories) return categoryName(spec, value);
   return withUnit(typeof value === "number" ? fmt(value, 6) : String(value), spec?.unit);
 }
 

@@ -32,6 +32,9 @@ from typing import Any
 # 5: per-column warps in the preprocessing stats, the zero_positive family, a bounded code scale. A version-4
 # artifact means the same under this build (no warps, unbounded scales), so both are read; a build that reads
 # only 4 refuses a version-5 artifact instead of decoding its warped columns wrongly.
+# A schema column's `description` and `labels` (model.schema.Column) are optional and change no value's meaning
+# (the codes stay the values), so they need no new version: older artifacts have none, and a build that predates
+# them reads an artifact that has them and ignores them.
 FORMAT_VERSION = 5
 READABLE_VERSIONS = (4, 5)
 MANIFEST = "manifest.json"

@@ -58,7 +58,7 @@ FEATURES = (
     "ldl",
     "hdl",
     "cholesterol_ratio",
-    "log_triglycerides",
+    "triglycerides",
     "blood_sugar",
 )
 ROW = {"age": 59, "sex": 2, "bmi": 32.1, "blood_pressure": 101.0}  # a plausible, partly observed row

@@ -71,8 +71,8 @@ def test_api(services: dict) -> None:
     api = services["api"]
     build = api["build"]
     assert build["context"] == "." and build.get("target", "serve") == "serve"
-    assert [resolved(p) for p in api["ports"]] == ["8000:8000"]
-    assert [resolved(p, {"HHVAEM_API_PORT": "18000"}) for p in api["ports"]] == ["18000:8000"]
+    assert [resolved(p) for p in api["ports"]] == ["127.0.0.1:8000:8000"]
+    assert [resolved(p, {"HHVAEM_API_PORT": "18000"}) for p in api["ports"]] == ["127.0.0.1:18000:8000"]
     env = api["environment"]
     assert env["HHVAEM_DATABASE_URL"] == "postgresql+psycopg://hhvaem:hhvaem@postgres:5432/hhvaem"
     assert env["HHVAEM_REDIS_URL"] == "redis://redis:6379/0"
@@ -99,8 +99,8 @@ def test_api_gpu(services: dict) -> None:
     assert "models:/models:ro" in gpu["volumes"]
     assert gpu["depends_on"]["trainer"] == {"condition": "service_completed_successfully"}
     assert "/healthz" in " ".join(gpu["healthcheck"]["test"])
-    host_ports = {resolved(p).split(":")[0] for s in services.values() for p in s.get("ports", []) if s is not gpu}
-    assert not host_ports & {p.split(":")[0] for p in gpu["ports"]}  # both APIs can run side by side
+    host_ports = {published(p)[1] for s in services.values() for p in s.get("ports", []) if s is not gpu}
+    assert not host_ports & {published(p)[1] for p in gpu["ports"]}  # both APIs can run side by side
 
 
 def test_redis(services: dict) -> None:
@@ -178,25 +178,115 @@ def test_compose_file_runs_on_compose_v1_and_v2(compose: dict) -> None:
     not (shutil.which("docker-compose") or shutil.which("docker")), reason="no docker compose client installed"
 )
 def test_compose_config_validates(tmp_path: Path) -> None:
-    """`docker compose config` (or Debian's docker-compose) accepts the file, with and without a user's table."""
+    """`docker compose config` (or Debian's docker-compose) accepts the file, with and without a user's table, and
+    publishes the API on the loopback interface unless HHVAEM_BIND says otherwise."""
     clients = [["docker", "compose"]] if shutil.which("docker") else []
     clients += [["docker-compose"]] if shutil.which("docker-compose") else []
     usable = [c for c in clients if subprocess.run([*c, "version"], capture_output=True).returncode == 0]
     if not usable:
         pytest.skip("no working compose client (docker compose plugin or docker-compose)")
-    for env in ({}, {"HHVAEM_TRAIN_FILE": "my.csv", "HHVAEM_TRAIN_TARGET": "y", "HHVAEM_API_PORT": "18000"}):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HHVAEM_", "TORCH_INDEX_URL"))}
+    cases = [
+        ({}, "127.0.0.1"),
+        ({"HHVAEM_TRAIN_FILE": "my.csv", "HHVAEM_TRAIN_TARGET": "y", "HHVAEM_API_PORT": "18000"}, "127.0.0.1"),
+        ({"HHVAEM_BIND": "0.0.0.0", "HHVAEM_AUTH_ENABLED": "true"}, "0.0.0.0"),
+    ]
+    for env, bind in cases:
         out = subprocess.run(
             [*usable[0], "-f", str(ROOT / "docker-compose.yml"), "config"],
             capture_output=True,
             text=True,
-            env={**os.environ, **env},
+            env={**clean, **env},
             cwd=tmp_path,
             timeout=60,
         )
         assert out.returncode == 0, out.stderr
         assert "hhvaem demo --train-only" in out.stdout
-        if env:
-            assert "/data/my.csv" in out.stdout and "18000" in out.stdout
+        port = env.get("HHVAEM_API_PORT", "8000")
+        # v1 writes the short syntax, v2 the long one (host_ip, published)
+        assert f"{bind}:{port}:8000" in out.stdout or re.search(
+            rf"host_ip: {re.escape(bind)}\n\s+target: 8000\n\s+published: \"?{port}\"?", out.stdout
+        ), out.stdout
+        if "HHVAEM_TRAIN_FILE" in env:
+            assert "/data/my.csv" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------- safe by default
+# Issue #23, 9: the stack as it comes must not serve the network unauthenticated, nor let one service take the
+# host's memory, CPUs or disk (logs).
+
+
+def published(spec: str, env: dict[str, str] | None = None) -> tuple[str, str, str]:
+    """A short-syntax port `[HOST_IP:]HOST_PORT:CONTAINER_PORT`, interpolated: (host IP, '' for every interface;
+    host port; container port)."""
+    parts = resolved(spec, env).split(":")
+    assert len(parts) in (2, 3), spec
+    return ("", *parts) if len(parts) == 2 else tuple(parts)
+
+
+def test_every_published_port_is_on_loopback_unless_bind_says_otherwise(services: dict) -> None:
+    ports = {name: s["ports"] for name, s in services.items() if "ports" in s}
+    assert {"api", "api-gpu", "lb"} <= set(ports)
+    for name, specs in ports.items():
+        for spec in specs:
+            assert published(spec)[0] == "127.0.0.1", (name, spec)
+            assert published(spec, {"HHVAEM_BIND": "0.0.0.0"})[0] == "0.0.0.0", (name, spec)  # a deliberate choice
+
+
+def test_every_host_port_is_set_by_an_environment_variable(services: dict) -> None:
+    variables = {}
+    for name, service in services.items():
+        for spec in service.get("ports", []):
+            m = re.search(r"(?:^|:)\$\{(\w+):-(\d+)\}:\d+$", spec)
+            assert m, f"{name}: the host port of {spec!r} is not ${{VARIABLE:-default}}"
+            assert published(spec, {m.group(1): "12345"})[1] == "12345"
+            variables[name] = m.group(1), m.group(2)
+    assert variables == {
+        "api": ("HHVAEM_API_PORT", "8000"),
+        "api-gpu": ("HHVAEM_GPU_PORT", "8001"),
+        "lb": ("HHVAEM_LB_PORT", "8080"),
+    }
+
+
+def test_authentication_can_be_turned_on(services: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """For serving other machines: HHVAEM_AUTH_ENABLED reaches every API container, and the service reads it."""
+    from hhvaem.app.core.config import Settings
+
+    for name in ("api", "api-gpu", "api-replica"):
+        setting = services[name]["environment"]["HHVAEM_AUTH_ENABLED"]
+        assert resolved(setting) == "false"
+        monkeypatch.setenv("HHVAEM_AUTH_ENABLED", resolved(setting, {"HHVAEM_AUTH_ENABLED": "true"}))
+        assert Settings().auth_enabled
+
+
+def bytes_of(size: str) -> int:
+    """Docker's memory size (`512m`, `2g`, `1.5g`, bytes) in bytes."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([bkmg]?)", size.lower())
+    assert m, size
+    return int(float(m.group(1)) * 1024 ** "bkmg".index(m.group(2) or "b"))
+
+
+def test_every_service_has_cpu_and_memory_limits(services: dict) -> None:
+    for name, service in services.items():
+        limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+        cpus = resolved(str(service.get("cpus", limits.get("cpus", ""))))
+        memory = resolved(str(service.get("mem_limit", limits.get("memory", ""))))
+        assert cpus and memory, f"{name} has no CPU or memory limit"
+        # Docker refuses a CPU limit above the host's cores: the defaults must start on a 2-core machine.
+        assert 0 < float(cpus) <= 2, (name, cpus)
+        assert 128 * 1024**2 <= bytes_of(memory) <= 8 * 1024**3, (name, memory)
+        variables = re.findall(r"\$\{(\w+):-", f"{service.get('cpus')} {service.get('mem_limit')}")
+        assert len(variables) == 2, f"{name}: its limits are not set by environment variables"
+    worker = services["ray-worker"]
+    assert f"--num-cpus={worker['cpus']}" in worker["command"]  # the Ray worker is told the CPUs it is given
+
+
+def test_every_service_rotates_its_logs(services: dict) -> None:
+    for name, service in services.items():
+        logging = service.get("logging")
+        assert logging and logging["driver"] == "json-file", name
+        options = {k: resolved(str(v)) for k, v in logging["options"].items()}
+        assert bytes_of(options["max-size"]) <= 100 * 1024**2 and 1 <= int(options["max-file"]) <= 10, (name, options)
 
 
 def test_named_volumes_declared(compose: dict, services: dict) -> None:

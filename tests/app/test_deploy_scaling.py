@@ -34,7 +34,7 @@ def test_replicas_share_the_state_and_sit_behind_the_load_balancer(services: dic
     assert "ports" not in replica  # reached through the load balancer only
     assert replica["deploy"]["replicas"] == "${HHVAEM_API_REPLICAS:-3}"
     assert replica["healthcheck"] == api["healthcheck"] and replica["depends_on"] == api["depends_on"]
-    assert lb["ports"] == ["${HHVAEM_LB_PORT:-8080}:8080"]
+    assert lb["ports"] == ["${HHVAEM_BIND:-127.0.0.1}:${HHVAEM_LB_PORT:-8080}:8080"]  # loopback by default
     assert lb["depends_on"] == {"api-replica": {"condition": "service_healthy"}}
     mount = "./deploy/nginx.conf:/etc/nginx/conf.d/default.conf:ro"
     assert lb["volumes"] == [mount]

@@ -32,9 +32,11 @@ VALUES = {
     "ldl": 115,
     "hdl": 50,
     "cholesterol_ratio": 4,
-    "log_triglycerides": 4.6,
+    "triglycerides": 100,
     "blood_sugar": 91,
 }
+# What the page shows for a category code: the schema's label (training/demo.py).
+CHOICE_LABELS = {("sex", 1): "group 1", ("sex", 2): "group 2"}
 
 
 def label(feature: str) -> str:
@@ -75,7 +77,9 @@ def open_questionnaire(page, service, query: str = "") -> dict:
 def fill_shown(page, value) -> None:
     """Enters `value` into the question shown (by its label for a choice) and presses Enter."""
     if page.get_attribute("#question", "data-type") in ("binary", "categorical"):
-        page.locator("#question").get_by_label(str(value), exact=True).check()
+        feature = page.get_attribute("#question", "data-feature")
+        choice = CHOICE_LABELS.get((feature, value), str(value))
+        page.locator("#question").get_by_label(choice, exact=True).check()
     else:
         page.locator("#q-input").fill(str(value))
     page.keyboard.press("Enter")
@@ -90,6 +94,9 @@ def answer_shown(page, value) -> dict:
 
 
 def ask_other(page, feature: str) -> None:
+    """Shows the question for `feature` (which model's first question it is depends on its training)."""
+    if page.get_attribute("#question", "data-feature") == feature:
+        return
     page.get_by_label("Answer another question").select_option(feature)
     page.get_by_role("button", name="Ask it").click()
     assert page.get_attribute("#question", "data-feature") == feature
@@ -210,6 +217,31 @@ def test_complete_questionnaire(page, service, screenshots):
     if not os.environ.get("HHVAEM_SCREENSHOTS_DIR"):  # `make test`: the README's pictures are left as they are
         assert not screenshots.resolve().is_relative_to(DOCS_SCREENSHOTS.parents[1])
         assert {p.name: p.stat().st_mtime_ns for p in DOCS_SCREENSHOTS.glob("*.png")} == tracked
+
+
+def test_questions_say_what_they_mean(page, service):
+    """Each question shows the schema's one-sentence description and unit, and a coded category its label (the
+    answer is stored as the code); the prediction says what its target is."""
+    model = service.get("/v1/models/diabetes")
+    described = {c["name"]: c["description"] for c in model["schema"]["features"] + model["schema"]["targets"]}
+    open_questionnaire(page, service)
+    assert page.inner_text("#prediction-description") == described["disease_progression"]
+    assert "one year after baseline" in described["disease_progression"]
+    for feature, unit in (("triglycerides", "mg/dL"), ("blood_pressure", "mm Hg")):
+        ask_other(page, feature)
+        assert page.inner_text("#question-field .question-label") == f"{label(feature)} ({unit})"
+        assert page.inner_text("#q-description") == described[feature]
+    assert "mean arterial pressure" in described["blood_pressure"].lower()
+    ask_other(page, "sex")
+    choices = page.locator("#question label.choice").all_inner_texts()
+    assert [c.strip() for c in choices] == ["group 1", "group 2"]
+    assert page.inner_text("#q-description") == described["sex"]
+    assert "group 1: " in page.inner_text("#q-hint")  # the model's expectation, by label
+    response = answer_shown(page, 2)
+    assert "sex" not in [r["feature"] for r in response["ranking"]]
+    stored = service.get(f"/v1/sessions/{session_id(page)}")
+    assert stored["current"] == {"sex": 2}, "the page sends the code; the label is for people"
+    assert page.inner_text("#answers li[data-feature=sex] .a-value") == "group 2"
 
 
 def test_root_redirects_to_the_page(page, service):

@@ -54,6 +54,9 @@ def test_train_writes_a_complete_manifest(artifact):
     assert momentum["axes"] == ["steps", "rows", "samples", "latent"] and m["sampler"]["hmc_steps"] == 5  # T, once
     assert "hmc_steps" not in m["architecture"]
     assert [c["name"] for c in m["schema"]["targets"]] == ["y"]
+    q = m["metrics"]["quality"]  # 120 rows: too few to hold any out, so measured on the training rows, and says so
+    assert q["held_out"] is False and q["rows"] == 120 and "in-sample" in q["rows_chosen"]
+    assert all(np.isfinite(q[k]) for k in ("rmse_xu", "acc_xu", "target_rmse")), q
     types = {c["name"]: c["type"] for c in m["schema"]["features"]}
     assert types == {"a": "real", "b": "real", "c": "binary", "d": "categorical"}
     s = m["sampler"]
@@ -262,7 +265,9 @@ def test_train_logs_progress_from_the_start_then_scores_counts_as_integers(tmp_p
     assert "warning: column 'visits': 1 non-numeric cell read as missing (row 8: 'many')" in lines
     plan = next(line for line in lines if line.startswith("100 rows, 2 features"))
     assert (
-        "(1 real, 1 count)" in plan and "target y (real); 40 steps (10 marginal + 36 VI + 4 HMC) from --steps" in plan
+        "(1 real, 1 count)" in plan
+        and "target y (real); 50 steps = 10 marginal-VAE + 36 VI + 4 HMC (40 dependency-VAE steps, from --steps)"
+        in plan
     )
     for stage, steps in (("stage 1 marginal VAEs", 10), ("stage 2 dependency VAE", 36), ("stage 3 VAE + HMC", 4)):
         assert any(line.startswith(f"{stage}: step 1/{steps}, loss ") for line in lines), stage
@@ -287,7 +292,10 @@ def test_train_logs_progress_from_the_start_then_scores_counts_as_integers(tmp_p
     assert visits_cells[0] == "3" and all(v.isdigit() for v in visits_cells), visits_cells
 
 
-def test_demo_trains_once_into_its_folder_then_reuses_it(tmp_path):
+def test_demo_trains_once_into_its_folder_then_reuses_it(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import hhvaem.training.demo as demo_module
     from hhvaem.cli import _demo_needs_training
     from hhvaem.model.io.artifact import read_manifest
 
@@ -304,6 +312,16 @@ def test_demo_trains_once_into_its_folder_then_reuses_it(tmp_path):
     res = runner.invoke(app, ["demo", "--train-only", "--models", str(models)])
     assert res.exit_code == 0 and f"the demo model is in {models / 'diabetes'}" in res.output
     assert "training" not in res.output
+
+    # a demo trained by an earlier version, whose columns differ from this version's table, is trained again
+    table, schema = demo_module.demo_table()
+    edited = replace(
+        schema, features=(replace(schema.features[0], description="Another sentence."), *schema.features[1:])
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(demo_module, "demo_table", lambda: (table, edited))
+        assert "the demo's columns changed" in _demo_needs_training(models / "diabetes", rebuild=False)
+    assert _demo_needs_training(models / "diabetes", rebuild=False) is None
 
     (models / "diabetes" / "impute.onnx").write_bytes(b"not a graph")  # e.g. an interrupted copy
     assert "checksum mismatch for impute.onnx" in _demo_needs_training(models / "diabetes", rebuild=False)

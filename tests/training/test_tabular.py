@@ -540,7 +540,11 @@ def test_a_few_numeric_codes_with_text_stay_categorical() -> None:
 
 @pytest.mark.parametrize(
     ("levels", "rows", "refused"),
-    [(300, 300, True), (51, 1000, True), (12, 20, True), (12, 100, False), (50, 1000, False), (9, 12, False)],
+    # refused: most levels seen fewer than 5 times (300 in 300 rows; 12 in 20 rows; 60 in 200 rows), or more than
+    # 1,000 levels; accepted: 51 levels in 1,000 rows (issue #23: the old cap of 50 refused it), 9 levels in 12 rows
+    # (below 10 levels, always a categorical)
+    [(300, 300, True), (12, 20, True), (60, 200, True), (1001, 10010, True)]
+    + [(51, 1000, False), (12, 100, False), (50, 1000, False), (9, 12, False), (1000, 10000, False)],
 )
 def test_too_many_levels_for_a_categorical_are_refused(levels: int, rows: int, refused: bool) -> None:
     df = pd.DataFrame({"code": [f"c{i % levels}" for i in range(rows)], "y": np.arange(rows, dtype=float)})
@@ -549,10 +553,17 @@ def test_too_many_levels_for_a_categorical_are_refused(levels: int, rows: int, r
         return
     with pytest.raises(TableError) as e:
         infer_schema(df, ["y"])
+    counts = np.bincount(np.arange(rows) % levels)
+    median, once = np.median(counts), int(np.sum(counts == 1))
+    why = (
+        "more than 1,000 levels (the most an inferred categorical may have)"
+        if median >= 5
+        else f"most levels are seen fewer than 5 times (median {median:g}, {once} seen once)"
+    )
     assert str(e.value) == (
-        f"column 'code': {levels} distinct text values in {rows} observed rows, too many for a categorical (at most "
-        "50, and at most half the observed values); an identifier or free text can be left out (--drop code), a "
-        "category with this many levels declared in --schema"
+        f"column 'code': {levels:,} distinct text values in {rows:,} observed rows, too many for a categorical: {why}; "
+        "an identifier or free text: leave it out (--drop code); a category with this many levels: declare it "
+        "categorical in --schema"
     )
     # Declared, it is modelled as asked.
     assert infer_schema(df, ["y"], {"code": {"type": "categorical"}}).column("code").n_categories == levels

@@ -49,7 +49,8 @@ async def list_models(state: State, caller: Inferrer):
 async def get_model(
     name: str, state: State, caller: Inferrer, version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None
 ):
-    """Schema (features, types, categories, units), targets, sampler settings, metrics and versions."""
+    """Schema (features and targets: types, categories and their labels, units, descriptions), sampler settings,
+    metrics and versions."""
     m = await run_in_threadpool(resolve_model, state.registry, name, version)
     records = [r for r in state.registry.records() if r.name == name]
     record = next((r for r in records if r.version == m.version), None)

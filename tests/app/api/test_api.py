@@ -124,7 +124,12 @@ def test_list_and_describe_models(any_svc: Service) -> None:
     assert [f["name"] for f in d["schema"]["features"]] == list(FEATURES)
     assert [t["name"] for t in d["schema"]["targets"]] == [TARGET]
     sex = next(f for f in d["schema"]["features"] if f["name"] == "sex")
-    assert sex["type"] == "binary" and sex["categories"] == [1, 2]
+    assert sex["type"] == "binary" and sex["categories"] == [1, 2] and sex["labels"] == ["group 1", "group 2"]
+    columns = {c["name"]: c for c in d["schema"]["features"] + d["schema"]["targets"]}
+    assert all(c["description"].endswith(".") for c in columns.values()), "every column says what it is"
+    assert columns["triglycerides"]["unit"] == "mg/dL" and "log" not in columns["triglycerides"]["unit"]
+    assert "mean arterial pressure" in columns["blood_pressure"]["description"].lower()
+    assert "disease progression one year after baseline" in columns[TARGET]["description"]
     assert d["sampler"]["hmc_steps"] >= 1 and d["sampler"]["leapfrog_steps"] >= 1 and d["sampler"]["step_sizes"]
     assert 1 in d["versions"] and d["backend"].startswith("onnxruntime")
 
@@ -267,8 +272,7 @@ def test_impute_in_original_units(any_svc: Service) -> None:
                 continue
             assert s["std"] > 0 and ordered(s["quantiles"]) and set(s["quantiles"]) == {"0.05", "0.5", "0.95"}
             assert out["values"][name] == pytest.approx(s["point"])  # the point imputation fills the hole
-            if name != "log_triglycerides":  # every other column is positive
-                assert s["mean"] > 0 and s["quantiles"]["0.05"] > 0
+            assert s["mean"] > 0 and s["quantiles"]["0.05"] > 0  # every numeric column is positive
     # Original units, not standardised codes: plausible adult ages, BMIs and cholesterol levels.
     imputed = body["rows"][1]["imputed"]
     assert 18 < imputed["age"]["mean"] < 90
@@ -368,6 +372,16 @@ def test_bad_cells_are_422_naming_the_cell(c: httpx.Client, path: str, cell: dic
     assert why in reason(problem(c.post(path, json=body), 422, field), field)
 
 
+def test_a_category_label_stands_for_its_code(c: httpx.Client) -> None:
+    by_code, by_label = ({"rows": [{"age": 50, "sex": sex}], "samples": SAMPLES, "seed": 0} for sex in (2, "group 2"))
+    coded, labelled = (c.post(PREDICT, json=body) for body in (by_code, by_label))
+    assert coded.status_code == labelled.status_code == 200, labelled.text
+    assert labelled.json()["rows"] == coded.json()["rows"]  # the same answer, to the last digit
+    body = problem(c.post(PREDICT, json={"rows": [{"sex": "group 3"}]}), 422, "rows.0.sex")
+    assert "'group 1', 'group 2'" in reason(body, "rows.0.sex")
+    problem(c.post(PREDICT, json={"rows": [{"sex": "2"}]}), 422, "rows.0.sex")  # a code is a number, not text
+
+
 def test_predict_refuses_the_target_inside_a_row_and_impute_takes_it(c: httpx.Client) -> None:
     """Issue #22, 6: /predict answered from a row holding the target (its own value back); sessions refused it."""
     row = {"age": 50, "bmi": 31.0, TARGET: 150.0}
@@ -464,7 +478,7 @@ def test_problem_detail_names_the_same_field_as_errors(c: httpx.Client) -> None:
     assert body["detail"].startswith("row.bmi:"), body["detail"]
 
 
-@pytest.mark.parametrize("row", [{"log_triglycerides": 1e308}, {"age": 1e300}], ids=["null-summaries", "negative"])
+@pytest.mark.parametrize("row", [{"triglycerides": 1e308}, {"age": 1e300}], ids=["null-summaries", "negative"])
 def test_absurd_magnitudes_are_refused_or_stay_in_support(c: httpx.Client, row: dict) -> None:
     r = c.post(PREDICT, json=rows_body(row))
     if r.status_code == 422:

@@ -40,7 +40,7 @@ def table(n: int, seed: int = 0, holes: float = 0.2) -> pd.DataFrame:
             "ldl": rng.uniform(50, 200, n).round(1),
             "hdl": rng.uniform(25, 90, n).round(0),
             "cholesterol_ratio": rng.uniform(2, 9, n).round(2),
-            "log_triglycerides": rng.uniform(3.5, 6.5, n).round(4),
+            "triglycerides": rng.uniform(30, 450, n).round(0),
             "blood_sugar": rng.uniform(60, 140, n).round(0),
         }
     )

@@ -136,12 +136,19 @@ def test_prediction_changes_as_answers_arrive(c: httpx.Client) -> None:
     sid = new_session(c)["session_id"]
     before = c.get(f"/v1/sessions/{sid}/prediction", params=Q).json()["targets"][TARGET]
     assert c.get(f"/v1/sessions/{sid}/prediction", params=Q).json()["targets"][TARGET] == before  # seeded
-    answers = {"bmi": 41.0, "blood_sugar": 150.0, "log_triglycerides": 5.6, "blood_pressure": 130.0}
+    answers = {"bmi": 41.0, "blood_sugar": 150.0, "triglycerides": 270.0, "blood_pressure": 130.0}
     assert c.post(f"/v1/sessions/{sid}/observations", json={"observations": answers}).status_code == 200
     after = c.get(f"/v1/sessions/{sid}/prediction", params=Q).json()["targets"][TARGET]
     assert after["mean"] != before["mean"] and after["quantiles"] != before["quantiles"]
     ranked = c.get(f"/v1/sessions/{sid}/next-features", params=Q).json()["ranking"]
     assert {x["feature"] for x in ranked} == set(FEATURES) - set(answers)
+
+
+def test_an_answer_by_its_label_counts_as_its_code(c: httpx.Client) -> None:
+    coded, labelled = (new_session(c, {"age": 50, "sex": sex})["session_id"] for sex in (1, "group 1"))
+    assert c.get(f"/v1/sessions/{labelled}").json()["current"] == {"age": 50, "sex": "group 1"}  # kept as sent
+    by_code, by_label = (c.get(f"/v1/sessions/{s}/prediction", params=Q).json()["targets"] for s in (coded, labelled))
+    assert by_label == by_code
 
 
 # --------------------------------------------------------------------------------------------------------- errors

@@ -60,7 +60,7 @@ def test_errors_are_raised_with_the_problems_fields(api: Client):
 def test_a_questionnaire_in_five_lines(api: Client):
     """The README's loop: ask the best question until the model says stop (answers from a known patient)."""
     patient = {"bmi": 31.2, "blood_pressure": 95.0, "ldl": 110.0, "hdl": 45.0, "total_cholesterol": 190.0}
-    patient |= {"cholesterol_ratio": 4.2, "log_triglycerides": 4.8, "blood_sugar": 92.0}
+    patient |= {"cholesterol_ratio": 4.2, "triglycerides": 122.0, "blood_sugar": 92.0}
     asked = []
     s = api.start_session(MODEL, {"age": 54, "sex": 1})
     while not (step := s.next_features(top_k=1, samples=SAMPLES, seed=0, min_gain=0.05)).stop.stop:
