@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from hhvaem.model.io.contract import CHUNK_ROWS
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="HH-VAEM for tables with missing values.")
 
 Data = Annotated[Path, typer.Argument(help="Training table: .csv or .parquet, header row, empty/NA cells missing.")]
@@ -670,7 +672,7 @@ def score(
     output: Annotated[Path, typer.Argument(help="Where to write the result: .csv or .parquet.")],
     operation: Annotated[str, typer.Option("--operation", help="impute | predict | both")] = "both",
     samples: Annotated[int | None, typer.Option("--samples", min=2, help="Posterior samples per row.")] = None,
-    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per sampler call.")] = 128,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per sampler call.")] = CHUNK_ROWS,
     seed: SeedOpt = 0,
     threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime threads (0: default).")] = 0,
     imputations: Annotated[

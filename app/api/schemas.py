@@ -47,7 +47,9 @@ class RowsRequest(_Strict):
     rows: list[dict[str, Value]] = Field(
         min_length=1, description="Rows: feature -> value; null or absent means missing.", examples=[[ROW_EXAMPLE]]
     )
-    samples: int | None = Field(None, ge=2, description="Posterior samples per row (default: `HHVAEM_DEFAULT_SAMPLES`)."
+    samples: int | None = Field(
+        None, ge=2, description="Posterior samples per row (default: `HHVAEM_DEFAULT_SAMPLES`)."
+    )
     quantiles: list[FiniteFloat] = Field(
         [0.05, 0.5, 0.95], min_length=1, max_length=99, description="Quantiles in (0, 1) to report."
     )

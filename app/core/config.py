@@ -23,6 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from hhvaem.model.io.contract import CHUNK_ROWS
+
 __all__ = ["Settings", "configuration_table", "get_settings", "make_settings", "redact_url", "sqlite_url"]
 
 ENV_PREFIX = "HHVAEM_"
@@ -324,8 +326,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"default_samples ({self.default_samples}) must not exceed max_samples ({self.max_samples})"
             )
-        if self.ray_partition_rows % 128:
-            raise ValueError(f"ray_partition_rows ({self.ray_partition_rows}) must be a multiple of 128")
+        if self.ray_partition_rows % CHUNK_ROWS:
+            raise ValueError(f"ray_partition_rows ({self.ray_partition_rows}) must be a multiple of {CHUNK_ROWS}")
         return self
 
     @property

@@ -58,6 +58,7 @@ from hhvaem.app.engine.partitions import (
 )
 from hhvaem.app.engine.scoring import OPERATIONS, check_columns, passthrough
 from hhvaem.model.io.artifact import manifest_checksum
+from hhvaem.model.io.contract import CHUNK_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def score_on_ray(
     output: str | Path,
     operation: str = "both",
     samples: int | None = None,
-    chunk_rows: int = 128,
+    chunk_rows: int = CHUNK_ROWS,
     seed: int = 0,
     *,
     partition_rows: int = PARTITION_ROWS,

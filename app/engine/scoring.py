@@ -16,6 +16,7 @@ import pandas as pd
 from hhvaem.app.engine.engine import Engine
 from hhvaem.app.engine.errors import InputError
 from hhvaem.app.engine.queries import ImputeQuery, MultipleImputeQuery, PredictQuery
+from hhvaem.model.io.contract import CHUNK_ROWS
 from hhvaem.model.io.tables import TableError
 
 OPERATIONS = ("impute", "predict", "both")
@@ -81,7 +82,7 @@ def score_frame(
     df: pd.DataFrame,
     operation: str = "both",
     samples: int | None = None,
-    chunk_rows: int = 128,
+    chunk_rows: int = CHUNK_ROWS,
     seed: int = 0,
     progress: Callable[[int, int, list[dict]], None] | None = None,
     imputations: int | None = None,

@@ -42,11 +42,11 @@ from hhvaem.app.db.availability import DatabaseUnavailable
 from hhvaem.app.engine.scoring import passthrough, score_frame
 from hhvaem.app.services.registry import ModelNotFound
 from hhvaem.model.io.artifact import ArtifactError
+from hhvaem.model.io.contract import CHUNK_ROWS
 from hhvaem.model.io.tables import TableError, read_table
 
 log = logging.getLogger(__name__)
 
-CHUNK_ROWS = 128
 MAX_TAKEOVERS = 3
 ORPHAN_SECONDS = 3600.0
 RESULT = "result.csv"

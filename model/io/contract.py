@@ -22,6 +22,10 @@ ROWS, SAMPLES = "rows", "samples"
 DYNAMIC = (ROWS, SAMPLES)
 
 
+# Rows per sampler call when a table is scored (batch jobs, `hhvaem score`, Ray partitions: a multiple of it).
+CHUNK_ROWS = 128
+
+
 class ContractError(ValueError):
     """A graph description that does not fit the contract (unknown tensor or axis, missing input)."""
 

@@ -25,7 +25,7 @@ from hhvaem.app.api.schemas import JOB_ID, JOB_LINKS, MAX_VERSION, MODEL_NAME, B
 from hhvaem.app.db import repository as repo
 from hhvaem.app.db.models import new_job_id
 from hhvaem.app.engine.scoring import check_columns, passthrough
-from hhvaem.app.services.jobs import CHUNK_ROWS
+from hhvaem.model.io.contract import CHUNK_ROWS
 from hhvaem.model.io.tables import TableError, read_table_with_notes
 
 log = logging.getLogger(__name__)
