@@ -16,17 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from hhvaem.cli import ScoreLines, _plan, app
-from hhvaem.model.hhvaem import HHVAEM, ModelConfig
 from hhvaem.model.io.artifact import read_manifest
-from hhvaem.model.schema import Column, Schema
 from hhvaem.training import quality
 from hhvaem.training.progress import LineProgress, duration
 from hhvaem.training.tabular import load_dataset
-from hhvaem.training.trainer import StageSteps, TrainConfig, TrainData, Trainer
+from hhvaem.training.trainer import StageSteps, TrainConfig, Trainer
+from tests.training.test_trainer import tiny_model_and_data
 
 runner = CliRunner()
 
@@ -73,16 +71,7 @@ def test_progress_lines_carry_the_measured_rate_and_the_time_left():
 
 
 def _tiny_trainer(compile: bool) -> Trainer:
-    schema = Schema((Column("a", "real"), Column("b", "binary", (0, 1))), (Column("y", "real"),))
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(64, generator=gen)
-    data = TrainData(
-        torch.stack([a, (a > 0).float()], 1),
-        torch.ones(64, 2, dtype=torch.bool),
-        a[:, None] * 2,
-        torch.ones(64, 1, dtype=torch.bool),
-    )
-    model = HHVAEM(schema, ModelConfig(variant="hmcvaem", latent_dims=(2,), hidden=8, marginal_hidden=8, hmc_steps=2))
+    model, data = tiny_model_and_data()
     model.compile_sampler = lambda enabled=True: None  # the events, not torch.compile's minutes
     return Trainer(model, data, TrainConfig(StageSteps(3, 4, 3), batch_size=16, compile=compile))
 

@@ -34,7 +34,8 @@ def test_compile_policy():
     assert not TrainConfig(StageSteps(10, 10, 5000), compile=False).compiles
 
 
-def test_a_short_run_reports_every_stage_and_frees_the_compiled_sampler():
+def tiny_model_and_data() -> tuple[HHVAEM, TrainData]:
+    """A two-feature HMC-VAEM and 64 rows: enough to run every stage in a second."""
     schema = Schema((Column("a", "real"), Column("b", "binary", (0, 1))), (Column("y", "real"),))
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(64, generator=gen)
@@ -45,6 +46,11 @@ def test_a_short_run_reports_every_stage_and_frees_the_compiled_sampler():
         torch.ones(64, 1, dtype=torch.bool),
     )
     model = HHVAEM(schema, ModelConfig(variant="hmcvaem", latent_dims=(2,), hidden=8, marginal_hidden=8, hmc_steps=2))
+    return model, data
+
+
+def test_a_short_run_reports_every_stage_and_frees_the_compiled_sampler():
+    model, data = tiny_model_and_data()
     seen = []
     history = Trainer(model, data, TrainConfig(StageSteps(4, 6, 3), batch_size=16)).run(
         lambda stage, step, total, loss: seen.append((stage, step, total))
