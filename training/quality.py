@@ -104,10 +104,15 @@ def measure(
 
 
 def record(artifact: str | Path, name: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """Adds `summary` to the manifest's `metrics` under `name`, re-sealed by the writer's `manifest_text`."""
+    """Adds `summary` to the manifest's `metrics` under `name`, re-sealed (`amend`)."""
+    return amend(artifact, lambda m: {"metrics": {**m.get("metrics", {}), name: summary}})
+
+
+def amend(artifact: str | Path, change) -> dict[str, Any]:
+    """Updates the manifest with the entries `change(manifest)` returns, re-sealed by the writer's `manifest_text`."""
     manifest = read_manifest(artifact)  # verified first: a changed artifact is refused, not re-sealed
     manifest.pop("seal", None)
-    manifest["metrics"] = {**manifest.get("metrics", {}), name: summary}
+    manifest.update(change(manifest))
     (Path(artifact) / MANIFEST).write_text(manifest_text(manifest))
     return manifest
 

@@ -20,6 +20,7 @@ from hhvaem.app.engine.backends import Backend, OnnxBackend, TorchBackend
 from hhvaem.app.engine.errors import FieldError, InputError
 from hhvaem.app.engine.queries import ImputeQuery, NextFeaturesQuery, PredictQuery
 from hhvaem.app.engine.seeds import row_seeds
+from hhvaem.model.calibration import Calibration
 from hhvaem.model.io.artifact import ArtifactError, manifest_checksum, read_manifest
 from hhvaem.model.io.contract import ContractError, Dims, draw_noise, graph_for, graphs_from_manifest
 from hhvaem.model.preprocessing import EncodingError, Preprocessor, is_missing
@@ -71,6 +72,11 @@ class Engine:
         except (ContractError, KeyError) as e:
             raise ArtifactError(f"{self.path}: the manifest's graphs do not fit the graph contract ({e})") from None
         self.default_samples = int(self.manifest["sampler"].get("default_chains", 100))
+        try:  # the conformal correction of served quantiles, measured by the trainer (absent: raw quantiles)
+            found = self.manifest.get("calibration")
+            self.calibration = None if found is None else Calibration.from_json(found)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ArtifactError(f"{self.path}: its calibration cannot be read ({e})") from None
         if backend not in ("onnx", "torch"):
             raise ArtifactError(f"unknown backend {backend!r} (expected onnx or torch)")
         self.backends: dict[str, Backend] = {

@@ -58,6 +58,7 @@ class ImputeQuery:
     seed: int | None = None
     return_samples: bool = False
     strict: bool = True  # JSON clients: only null is missing, text is not parsed as a number (tables: False)
+    calibrated: bool = True  # quantiles with the model's conformal correction (False: the model's raw ones)
 
     def prepare(self, engine: Engine) -> Prepared:
         quantiles = check_quantiles(self.quantiles)
@@ -81,7 +82,9 @@ class ImputeQuery:
                 if mask[i, j]:
                     completed[c.name] = row[c.name]
                 else:
-                    imputed[c.name] = _summary(engine, prep, i, j, c, params[i, :, j], quantiles, self.return_samples)
+                    imputed[c.name] = _summary(
+                        engine, prep, i, j, c, params[i, :, j], quantiles, self.return_samples, self.calibrated
+                    )
                     completed[c.name] = point_value(c, imputed[c.name])
             rows.append({"values": completed, "imputed": imputed, "acceptance_rate": float(out["acceptance"][i])})
         return rows
@@ -170,6 +173,7 @@ class PredictQuery:
     seed: int | None = None
     return_samples: bool = False
     strict: bool = True
+    calibrated: bool = True
     extra_outputs: frozenset[str] = frozenset()  # graph outputs a caller reads besides the answer (SAIA: target_given)
 
     def prepare(self, engine: Engine) -> Prepared:
@@ -184,7 +188,9 @@ class PredictQuery:
         return [
             {
                 "targets": {
-                    c.name: _summary(engine, prep, i, first + t, c, out["target"][i, :, t], quantiles, samples)
+                    c.name: _summary(
+                        engine, prep, i, first + t, c, out["target"][i, :, t], quantiles, samples, self.calibrated
+                    )
                     for t, c in enumerate(engine.schema.targets)
                 },
                 "acceptance_rate": float(out["acceptance"][i]),
@@ -209,6 +215,7 @@ class NextFeaturesQuery:
     min_gain: float = 0.01  # the stopping hint: below this best gain, stop
     max_uncertainty: float | None = None  # ... or when the prediction is this certain
     quantiles: Sequence[float] = DEFAULT_QUANTILES
+    calibrated: bool = True
 
     def prepare(self, engine: Engine) -> Prepared:
         quantiles = check_quantiles(self.quantiles)
@@ -250,7 +257,9 @@ class NextFeaturesQuery:
             "method": self.method,
             "ranking": [{**vars(r), "gain_se": _finite(gains[r.feature].se)} for r in ranking],
             "tie": tie(ranking, gains),
-            "prediction": _summary(engine, prep, 0, first + ti, tcol, out["target"][0, :, ti], quantiles, False),
+            "prediction": _summary(
+                engine, prep, 0, first + ti, tcol, out["target"][0, :, ti], quantiles, False, self.calibrated
+            ),
             "uncertainty": unc,
             "stop": {"stop": advice.stop, "reason": advice.reason},
             "acceptance_rate": float(out["acceptance"][0]),
@@ -303,12 +312,27 @@ def tie(ranking, gains: dict[str, Gain]) -> dict[str, Any]:
     }
 
 
-def _summary(engine: Engine, prep: Prepared, row: int, j: int, col, params: np.ndarray, quantiles, samples: bool):
+def _summary(
+    engine: Engine,
+    prep: Prepared,
+    row: int,
+    j: int,
+    col,
+    params: np.ndarray,
+    quantiles,
+    samples: bool,
+    calibrated: bool,
+):
     """Row `row`'s predictive summary of schema column `j` (`col`, natural params [K, W]), from the row's own stream
-    for that column."""
+    for that column; its quantiles conformally calibrated (`calibrated` and the model has a calibration) or raw."""
     rng = prep.rng(row, SUMMARY, j)
     draws = engine.draws_per_sample(prep.samples)
-    return summarise(ColumnPredictive(col, params[None]), engine.preprocessor, rng, quantiles, draws, samples)[0]
+    levels = None
+    if calibrated and engine.calibration is not None and not col.is_discrete:
+        share = prep.feeds["mask"][row : row + 1].mean(1)  # the share of the row's features the model sees
+        levels = engine.calibration.levels(col.name, share, quantiles)
+    pred = ColumnPredictive(col, params[None])
+    return summarise(pred, engine.preprocessor, rng, quantiles, draws, samples, levels)[0]
 
 
 def _finite(x: float) -> float | None:

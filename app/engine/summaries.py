@@ -64,11 +64,13 @@ def summarise(
     quantiles: tuple[float, ...],
     draws: int,
     return_samples: bool,
+    levels: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Per row: {"point", "mean", "std", "quantiles", [extras], ["samples"]} or {"mode", "probabilities",
-    ["samples"]}, with the Monte Carlo standard errors of the estimates ("mean_se", "quantiles_se",
+    """Per row: {"point", "mean", "std", "quantiles", "calibrated", [extras], ["samples"]} or {"mode",
+    "probabilities", ["samples"]}, with the Monte Carlo standard errors of the estimates ("mean_se", "quantiles_se",
     "probabilities_se"). The extras are the family's own figures (`Family.summary_extras`: a zero_positive
-    column's "probability_zero")."""
+    column's "probability_zero"). `levels` [B, Q]: the model's levels to read for the nominal `quantiles` (the
+    conformal correction, model/calibration.py), else the nominal ones (the model's raw quantiles)."""
     col = pred.column
     if col.is_discrete:
         probs = category_probabilities(pred)
@@ -88,12 +90,13 @@ def summarise(
         return out
     mean, std = moments(pred, prep)
     values = draw(pred, prep, rng, draws)  # [B, K * draws], component by component
-    qs = sample_quantiles(values, quantiles)
     b = len(values)
+    read = np.broadcast_to(np.asarray(quantiles, np.float64), (b, len(quantiles))) if levels is None else levels
+    qs = sample_quantiles(values, read)
     mean_se = batch_se(moments(grouped(pred), prep)[0], b)
     g = n_groups(pred.params.shape[1])
     per_group = values[:, : (values.shape[1] // (g * draws)) * g * draws].reshape(b * g, -1)
-    qs_se = batch_se(sample_quantiles(per_group, quantiles).T, b)
+    qs_se = batch_se(sample_quantiles(per_group, np.repeat(read, g, axis=0)).T, b)
     params = col.family.component_params(pred.params, col.n_categories)
     point = col.family.point(params, prep.stats.get(col.name))
     extras = col.family.summary_extras(params)  # e.g. a zero-inflated column's probability of zero
@@ -106,6 +109,7 @@ def summarise(
             "quantiles": {_q_key(q): json_value(col, qs[i, b]) for i, q in enumerate(quantiles)},
             "mean_se": float(mean_se[b]),
             "quantiles_se": {_q_key(q): float(qs_se[b, i]) for i, q in enumerate(quantiles)},
+            "calibrated": levels is not None,
         }
         d.update({name: float(v[b]) for name, v in extras.items()})
         if return_samples:
@@ -136,18 +140,21 @@ def batch_se(estimates: np.ndarray, rows: int) -> np.ndarray:
     return e.std(1, ddof=1) / np.sqrt(e.shape[1])
 
 
-def sample_quantiles(values: np.ndarray, quantiles: tuple[float, ...]) -> np.ndarray:
-    """Quantiles [Q, B] of draws [B, N], linear interpolation (numpy's default method).
+def sample_quantiles(values: np.ndarray, quantiles) -> np.ndarray:
+    """Quantiles [Q, B] of draws [B, N], linear interpolation (numpy's default method); `quantiles` the same
+    levels [Q] for every row, or each row's own [B, Q].
 
     Written out because np.quantile's generic machinery costs ~0.3 ms per call, more than the
     sort itself for a single row's 1000 draws.
     """
     v = np.sort(values, axis=-1)
-    pos = np.asarray(quantiles, dtype=np.float64) * (v.shape[-1] - 1)
+    q = np.broadcast_to(np.asarray(quantiles, dtype=np.float64), (len(v), np.shape(quantiles)[-1]))
+    pos = q * (v.shape[-1] - 1)
     lo = np.floor(pos).astype(int)
     hi = np.minimum(lo + 1, v.shape[-1] - 1)
     w = pos - lo
-    return (v[:, lo] * (1 - w) + v[:, hi] * w).T
+    pick = lambda i: np.take_along_axis(v, i, axis=1)  # noqa: E731
+    return (pick(lo) * (1 - w) + pick(hi) * w).T
 
 
 def point_value(col: Column, summary: dict[str, Any]) -> Any:

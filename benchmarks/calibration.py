@@ -1,0 +1,219 @@
+"""Coverage and width of the served intervals before and after the conformal correction (docs/calibration.md).
+
+For each table and protocol split (docs/protocol.md: the split's training rows, its test rows), the model is
+trained exactly as `hhvaem train` trains it (rows held out, or the cross-fit on small tables; training/finish.py),
+then the test rows are scored through the engine's graphs at three observed shares: every feature the row has is
+shown with probability 0.2, 0.5 or 0.8 (MASKS independent masks per row and share), the target hidden. Each hidden
+numeric entry and each numeric target gets its 50 % and 90 % central intervals read off the draws at the nominal
+levels (raw) and at the calibrated levels (`Calibration.levels`, what the engine serves), and the CRPS of the
+predictive resampled at 200 evenly spaced levels either way. Widths and CRPS are in standard deviations of the
+column on the training rows.
+
+    python -m benchmarks.tables /tmp/tables --uci ../shared/data/uci
+    python -m benchmarks.calibration run /tmp/tables --out docs/calibration/runs --splits 0,1,2,3,4
+    python -m benchmarks.calibration render docs/calibration/runs > /tmp/calibration.md
+
+One torch and one ONNX Runtime thread; each (table, split) writes its JSON (skipped when present), with the commit,
+the load average before and after and the seconds spent in training, the cross-fit and the calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.train_speed import commit
+
+SHARES = (0.2, 0.5, 0.8)
+MASKS = 4
+SAMPLES = 100  # the service's default
+LEVELS = {"50": (0.25, 0.75), "90": (0.05, 0.95)}
+RESAMPLE = (np.arange(200) + 0.5) / 200
+
+
+def score_split(table: Path, split: int, seed: int = 0) -> dict:
+    from hhvaem.app.engine import Engine
+    from hhvaem.app.engine.summaries import sample_quantiles
+    from hhvaem.training import finish, quality
+    from hhvaem.training.artifact import data_fingerprint, write_artifact
+    from hhvaem.training.calibration import DRAWS
+    from hhvaem.training.evaluate import served_posterior, split_indices
+    from hhvaem.training.fit import encode_rows, fit
+    from hhvaem.training.metrics import crps
+    from hhvaem.training.tabular import load_dataset
+    from hhvaem.training.trainer import TrainData
+
+    df, schema = load_dataset(table / "data.csv", [], table / "schema.json")
+    train_idx, test_idx = split_indices(len(df), split)
+    train_all, test_df = df.iloc[train_idx].reset_index(drop=True), df.iloc[test_idx].reset_index(drop=True)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    train_df, held = quality.split_rows(train_all, seed)
+    fitted = fit(train_df, schema, "hhvaem", None, seed)
+    seconds["fit"] = time.perf_counter() - t0
+
+    def refit(rows):
+        t = time.perf_counter()
+        model = fit(rows, schema, "hhvaem", None, seed)
+        seconds["cross_fit"] = time.perf_counter() - t
+        return model
+
+    with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
+        art = Path(tmp) / "model"
+        write_artifact(art, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(train_all))
+        t1 = time.perf_counter()
+        finish.finish(art, len(train_all), train_df, held, fitted, refit, seed, 1, True, lambda line: None)
+        seconds["finish"] = time.perf_counter() - t1 - seconds.get("cross_fit", 0.0)
+        engine = Engine(art, threads=1)
+        cal, pp = engine.calibration, engine.preprocessor
+        test = encode_rows(pp, test_df)
+        rng = np.random.default_rng(1000 + split)
+        result: dict = {"shares": {}}
+        for share in SHARES:
+            index = np.repeat(np.arange(len(test_df)), MASKS)
+            observed = (rng.random((len(index), len(schema.features))) < share) & test.mx.numpy()[index]
+            copies = TrainData(*(t[index] for t in (test.x, test.mx, test.y, test.my)))
+            out = served_posterior(engine, copies, observed, SAMPLES, seed)
+            hidden = copies.mx.numpy() & ~observed
+            got = observed.mean(1)
+            per_role: dict[str, dict[str, list]] = {"features": {}, "target": {}}
+            entries = [
+                ("features", c, out["features"][:, :, d], copies.x.numpy()[:, d], hidden[:, d])
+                for d, c in enumerate(schema.features)
+            ]
+            entries += [
+                ("target", c, out["target"][:, :, t], copies.y.numpy()[:, t], copies.my.numpy()[:, t].astype(bool))
+                for t, c in enumerate(schema.targets)
+            ]
+            for role, col, natural, x, keep in entries:
+                if col.is_discrete or not keep.any():
+                    continue
+                p = col.family.component_params(natural[keep], col.n_categories)
+                draws = col.family.user_draws(p, pp.stats.get(col.name), rng, DRAWS)
+                truth = pp.to_original(col, x[keep])
+                sd = float(np.nanstd(train_all[col.name].astype(float))) or 1.0
+                acc = per_role[role]
+                for kind in ("raw", "calibrated"):
+                    for name, (lo, hi) in LEVELS.items():
+                        q = (lo, hi)
+                        lv = cal.levels(col.name, got[keep], q) if kind == "calibrated" else np.tile(q, (len(truth), 1))
+                        a, b = sample_quantiles(draws, lv)
+                        acc.setdefault(f"{kind}_cover{name}", []).append((truth >= a) & (truth <= b))
+                        acc.setdefault(f"{kind}_width{name}", []).append((b - a) / sd)
+                    lv = cal.levels(col.name, got[keep], tuple(RESAMPLE)) if kind == "calibrated" else None
+                    resampled = sample_quantiles(draws, RESAMPLE if lv is None else lv).T
+                    acc.setdefault(f"{kind}_crps", []).append(np.full(len(truth), crps(resampled / sd, truth / sd)))
+            result["shares"][str(share)] = {
+                role: {k: float(np.mean(np.concatenate(v))) for k, v in acc.items()}
+                | {"entries": int(sum(len(v) for v in acc.get("raw_cover90", [])))}
+                for role, acc in per_role.items()
+                if acc
+            }
+        result["calibration"] = {
+            k: v for k, v in engine.manifest["calibration"].items() if k not in ("columns", "method")
+        }
+        result["sources"] = sorted(
+            {c["source"] for cells in engine.manifest["calibration"]["columns"].values() for c in cells}
+        )
+    result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    result["train_rows"], result["test_rows"], result["held_out"] = len(train_all), len(test_df), held is not None
+    return result
+
+
+def run(args) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    tables = sorted(p for p in args.tables.iterdir() if (p / "data.csv").exists())
+    if args.only:
+        tables = [p for p in tables if p.name in args.only.split(",")]
+    for table in tables:
+        for split in [int(s) for s in args.splits.split(",")]:
+            dest = args.out / table.name / f"split{split}.json"
+            if dest.exists():
+                continue
+            before = os.getloadavg()[0]
+            started = time.perf_counter()
+            result = score_split(table, split)
+            result.update(
+                table=table.name,
+                split=split,
+                commit=commit(),
+                machine=f"{platform.node()} ({os.cpu_count()} cores)",
+                load_before=round(before, 2),
+                load_after=round(os.getloadavg()[0], 2),
+                wall_seconds=round(time.perf_counter() - started, 1),
+            )
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(json.dumps(result, indent=1))
+            print(f"{table.name} split {split}: {result['wall_seconds']} s", flush=True)
+
+
+def render(args) -> None:
+    rows = [
+        "| table | role | observed | entries | cover50 raw → calibrated | cover90 raw → calibrated | "
+        "width90 raw → calibrated | CRPS raw → calibrated |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    extra = []
+    for folder in sorted(p for p in args.runs.iterdir() if p.is_dir()):
+        runs = [json.loads(f.read_text()) for f in sorted(folder.glob("split*.json"))]
+        if not runs:
+            continue
+        for share in SHARES:
+            for role in ("target", "features"):
+                parts = [r["shares"][str(share)][role] for r in runs if role in r["shares"][str(share)]]
+                if not parts:
+                    continue
+                n = sum(p["entries"] for p in parts)
+                m = {k: np.average([p[k] for p in parts], weights=[p["entries"] for p in parts]) for k in parts[0]}
+                rows.append(
+                    f"| {folder.name} | {role} | {share:.0%} | {n}"
+                    f" | {m['raw_cover50']:.3f} → {m['calibrated_cover50']:.3f}"
+                    f" | {m['raw_cover90']:.3f} → {m['calibrated_cover90']:.3f}"
+                    f" | {m['raw_width90']:.3f} → {m['calibrated_width90']:.3f}"
+                    f" | {m['raw_crps']:.4f} → {m['calibrated_crps']:.4f} |"
+                )
+        fit_s = np.mean([r["seconds"]["fit"] for r in runs])
+        extra_s = np.mean([r["seconds"].get("cross_fit", 0) + r["seconds"]["finish"] for r in runs])
+        how = "cross-fit" if not runs[0]["held_out"] else "held-out rows"
+        loads = [x for r in runs for x in (r["load_before"], r["load_after"])]
+        extra.append(
+            f"| {folder.name} | {len(runs)} | {runs[0]['train_rows']} | {how} | {fit_s:.0f} | {extra_s:.0f} | "
+            f"{extra_s / fit_s:.0%} | {min(loads):.2f}-{max(loads):.2f} | "
+            f"{', '.join(sorted({r['commit'] for r in runs}))} |"
+        )
+    print("\n".join(rows))
+    print(
+        "\n| table | splits | training rows | calibrated on | fit s | calibration + quality s (incl. cross-fit) | "
+        "extra | load | commit |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    print("\n".join(extra))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("tables", type=Path)
+    r.add_argument("--out", type=Path, default=Path("docs/calibration/runs"))
+    r.add_argument("--splits", default="0,1,2,3,4")
+    r.add_argument("--only", default=None)
+    r.set_defaults(func=run)
+    s = sub.add_parser("render")
+    s.add_argument("runs", type=Path)
+    s.set_defaults(func=render)
+    args = ap.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The end of `hhvaem train` after the served model is written: calibrate its quantiles and measure its quality.
+
+Both need rows the served model was not fitted on. With held-out rows (training/quality.py) they are used for
+both. Without (a small table, or --no-hold-out) and with calibration on, a cross-fit supplies them: a second model
+trained with the same recipe on 80 % of the training rows (`refit`) is calibrated and measured on the other 20 %,
+and its correction and figures go into the served model's manifest (training/calibration.py says why that errs on
+the safe side). Without either, the quality summary is in-sample and says so.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hhvaem.training import calibration, quality
+from hhvaem.training.artifact import write_artifact
+from hhvaem.training.fit import FittedModel
+
+
+def finish(
+    out: str | Path,
+    table_rows: int,
+    train_df: pd.DataFrame,
+    held: pd.DataFrame | None,
+    fitted: FittedModel,
+    refit: Callable[[pd.DataFrame], FittedModel],
+    seed: int,
+    threads: int,
+    calibrate: bool,
+    echo: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Adds `calibration` (when `calibrate`) and `metrics.quality` to the artifact at `out`; returns (the manifest,
+    the quality summary)."""
+    with tempfile.TemporaryDirectory(prefix="hhvaem-cross-fit-") as tmp:
+        scored, rows, model, cross = Path(out), held, fitted, False
+        if calibrate and held is None:
+            fold, rows = calibration.cross_fit_rows(train_df, seed)
+            echo(
+                f"cross-fit: training a second model on {len(fold)} rows to calibrate on the other {len(rows)} "
+                "(too few rows to hold any out of the served model)"
+            )
+            model, scored, cross = refit(fold), Path(tmp) / "cross-fit", True
+            write_artifact(scored, model.model, model.preprocessor, model.history, {})
+        if calibrate:
+            echo(f"calibrating the quantiles on {len(rows)} rows the model was not fitted on")
+            found, about = calibration.measure(scored, rows, seed, threads)
+            entry = calibration.stored(found, {**about, "cross_fit": cross})
+            quality.amend(out, lambda m: {"calibration": entry})
+        rows_scored = quality.rows_to_score(train_df, rows, seed)
+        echo(f"measuring the quality on {len(rows_scored)} {'held-out' if rows is not None else 'training'} rows")
+        summary = quality.measure(scored, model, rows_scored, rows is not None, table_rows, seed, threads)
+        summary["cross_fit"] = cross
+    return quality.record(out, "quality", summary), summary
