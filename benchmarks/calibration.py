@@ -41,6 +41,7 @@ RESAMPLE = (np.arange(200) + 0.5) / 200
 def score_split(table: Path, split: int, seed: int = 0) -> dict:
     from hhvaem.app.engine import Engine
     from hhvaem.app.engine.summaries import sample_quantiles
+    from hhvaem.model.calibration import DEFAULT_METHOD, METHODS, Calibration
     from hhvaem.training import finish, quality
     from hhvaem.training.artifact import data_fingerprint, write_artifact
     from hhvaem.training.calibration import DRAWS
@@ -69,10 +70,13 @@ def score_split(table: Path, split: int, seed: int = 0) -> dict:
         art = Path(tmp) / "model"
         write_artifact(art, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(train_all))
         t1 = time.perf_counter()
-        finish.finish(art, len(train_all), train_df, held, fitted, refit, seed, 1, True, lambda line: None)
+        done = finish.finish(art, len(train_all), train_df, held, fitted, refit, seed, 1, True, lambda line: None)
         seconds["finish"] = time.perf_counter() - t1 - seconds.get("cross_fit", 0.0)
         engine = Engine(art, threads=1)
-        cal, pp = engine.calibration, engine.preprocessor
+        pp = engine.preprocessor
+        # the served correction (the default method) and the others, fitted on the same scores
+        calibrations = {m: Calibration.fit(done.scores, done.roles, m) for m in METHODS}
+        assert calibrations[DEFAULT_METHOD].to_json()["columns"] == engine.manifest["calibration"]["columns"]
         test = encode_rows(pp, test_df)
         rng = np.random.default_rng(1000 + split)
         result: dict = {"shares": {}}
@@ -100,14 +104,14 @@ def score_split(table: Path, split: int, seed: int = 0) -> dict:
                 truth = pp.to_original(col, x[keep])
                 sd = float(np.nanstd(train_all[col.name].astype(float))) or 1.0
                 acc = per_role[role]
-                for kind in ("raw", "calibrated"):
-                    for name, (lo, hi) in LEVELS.items():
-                        q = (lo, hi)
-                        lv = cal.levels(col.name, got[keep], q) if kind == "calibrated" else np.tile(q, (len(truth), 1))
+                for kind in ("raw", *METHODS):
+                    cal = calibrations.get(kind)
+                    for name, q in LEVELS.items():
+                        lv = cal.levels(col.name, got[keep], q) if cal else np.tile(q, (len(truth), 1))
                         a, b = sample_quantiles(draws, lv)
                         acc.setdefault(f"{kind}_cover{name}", []).append((truth >= a) & (truth <= b))
                         acc.setdefault(f"{kind}_width{name}", []).append((b - a) / sd)
-                    lv = cal.levels(col.name, got[keep], tuple(RESAMPLE)) if kind == "calibrated" else None
+                    lv = cal.levels(col.name, got[keep], tuple(RESAMPLE)) if cal else None
                     resampled = sample_quantiles(draws, RESAMPLE if lv is None else lv).T
                     acc.setdefault(f"{kind}_crps", []).append(np.full(len(truth), crps(resampled / sd, truth / sd)))
             result["shares"][str(share)] = {
@@ -158,6 +162,7 @@ def run(args) -> None:
 
 
 def render(args) -> None:
+    cal = args.method
     rows = [
         "| table | role | observed | entries | cover50 raw → calibrated | cover90 raw → calibrated | "
         "width90 raw → calibrated | CRPS raw → calibrated |",
@@ -177,10 +182,10 @@ def render(args) -> None:
                 m = {k: np.average([p[k] for p in parts], weights=[p["entries"] for p in parts]) for k in parts[0]}
                 rows.append(
                     f"| {folder.name} | {role} | {share:.0%} | {n}"
-                    f" | {m['raw_cover50']:.3f} → {m['calibrated_cover50']:.3f}"
-                    f" | {m['raw_cover90']:.3f} → {m['calibrated_cover90']:.3f}"
-                    f" | {m['raw_width90']:.3f} → {m['calibrated_width90']:.3f}"
-                    f" | {m['raw_crps']:.4f} → {m['calibrated_crps']:.4f} |"
+                    f" | {m['raw_cover50']:.3f} → {m[cal + '_cover50']:.3f}"
+                    f" | {m['raw_cover90']:.3f} → {m[cal + '_cover90']:.3f}"
+                    f" | {m['raw_width90']:.3f} → {m[cal + '_width90']:.3f}"
+                    f" | {m['raw_crps']:.4f} → {m[cal + '_crps']:.4f} |"
                 )
         fit_s = np.mean([r["seconds"]["fit"] for r in runs])
         extra_s = np.mean([r["seconds"].get("cross_fit", 0) + r["seconds"]["finish"] for r in runs])
@@ -210,6 +215,7 @@ def main() -> None:
     r.set_defaults(func=run)
     s = sub.add_parser("render")
     s.add_argument("runs", type=Path)
+    s.add_argument("--method", default="conformal", help="the correction shown beside raw (model/calibration.py)")
     s.set_defaults(func=render)
     args = ap.parse_args()
     args.func(args)

@@ -374,9 +374,8 @@ def train(
                 return fit(rows, sch, variant, steps, seed, bar, compile=compile, overrides=overrides)
 
         echo = lambda line: typer.echo(line, err=True)  # noqa: E731
-        manifest, summary = finish.finish(
-            out, len(df), train_df, held, fitted, refit, seed, max(n_threads, 1), calibrate, echo
-        )
+        done = finish.finish(out, len(df), train_df, held, fitted, refit, seed, max(n_threads, 1), calibrate, echo)
+        manifest, summary = done.manifest, done.quality
     typer.echo(quality.describe(summary, [c.name for c in sch.targets]))
     s = manifest["sampler"]
     typer.echo(

@@ -22,6 +22,7 @@ correction is made. Each cell says which it used (`source`). Category probabilit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,13 @@ EDGES = (0.0, 1 / 3, 2 / 3, 1.0)
 GRID = np.linspace(0.0, 1.0, 201)  # levels at which each cell's quantile function of scores is kept
 MIN_SCORES = 50
 SOURCES = ("bin", "column", "role", "none")
-METHOD = "split-conformal recalibration of the predictive CDF, by column and observed-share bin"
+# How a cell's quantile function of scores is estimated: the empirical one (split-conformal), or a probit
+# location-scale fit (Phi(mu + sigma Phi^-1(g)): two numbers, far less noise from few rows, no finite-sample
+# guarantee); "-pooled": one cell per column for every bin. benchmarks/calibration.py compares them.
+METHODS = ("conformal", "conformal-pooled", "probit", "probit-pooled")
+DEFAULT_METHOD = "conformal"
+_NORMAL = NormalDist()
+_Z90 = _NORMAL.inv_cdf(0.9)
 
 
 def pit(draws: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -77,11 +84,19 @@ class Calibration:
 
     cells: dict[str, tuple[Cell, ...]]
 
+    method: str = DEFAULT_METHOD
+
     @classmethod
-    def fit(cls, scores: dict[str, tuple[np.ndarray, np.ndarray]], roles: dict[str, str]) -> Calibration:
+    def fit(
+        cls, scores: dict[str, tuple[np.ndarray, np.ndarray]], roles: dict[str, str], method: str = DEFAULT_METHOD
+    ) -> Calibration:
         """From {column: (observed shares [M], scores [M])} of held-out entries and {column: role}."""
+        if method not in METHODS:
+            raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(METHODS)})")
         n_bins = len(EDGES) - 1
-        binned = {name: bin_of(share) for name, (share, _) in scores.items()}
+        pooled = method.endswith("-pooled")
+        binned = {name: np.zeros(len(share), int) if pooled else bin_of(share) for name, (share, _) in scores.items()}
+        _cell = _probit_cell if method.startswith("probit") else _conformal_cell
         cells: dict[str, tuple[Cell, ...]] = {}
         for name, (_, u) in scores.items():
             row = []
@@ -92,11 +107,11 @@ class Calibration:
                 elif len(u) >= MIN_SCORES:
                     row.append(_cell(u, "column"))
                 else:
-                    pooled = [s[binned[k] == b] for k, (_, s) in scores.items() if roles[k] == roles[name]]
-                    pooled_u = np.concatenate(pooled) if pooled else np.zeros(0)
-                    row.append(_cell(pooled_u, "role") if len(pooled_u) >= MIN_SCORES else IDENTITY)
-            cells[name] = tuple(row)
-        return cls(cells)
+                    kin = [s[binned[k] == b] for k, (_, s) in scores.items() if roles[k] == roles[name]]
+                    kin_u = np.concatenate(kin) if kin else np.zeros(0)
+                    row.append(_cell(kin_u, "role") if len(kin_u) >= MIN_SCORES else IDENTITY)
+            cells[name] = tuple(row[:1] * n_bins if pooled else row)
+        return cls(cells, method)
 
     def levels(self, column: str, observed_share: np.ndarray, quantiles: tuple[float, ...]) -> np.ndarray:
         """The model's levels [B, Q] to read for the nominal `quantiles`, rows with the given observed shares [B]."""
@@ -115,7 +130,7 @@ class Calibration:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "method": METHOD,
+            "method": self.method,
             "edges": [round(e, 6) for e in EDGES],
             "grid": len(GRID),
             "columns": {
@@ -145,10 +160,22 @@ class Calibration:
                     raise ValueError(f"calibration.columns.{name}: a bin is malformed")
                 parsed.append(Cell(qf, int(c["n"]), c["source"]))
             cells[name] = tuple(parsed)
-        return cls(cells)
+        method = data.get("method", DEFAULT_METHOD)
+        if method not in METHODS:
+            raise ValueError(f"calibration.method: unknown method {method!r}")
+        return cls(cells, method)
 
 
-def _cell(scores: np.ndarray, source: str) -> Cell:
+def _conformal_cell(scores: np.ndarray, source: str) -> Cell:
     qf = np.quantile(scores, GRID)
     qf[0], qf[-1] = 0.0, 1.0  # beyond every score: the model's own extremes
     return Cell(np.maximum.accumulate(qf), len(scores), source)
+
+
+def _probit_cell(scores: np.ndarray, source: str) -> Cell:
+    """Scores modelled as Phi(Z), Z ~ N(mu, sigma^2), mu and sigma from the median and the 10-90 % range of Z
+    (robust to the scores piled at the draws' ends when the predictive is much too narrow)."""
+    lo, mid, hi = (_NORMAL.inv_cdf(float(np.clip(v, 1e-6, 1 - 1e-6))) for v in np.quantile(scores, (0.1, 0.5, 0.9)))
+    sigma = max((hi - lo) / (2 * _Z90), 1e-3)
+    inner = [_NORMAL.cdf(mid + sigma * _NORMAL.inv_cdf(float(g))) for g in GRID[1:-1]]
+    return Cell(np.maximum.accumulate(np.concatenate([[0.0], inner, [1.0]])), len(scores), source)

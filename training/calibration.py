@@ -70,8 +70,14 @@ def scores(
     return found
 
 
-def measure(artifact: str | Path, rows: pd.DataFrame, seed: int = 0, threads: int = 1) -> tuple[Calibration, dict]:
-    """The correction of the model at `artifact` from `rows` it was not fitted on, and a summary of what it used."""
+Scores = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def measure(
+    artifact: str | Path, rows: pd.DataFrame, seed: int = 0, threads: int = 1
+) -> tuple[Calibration, dict, Scores, dict[str, str]]:
+    """The correction of the model at `artifact` from `rows` it was not fitted on, a summary of what it used, and
+    the scores and column roles it was fitted from (to fit other methods on: benchmarks/calibration.py)."""
     engine = Engine(artifact, threads=threads)
     data = encode_rows(engine.preprocessor, rows)
     rng = np.random.default_rng(seed + 11)
@@ -82,7 +88,7 @@ def measure(artifact: str | Path, rows: pd.DataFrame, seed: int = 0, threads: in
     found = scores(engine.schema, engine.preprocessor, out, copies, observed, rng)
     roles = {c.name: ("target" if c in engine.schema.targets else "feature") for c in engine.schema.columns}
     calibration = Calibration.fit(found, roles)
-    return calibration, {"rows": len(rows), "masks_per_row": per_row, "samples": SAMPLES}
+    return calibration, {"rows": len(rows), "masks_per_row": per_row, "samples": SAMPLES}, found, roles
 
 
 def stored(calibration: Calibration, summary: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ import pandas as pd
 from hhvaem.training import calibration, quality
 from hhvaem.training.artifact import write_artifact
 from hhvaem.training.fit import FittedModel
+
+
+@dataclass
+class Finished:
+    manifest: dict[str, Any]
+    quality: dict[str, Any]
+    scores: calibration.Scores = field(default_factory=dict)  # what the calibration was fitted from (if any)
+    roles: dict[str, str] = field(default_factory=dict)
 
 
 def finish(
@@ -32,9 +41,10 @@ def finish(
     threads: int,
     calibrate: bool,
     echo: Callable[[str], None],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Adds `calibration` (when `calibrate`) and `metrics.quality` to the artifact at `out`; returns (the manifest,
-    the quality summary)."""
+) -> Finished:
+    """Adds `calibration` (when `calibrate`) and `metrics.quality` to the artifact at `out`."""
+    found: calibration.Scores = {}
+    roles: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="hhvaem-cross-fit-") as tmp:
         scored, rows, model, cross = Path(out), held, fitted, False
         if calibrate and held is None:
@@ -47,11 +57,11 @@ def finish(
             write_artifact(scored, model.model, model.preprocessor, model.history, {})
         if calibrate:
             echo(f"calibrating the quantiles on {len(rows)} rows the model was not fitted on")
-            found, about = calibration.measure(scored, rows, seed, threads)
-            entry = calibration.stored(found, {**about, "cross_fit": cross})
+            fitted_cal, about, found, roles = calibration.measure(scored, rows, seed, threads)
+            entry = calibration.stored(fitted_cal, {**about, "cross_fit": cross})
             quality.amend(out, lambda m: {"calibration": entry})
         rows_scored = quality.rows_to_score(train_df, rows, seed)
         echo(f"measuring the quality on {len(rows_scored)} {'held-out' if rows is not None else 'training'} rows")
         summary = quality.measure(scored, model, rows_scored, rows is not None, table_rows, seed, threads)
         summary["cross_fit"] = cross
-    return quality.record(out, "quality", summary), summary
+    return Finished(quality.record(out, "quality", summary), summary, found, roles)

@@ -38,6 +38,12 @@ SEED_DESCRIPTION = (
     "an independent set of draws."
 )
 
+CALIBRATED_DESCRIPTION = (
+    "Quantiles with the model's conformal correction, measured at training on rows it was not fitted on "
+    "(docs/calibration.md); false: the model's raw quantiles. A model trained without calibration serves raw "
+    "quantiles either way (each summary's `calibrated` says which)."
+)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -55,6 +61,7 @@ class RowsRequest(_Strict):
     )
     seed: int | None = Field(None, ge=0, description=SEED_DESCRIPTION)
     return_samples: bool = Field(False, description="Also return the raw predictive draws.")
+    calibrated: bool = Field(True, description=CALIBRATED_DESCRIPTION)
 
 
 class NextFeaturesRequest(_Strict):
@@ -76,6 +83,7 @@ class NextFeaturesRequest(_Strict):
         None, ge=2, description="Posterior samples per row (default: the service's `HHVAEM_DEFAULT_SAMPLES`)."
     )
     seed: int | None = Field(None, ge=0, description=SEED_DESCRIPTION)
+    calibrated: bool = Field(True, description=CALIBRATED_DESCRIPTION)
 
 
 class ColumnSummary(BaseModel):
@@ -85,6 +93,9 @@ class ColumnSummary(BaseModel):
     quantiles: dict[str, float] | None = None
     mean_se: float | None = Field(None, description="Monte Carlo standard error of `mean` (from the samples).")
     quantiles_se: dict[str, float] | None = Field(None, description="Monte Carlo standard errors of the quantiles.")
+    calibrated: bool | None = Field(
+        None, description="Numbers: whether `quantiles` carry the model's conformal correction (docs/calibration.md)."
+    )
     probability_zero: float | None = Field(
         None, description="zero_positive columns: the predictive probability of an exact zero."
     )

@@ -35,7 +35,8 @@ def _check_rows(state, body: RowsRequest) -> int:
 async def impute(name: str, body: RowsRequest, state: State, caller: Inferrer, version: Version = None):
     """Completes each row: observed values as given, each hole with its predictive mean/std/quantiles
     (numbers) or mode/probabilities (categories)."""
-    query = ImputeQuery(body.rows, _check_rows(state, body), body.quantiles, body.seed, body.return_samples)
+    samples = _check_rows(state, body)
+    query = ImputeQuery(body.rows, samples, body.quantiles, body.seed, body.return_samples, calibrated=body.calibrated)
     m, rows = await answer(state, caller, query, name, version, "imputation.served", detail=row_count)
     return {"model": m.name, "version": m.version, "rows": rows}
 
@@ -43,7 +44,8 @@ async def impute(name: str, body: RowsRequest, state: State, caller: Inferrer, v
 @router.post("/{name}/predict", response_model=PredictResponse, responses=ERRORS, summary="Predict the target")
 async def predict(name: str, body: RowsRequest, state: State, caller: Inferrer, version: Version = None):
     """The target's predictive distribution for each row, from whatever the row holds."""
-    query = PredictQuery(body.rows, _check_rows(state, body), body.quantiles, body.seed, body.return_samples)
+    samples = _check_rows(state, body)
+    query = PredictQuery(body.rows, samples, body.quantiles, body.seed, body.return_samples, calibrated=body.calibrated)
     m, rows = await answer(state, caller, query, name, version, "prediction.served", detail=row_count)
     return {"model": m.name, "version": m.version, "rows": rows}
 
@@ -65,6 +67,7 @@ async def next_features(name: str, body: NextFeaturesRequest, state: State, call
         method=body.method,
         min_gain=body.min_gain,
         max_uncertainty=body.max_uncertainty,
+        calibrated=body.calibrated,
     )
     m, out = await answer(
         state, caller, query, name, version, "recommendation.served", detail=recommended, problem=_rowless

@@ -13,6 +13,7 @@ from hhvaem.app.api.deps import Inferrer, Principal, State, check_samples, resol
 from hhvaem.app.api.json_body import StrictJSONRoute
 from hhvaem.app.api.problems import Problem, field_error, not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import (
+    CALIBRATED_DESCRIPTION,
     SEED_DESCRIPTION,
     SESSION_LINKS,
     CreateSessionRequest,
@@ -190,6 +191,7 @@ async def session_next_features(
     max_uncertainty: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
     samples: Annotated[int | None, Query(ge=2)] = None,
     seed: Annotated[int | None, Query(ge=0, description=SEED_DESCRIPTION)] = None,
+    calibrated: Annotated[bool, Query(description=CALIBRATED_DESCRIPTION)] = True,
 ):
     samples = check_samples(state.settings, samples)
     s = await _session(state, session_id, caller)
@@ -204,6 +206,7 @@ async def session_next_features(
         method=method,
         min_gain=min_gain,
         max_uncertainty=max_uncertainty,
+        calibrated=calibrated,
     )
     m, out = await answer(
         state, caller, query, s.model_name, s.model_version, "recommendation.served", s.id, detail=recommended
@@ -220,9 +223,10 @@ async def session_prediction(
     caller: Inferrer,
     samples: Annotated[int | None, Query(ge=2)] = None,
     seed: Annotated[int | None, Query(ge=0, description=SEED_DESCRIPTION)] = None,
+    calibrated: Annotated[bool, Query(description=CALIBRATED_DESCRIPTION)] = True,
 ):
     samples = check_samples(state.settings, samples)
     s = await _session(state, session_id, caller)
-    query = PredictQuery([s.current], samples, seed=seed)
+    query = PredictQuery([s.current], samples, seed=seed, calibrated=calibrated)
     m, (row,) = await answer(state, caller, query, s.model_name, s.model_version, "prediction.served", s.id)
     return {"session_id": s.id, "model": m.name, "version": m.version, **row}

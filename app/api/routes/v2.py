@@ -39,9 +39,19 @@ from hhvaem.app.engine.queries import DEFAULT_QUANTILES
 
 # Request parameters of each operation, besides samples and seed.
 PARAMETERS = {
-    "impute": {"quantiles"},
-    "predict": {"quantiles"},
-    "next_features": {"quantiles", "top_k", "target", "method", "costs", "candidates", "exclude", "min_gain"}
+    "impute": {"quantiles", "calibrated"},
+    "predict": {"quantiles", "calibrated"},
+    "next_features": {
+        "quantiles",
+        "calibrated",
+        "top_k",
+        "target",
+        "method",
+        "costs",
+        "candidates",
+        "exclude",
+        "min_gain",
+    }
     | {"max_uncertainty"},
 }
 EVENTS = {"impute": "imputation.served", "predict": "prediction.served", "next_features": "recommendation.served"}
@@ -133,7 +143,7 @@ def _query(tensors: ModelTensors, req: InferenceRequest, operation: str, options
             raise ProtocolError(f"input 'features': next_features takes one row, got {len(rows)}")
         return NextFeaturesQuery(rows[0], **o)
     kind = ImputeQuery if operation == "impute" else PredictQuery
-    return kind(rows, o["samples"], o["quantiles"], o["seed"])
+    return kind(rows, o["samples"], o["quantiles"], o["seed"], calibrated=o["calibrated"])
 
 
 # The inference request as the protocol defines it (the body is read raw: JSON, or JSON plus binary tensors), with
@@ -157,6 +167,7 @@ _PARAMETERS = {
         "samples": {"type": "integer"},
         "seed": {"type": "integer", "description": SEED_DESCRIPTION},
         "quantiles": {"type": "string", "description": "Comma-separated, each in (0, 1).", "examples": ["0.05,0.5"]},
+        "calibrated": {"type": "boolean", "description": "false: the model's raw quantiles (default true)."},
         "costs": {"type": "string", "description": "next_features: feature:cost,...", "examples": ["bmi:1,ldl:5"]},
         "top_k": {"type": "integer"},
         "target": {"type": "string"},
@@ -270,6 +281,7 @@ def _options(state, parameters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "samples": check_samples(state.settings, samples),
         "seed": _integer(p, "seed", 0),
         "quantiles": _quantiles(p.get("quantiles")),
+        "calibrated": _flag(p, "calibrated", True),
     }
     if operation == "next_features":
         options |= {
@@ -291,6 +303,13 @@ def _integer(p: dict[str, Any], key: str, least: int) -> int | None:
         return None
     if isinstance(v, bool) or not isinstance(v, int) or v < least:
         raise ProtocolError(f"parameters.{key}: must be an integer >= {least}, got {v!r}")
+    return v
+
+
+def _flag(p: dict[str, Any], key: str, default: bool) -> bool:
+    v = p.get(key, default)
+    if not isinstance(v, bool):
+        raise ProtocolError(f"parameters.{key}: must be true or false, got {v!r}")
     return v
 
 
