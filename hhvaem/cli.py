@@ -284,9 +284,11 @@ def _stage_steps(df, sch, variant: str, steps: int | None) -> dict[str, int]:
     return planned_steps(variant, len(df), len(sch.features), steps)
 
 
-def _plan(df, sch, variant: str, steps: int | None, threads: int, compile: bool | None, held_out: int = 0) -> str:
+def _plan(
+    df, sch, variant: str, steps: int | None, threads: int, compile: bool | None, held_out: int = 0, cross: bool = False
+) -> str:
     """What is about to be trained, in one line: the table as read (`df`: the training rows; `held_out` more rows
-    kept for the quality summary), every stage's steps and their sum, the threads."""
+    kept for the quality summary), every stage's steps and their sum, the threads; `cross`: a cross-fit follows."""
     from collections import Counter
 
     from hhvaem.training.trainer import StageSteps, TrainConfig
@@ -305,6 +307,11 @@ def _plan(df, sch, variant: str, steps: int | None, threads: int, compile: bool 
         + " + ".join(f"{n} {names[s]}" for s, n in stages.items())
         + f" ({dependency} dependency-VAE steps, {source}), {threads} torch thread{'s' if threads != 1 else ''}"
         + (compile_note if compiles else "")
+        + (
+            "; then the same recipe again on 80 % of the rows, to calibrate and measure on the rest (cross-fit)"
+            if cross
+            else ""
+        )
     )
 
 
@@ -362,7 +369,8 @@ def train(
         df, sch = _load(data, schema, target, ignore_extra, drop, non_numeric_as_missing)
         train_df, held = quality.split_rows(df, seed) if hold_out else (df, None)
         n_held = 0 if held is None else len(held)
-        typer.echo(_plan(train_df, sch, variant, steps, n_threads, compile, n_held), err=True)
+        cross = calibrate and held is None
+        typer.echo(_plan(train_df, sch, variant, steps, n_threads, compile, n_held, cross), err=True)
         overrides = _overrides(settings)
         with StageProgress(stages=_stage_steps(train_df, sch, variant, steps)) as bar:
             fitted = fit(train_df, sch, variant, steps, seed, bar, compile=compile, overrides=overrides)

@@ -64,4 +64,9 @@ def finish(
         echo(f"measuring the quality on {len(rows_scored)} {'held-out' if rows is not None else 'training'} rows")
         summary = quality.measure(scored, model, rows_scored, rows is not None, table_rows, seed, threads)
         summary["cross_fit"] = cross
+        if cross:
+            summary["rows_chosen"] = (
+                f"{len(rows)} rows (20 %, by seed {seed}) that a second model, trained with the same recipe on the "
+                "other 80 %, did not see (cross-fit: the table is too small to hold rows out of the served model)"
+            )
     return Finished(quality.record(out, "quality", summary), summary, found, roles)

@@ -7,8 +7,11 @@ RMSE_xu and ACC_xu score the hidden entries (numeric ones in standard deviations
 for imputing each column's mean), and the target error is an RMSE in the target's units, or an accuracy.
 
 Which rows: a table of at least HOLD_OUT_MIN_ROWS rows has min(10 %, 1,000) of them held out of training (chosen by
-the seed) and scored; the model trains on the rest. Below that, every row is needed for training, so the summary is
-measured on the training rows under the same masks and says so (`held_out: false`): in-sample, and optimistic.
+the seed) and scored; the model trains on the rest. Below that, every row is needed for training: with calibration
+on (the default), the cross-fit's second model is scored on the 20 % of rows it did not see (training/finish.py;
+`cross_fit: true`, a slightly weaker model than the one served, so the figures err pessimistic); with neither, the
+summary is measured on the training rows under the same masks and says so (`held_out: false`): in-sample, and
+optimistic.
 The trainer's own validation rows (`--set validation_fraction=...`, off by default) serve early stopping, not this.
 """
 
@@ -119,11 +122,12 @@ def amend(artifact: str | Path, change) -> dict[str, Any]:
 
 def describe(summary: dict[str, Any], target_names: list[str]) -> str:
     """The summary in a few lines, for the end of `hhvaem train`."""
-    where = (
-        f"{summary['rows']} held-out rows (not trained on)"
-        if summary["held_out"]
-        else f"{summary['rows']} training rows (in-sample, so optimistic: none held out)"
-    )
+    if summary.get("cross_fit"):
+        where = f"{summary['rows']} rows a cross-fit model trained on the other rows did not see"
+    elif summary["held_out"]:
+        where = f"{summary['rows']} held-out rows (not trained on)"
+    else:
+        where = f"{summary['rows']} training rows (in-sample, so optimistic: none held out)"
     lines = [f"quality on {where}, each feature hidden with probability 0.5:"]
     if "rmse_xu" in summary:
         lines.append(

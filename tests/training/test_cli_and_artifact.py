@@ -54,8 +54,13 @@ def test_train_writes_a_complete_manifest(artifact):
     assert momentum["axes"] == ["steps", "rows", "samples", "latent"] and m["sampler"]["hmc_steps"] == 5  # T, once
     assert "hmc_steps" not in m["architecture"]
     assert [c["name"] for c in m["schema"]["targets"]] == ["y"]
-    q = m["metrics"]["quality"]  # 120 rows: too few to hold any out, so measured on the training rows, and says so
-    assert q["held_out"] is False and q["rows"] == 120 and "in-sample" in q["rows_chosen"]
+    # 120 rows: too few to hold any out of the served model, so a cross-fit model trained on 96 rows is calibrated
+    # and measured on the other 24, and the manifest says so
+    q = m["metrics"]["quality"]
+    assert q["held_out"] is True and q["cross_fit"] is True and q["rows"] == 24 and "cross-fit" in q["rows_chosen"]
+    cal = m["calibration"]
+    assert cal["cross_fit"] is True and cal["rows"] == 24 and cal["method"] == "conformal"
+    assert set(cal["columns"]) == {"a", "b", "y"}  # the numeric columns; categories are not corrected
     assert all(np.isfinite(q[k]) for k in ("rmse_xu", "acc_xu", "target_rmse")), q
     types = {c["name"]: c["type"] for c in m["schema"]["features"]}
     assert types == {"a": "real", "b": "real", "c": "binary", "d": "categorical"}
@@ -100,7 +105,8 @@ def test_artifact_round_trip_and_checksum(artifact, tmp_path):
 
 def test_training_is_reproducible_with_seed(table, artifact, tmp_path):
     out = tmp_path / "again"
-    res = runner.invoke(app, ["train", table, "--target", "y", "--steps", "60", "--seed", "3", "--out", str(out)])
+    args = ["train", table, "--target", "y", "--steps", "60", "--seed", "3", "--no-calibrate", "--out", str(out)]
+    res = runner.invoke(app, args)  # the served model's weights do not depend on the calibration
     assert res.exit_code == 0, res.output
     a, _, _ = load_model(artifact)
     b, _, _ = load_model(out)
@@ -184,7 +190,20 @@ def test_train_on_parquet_with_a_regression_and_a_classification_target(tmp_path
     df.to_parquet(path)
     out = tmp_path / "m"
     res = runner.invoke(
-        app, ["train", str(path), "--target", "price", "--target", "label", "--steps", "30"] + ["--out", str(out)]
+        app,
+        [
+            "train",
+            str(path),
+            "--target",
+            "price",
+            "--target",
+            "label",
+            "--steps",
+            "30",
+            "--no-calibrate",
+            "--out",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     model, pp, manifest = load_model(out)
@@ -224,7 +243,9 @@ def test_training_threads_default_to_the_free_cores(table, tmp_path, monkeypatch
     monkeypatch.setattr(cli, "free_cores", lambda: 1)
     try:
         torch.set_num_threads(2)
-        res = runner.invoke(app, ["train", table, "--target", "y", "--steps", "10", "--out", str(tmp_path / "m")])
+        res = runner.invoke(
+            app, ["train", table, "--target", "y", "--steps", "10", "--no-calibrate", "--out", str(tmp_path / "m")]
+        )
         assert res.exit_code == 0, res.output
         assert torch.get_num_threads() == 1
         assert ", 1 torch thread" in res.output
@@ -250,7 +271,8 @@ def test_train_logs_progress_from_the_start_then_scores_counts_as_integers(tmp_p
     data = tmp_path / "visits.csv"
     df.to_csv(data, index=False)
     out = tmp_path / "m"
-    cmd = [sys.executable, "-m", "hhvaem.cli", "train", str(data), "--target", "y", "--steps", "40", "--out", str(out)]
+    cmd = [sys.executable, "-m", "hhvaem.cli", "train", str(data), "--target", "y", "--steps", "40", "--no-calibrate"]
+    cmd += ["--out", str(out)]
     started = time.monotonic()
     proc = subprocess.Popen(
         [*cmd, "--non-numeric-as-missing"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True

@@ -154,6 +154,22 @@ def test_train_prints_and_seals_a_held_out_quality_summary(tmp_path):
     assert "quality on 52 held-out rows (not trained on)" in res.output
     assert f"RMSE {q['rmse_xu']:.3f} standard deviations" in res.output
     assert manifest["data"]["rows"] == 520  # the fingerprint is the table's, as given
+    cal = manifest["calibration"]  # from the same held-out rows: no second model
+    assert cal["cross_fit"] is False and cal["rows"] == 52 and q["cross_fit"] is False
+    assert "calibrating the quantiles on 52 rows" in res.output and "cross-fit" not in res.output
+
+
+def test_without_hold_out_or_calibration_the_summary_is_in_sample(tmp_path):
+    path = tmp_path / "t.csv"
+    _frame(200).to_csv(path, index=False)
+    out = tmp_path / "m"
+    args = ["train", str(path), "--target", "y", "--steps", "10", "--threads", "1", "--out", str(out)]
+    res = runner.invoke(app, [*args, "--no-hold-out", "--no-calibrate"])
+    assert res.exit_code == 0, res.output
+    manifest = read_manifest(out)
+    q = manifest["metrics"]["quality"]
+    assert "calibration" not in manifest and q["held_out"] is False and q["cross_fit"] is False and q["rows"] == 200
+    assert "in-sample, so optimistic" in res.output and "cross-fit" not in res.output
 
 
 def test_without_held_out_rows_the_training_rows_are_scored_and_capped():
