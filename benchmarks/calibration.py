@@ -34,20 +34,16 @@ from benchmarks.train_speed import commit
 SHARES = (0.2, 0.5, 0.8)
 MASKS = 4
 SAMPLES = 100  # the service's default
-LEVELS = {"50": (0.25, 0.75), "90": (0.05, 0.95)}
-RESAMPLE = (np.arange(200) + 0.5) / 200
 
 
 def score_split(table: Path, split: int, seed: int = 0) -> dict:
     from hhvaem.app.engine import Engine
-    from hhvaem.app.engine.summaries import sample_quantiles
     from hhvaem.model.calibration import DEFAULT_METHOD, METHODS, Calibration
     from hhvaem.training import finish, quality
     from hhvaem.training.artifact import data_fingerprint, write_artifact
-    from hhvaem.training.calibration import DRAWS
+    from hhvaem.training.calibration import interval_figures
     from hhvaem.training.evaluate import served_posterior, split_indices
     from hhvaem.training.fit import encode_rows, fit
-    from hhvaem.training.metrics import crps
     from hhvaem.training.tabular import load_dataset
     from hhvaem.training.trainer import TrainData
 
@@ -78,6 +74,7 @@ def score_split(table: Path, split: int, seed: int = 0) -> dict:
         calibrations = {m: Calibration.fit(done.scores, done.roles, m) for m in METHODS}
         assert calibrations[DEFAULT_METHOD].to_json()["columns"] == engine.manifest["calibration"]["columns"]
         test = encode_rows(pp, test_df)
+        sd = {c.name: float(np.nanstd(train_all[c.name].astype(float))) for c in schema.columns if not c.is_discrete}
         rng = np.random.default_rng(1000 + split)
         result: dict = {"shares": {}}
         for share in SHARES:
@@ -85,41 +82,8 @@ def score_split(table: Path, split: int, seed: int = 0) -> dict:
             observed = (rng.random((len(index), len(schema.features))) < share) & test.mx.numpy()[index]
             copies = TrainData(*(t[index] for t in (test.x, test.mx, test.y, test.my)))
             out = served_posterior(engine, copies, observed, SAMPLES, seed)
-            hidden = copies.mx.numpy() & ~observed
-            got = observed.mean(1)
-            per_role: dict[str, dict[str, list]] = {"features": {}, "target": {}}
-            entries = [
-                ("features", c, out["features"][:, :, d], copies.x.numpy()[:, d], hidden[:, d])
-                for d, c in enumerate(schema.features)
-            ]
-            entries += [
-                ("target", c, out["target"][:, :, t], copies.y.numpy()[:, t], copies.my.numpy()[:, t].astype(bool))
-                for t, c in enumerate(schema.targets)
-            ]
-            for role, col, natural, x, keep in entries:
-                if col.is_discrete or not keep.any():
-                    continue
-                p = col.family.component_params(natural[keep], col.n_categories)
-                draws = col.family.user_draws(p, pp.stats.get(col.name), rng, DRAWS)
-                truth = pp.to_original(col, x[keep])
-                sd = float(np.nanstd(train_all[col.name].astype(float))) or 1.0
-                acc = per_role[role]
-                for kind in ("raw", *METHODS):
-                    cal = calibrations.get(kind)
-                    for name, q in LEVELS.items():
-                        lv = cal.levels(col.name, got[keep], q) if cal else np.tile(q, (len(truth), 1))
-                        a, b = sample_quantiles(draws, lv)
-                        acc.setdefault(f"{kind}_cover{name}", []).append((truth >= a) & (truth <= b))
-                        acc.setdefault(f"{kind}_width{name}", []).append((b - a) / sd)
-                    lv = cal.levels(col.name, got[keep], tuple(RESAMPLE)) if cal else None
-                    resampled = sample_quantiles(draws, RESAMPLE if lv is None else lv).T
-                    acc.setdefault(f"{kind}_crps", []).append(np.full(len(truth), crps(resampled / sd, truth / sd)))
-            result["shares"][str(share)] = {
-                role: {k: float(np.mean(np.concatenate(v))) for k, v in acc.items()}
-                | {"entries": int(sum(len(v) for v in acc.get("raw_cover90", [])))}
-                for role, acc in per_role.items()
-                if acc
-            }
+            corrections = {"raw": None, **calibrations}
+            result["shares"][str(share)] = interval_figures(schema, pp, out, copies, observed, rng, corrections, sd)
         result["calibration"] = {
             k: v for k, v in engine.manifest["calibration"].items() if k not in ("columns", "method")
         }

@@ -914,10 +914,24 @@ def _folder_settings(demo: bool):
 
 
 @app.command()
-def info(demo: DemoOpt = False) -> None:
-    """Show the data folder, the database (no password) and the registry (models and versions) in use. Reads
-    only: creates nothing."""
+def info(
+    model: Annotated[
+        Path | None, typer.Argument(help="An artifact directory: show its model card instead.", show_default=False)
+    ] = None,
+    demo: DemoOpt = False,
+) -> None:
+    """Show the data folder, the database (no password) and the registry (models and versions) in use; with MODEL,
+    that artifact's model card (data, training, held-out quality beside KNN and gradient boosting, interval
+    coverage, per feature). Reads only: creates nothing."""
     from hhvaem.app.core.config import redact_url
+
+    if model is not None:
+        with user_errors():
+            from hhvaem.model.io.artifact import read_manifest
+            from hhvaem.training.quality import card
+
+            typer.echo(card(read_manifest(model)))
+        return
 
     settings = _folder_settings(demo)
     typer.echo(f"data folder: {settings.data_dir}{'' if settings.data_dir.is_dir() else ' (not created yet)'}")

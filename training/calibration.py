@@ -21,11 +21,13 @@ import numpy as np
 import pandas as pd
 
 from hhvaem.app.engine import Engine
+from hhvaem.app.engine.summaries import sample_quantiles
 from hhvaem.model.calibration import Calibration, pit
 from hhvaem.model.preprocessing import Preprocessor
 from hhvaem.model.schema import Schema
 from hhvaem.training.evaluate import served_posterior
 from hhvaem.training.fit import encode_rows
+from hhvaem.training.metrics import crps
 from hhvaem.training.trainer import TrainData
 
 SAMPLES = 50  # posterior samples per scored row (the quality summary's)
@@ -56,14 +58,8 @@ def scores(
     """{column: (observed shares, scores)} of the hidden numeric entries whose truth is known, from the served
     posterior `out` of `data`'s rows under `observed`."""
     share = observed.mean(1)
-    hidden = data.mx.numpy() & ~observed
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    columns = [(c, out["features"][:, :, d], data.x.numpy()[:, d], hidden[:, d]) for d, c in enumerate(schema.features)]
-    seen_y = data.my.numpy().astype(bool)
-    columns += [(c, out["target"][:, :, t], data.y.numpy()[:, t], seen_y[:, t]) for t, c in enumerate(schema.targets)]
-    for col, natural, x, keep in columns:
-        if col.is_discrete or not keep.any():
-            continue
+    for _, col, natural, x, keep in numeric_entries(schema, out, data, observed):
         p = col.family.component_params(natural[keep], col.n_categories)
         draws = col.family.user_draws(p, pp.stats.get(col.name), rng, DRAWS)
         found[col.name] = (share[keep], pit(draws, pp.to_original(col, x[keep]), rng))
@@ -88,9 +84,93 @@ def measure(
     found = scores(engine.schema, engine.preprocessor, out, copies, observed, rng)
     roles = {c.name: ("target" if c in engine.schema.targets else "feature") for c in engine.schema.columns}
     calibration = Calibration.fit(found, roles)
-    return calibration, {"rows": len(rows), "masks_per_row": per_row, "samples": SAMPLES}, found, roles
+    about = {"rows": len(rows), "masks_per_row": per_row, "samples": SAMPLES}
+    about["check"] = two_fold_check(found, roles, rows_of(engine.schema, copies, observed, index))
+    return calibration, about, found, roles
+
+
+def rows_of(schema: Schema, data: TrainData, observed: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
+    """{column: the row each of its scores came from}, in the order `scores` gives them."""
+    return {col.name: index[keep] for _, col, _, _, keep in numeric_entries(schema, {}, data, observed, lazy=True)}
+
+
+def two_fold_check(found: Scores, roles: dict[str, str], rows: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Coverage of the 50 % and 90 % intervals, raw and corrected, with the correction fitted on half the scored rows
+    (odd or even) and checked on the other half, both ways: an honest figure from the rows the correction used."""
+    hits: dict[str, dict[str, list[np.ndarray]]] = {}
+    for fold in (0, 1):
+        train = {k: (s[rows[k] % 2 == fold], u[rows[k] % 2 == fold]) for k, (s, u) in found.items()}
+        correction = Calibration.fit(train, roles)
+        for name, (share, u) in found.items():
+            test = rows[name] % 2 != fold
+            acc = hits.setdefault("target" if roles[name] == "target" else "features", {})
+            for level, q in INTERVALS.items():
+                lo, hi = correction.levels(name, share[test], q).T
+                acc.setdefault(f"calibrated_cover{level}", []).append((u[test] >= lo) & (u[test] <= hi))
+                acc.setdefault(f"raw_cover{level}", []).append((u[test] >= q[0]) & (u[test] <= q[1]))
+    return {
+        role: {k: round(float(np.concatenate(v).mean()), 4) for k, v in acc.items()}
+        | {"entries": int(sum(len(x) for x in acc["raw_cover90"]))}
+        for role, acc in hits.items()
+    }
 
 
 def stored(calibration: Calibration, summary: dict[str, Any]) -> dict[str, Any]:
     """The manifest's `calibration` entry."""
     return {**calibration.to_json(), **summary}
+
+
+INTERVALS = {"50": (0.25, 0.75), "90": (0.05, 0.95)}
+RESAMPLE = (np.arange(200) + 0.5) / 200  # levels at which a (corrected) predictive is resampled for its CRPS
+
+
+def interval_figures(
+    schema: Schema,
+    pp: Preprocessor,
+    out: dict[str, np.ndarray],
+    data: TrainData,
+    observed: np.ndarray,
+    rng: np.random.Generator,
+    corrections: dict[str, Calibration | None],
+    scale: dict[str, float],
+) -> dict[str, dict[str, float]]:
+    """Per role ("features": the hidden numeric entries, "target"), for each named correction (None: the raw
+    quantiles): the coverage and mean width of the central 50 % and 90 % intervals as served (read off the same
+    draws at the corrected levels) and the CRPS of the corrected predictive; widths and CRPS in units of `scale`
+    (a standard deviation per column). `{kind}_cover90`, `{kind}_width90`, `{kind}_crps`, ..., and `entries`."""
+    share = observed.mean(1)
+    parts: dict[str, dict[str, list[np.ndarray]]] = {}
+    for role, col, natural, x, keep in numeric_entries(schema, out, data, observed):
+        p = col.family.component_params(natural[keep], col.n_categories)
+        draws = col.family.user_draws(p, pp.stats.get(col.name), rng, DRAWS)
+        truth = pp.to_original(col, x[keep])
+        sd = scale.get(col.name) or 1.0
+        acc = parts.setdefault(role, {})
+        acc.setdefault("entries", []).append(np.ones(len(truth)))
+        for kind, correction in corrections.items():
+            for name, q in INTERVALS.items():
+                lv = correction.levels(col.name, share[keep], q) if correction else np.tile(q, (len(truth), 1))
+                a, b = sample_quantiles(draws, lv)
+                acc.setdefault(f"{kind}_cover{name}", []).append((truth >= a) & (truth <= b))
+                acc.setdefault(f"{kind}_width{name}", []).append((b - a) / sd)
+            lv = correction.levels(col.name, share[keep], tuple(RESAMPLE)) if correction else RESAMPLE
+            resampled = sample_quantiles(draws, lv).T
+            acc.setdefault(f"{kind}_crps", []).append(np.full(len(truth), crps(resampled / sd, truth / sd)))
+    total = lambda k, v: int(np.concatenate(v).sum()) if k == "entries" else float(np.concatenate(v).mean())  # noqa: E731
+    return {role: {k: total(k, v) for k, v in acc.items()} for role, acc in parts.items()}
+
+
+def numeric_entries(
+    schema: Schema, out: dict[str, np.ndarray], data: TrainData, observed: np.ndarray, lazy: bool = False
+):
+    """(role, column, its natural parameters [N, K, W], its values [N], which entries to score [N]) of each numeric
+    column with an entry to score: a hidden feature whose truth is known, a known target (always hidden). `lazy`:
+    no parameters (None), for callers that only need which entries."""
+    hidden = data.mx.numpy() & ~observed
+    seen_y = data.my.numpy().astype(bool)
+    for d, col in enumerate(schema.features):
+        if not col.is_discrete and hidden[:, d].any():
+            yield "features", col, None if lazy else out["features"][:, :, d], data.x.numpy()[:, d], hidden[:, d]
+    for t, col in enumerate(schema.targets):
+        if not col.is_discrete and seen_y[:, t].any():
+            yield "target", col, None if lazy else out["target"][:, :, t], data.y.numpy()[:, t], seen_y[:, t]

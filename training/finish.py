@@ -10,6 +10,7 @@ the safe side). Without either, the quality summary is in-sample and says so.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,11 @@ def finish(
     echo: Callable[[str], None],
 ) -> Finished:
     """Adds `calibration` (when `calibrate`) and `metrics.quality` to the artifact at `out`."""
+    started = time.perf_counter()
     found: calibration.Scores = {}
     roles: dict[str, str] = {}
+    fitted_cal = None
+    trained_on = train_df
     with tempfile.TemporaryDirectory(prefix="hhvaem-cross-fit-") as tmp:
         scored, rows, model, cross = Path(out), held, fitted, False
         if calibrate and held is None:
@@ -53,7 +57,7 @@ def finish(
                 f"cross-fit: training a second model on {len(fold)} rows to calibrate on the other {len(rows)} "
                 "(too few rows to hold any out of the served model)"
             )
-            model, scored, cross = refit(fold), Path(tmp) / "cross-fit", True
+            model, scored, cross, trained_on = refit(fold), Path(tmp) / "cross-fit", True, fold
             write_artifact(scored, model.model, model.preprocessor, model.history, {})
         if calibrate:
             echo(f"calibrating the quantiles on {len(rows)} rows the model was not fitted on")
@@ -62,7 +66,12 @@ def finish(
             quality.amend(out, lambda m: {"calibration": entry})
         rows_scored = quality.rows_to_score(train_df, rows, seed)
         echo(f"measuring the quality on {len(rows_scored)} {'held-out' if rows is not None else 'training'} rows")
-        summary = quality.measure(scored, model, rows_scored, rows is not None, table_rows, seed, threads)
+        summary = quality.measure(
+            scored, model, rows_scored, rows is not None, table_rows, seed, threads, trained_on, fitted_cal
+        )
+        if calibrate:
+            summary["interval_coverage"] = entry["check"]
+        summary["extra_seconds"] = round(time.perf_counter() - started, 1)  # cross-fit, calibration, this summary
         summary["cross_fit"] = cross
         if cross:
             summary["rows_chosen"] = (

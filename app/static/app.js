@@ -818,6 +818,44 @@ async function loadModel(name, version) {
   state.model = detail;
   state.features = Object.fromEntries(detail.schema.features.map((f) => [f.name, f]));
   state.ranges = imputed?.rows?.[0]?.imputed || {};
+  renderModelCard(detail);
+}
+
+// The model card measured at training (manifest metrics.quality): the figures a clinician needs to judge the
+// answers, each beside the classical tool fitted on the same rows.
+function renderModelCard(detail) {
+  const q = detail.metrics?.quality;
+  if (!q) return;
+  const where = q.cross_fit
+    ? `${q.rows} patients a second model, trained the same way on the others, had not seen`
+    : q.held_out
+      ? `${q.rows} patients held out of training`
+      : `${q.rows} training patients (optimistic: none could be held out)`;
+  const knn = q.baselines?.knn || {};
+  const hgb = q.baselines?.hgb_nan || {};
+  const target = detail.schema.targets[0];
+  const items = [];
+  if (q.target_rmse !== undefined) {
+    const vs = hgb.target_rmse !== undefined ? `; gradient boosting: ${fmt(hgb.target_rmse)}` : "";
+    const sd = q.target_std !== undefined ? ` (its spread there: ${fmt(q.target_std)})` : "";
+    items.push(`Predicting ${label(target.name)} from half the answers: typical error ${fmt(q.target_rmse)}${sd}${vs}.`);
+  }
+  if (q.target_accuracy !== undefined) {
+    const vs = hgb.target_accuracy !== undefined ? `; gradient boosting: ${Math.round(hgb.target_accuracy * 100)}%` : "";
+    items.push(`Predicting ${label(target.name)} from half the answers: right ${Math.round(q.target_accuracy * 100)}% of the time${vs}.`);
+  }
+  if (q.rmse_xu !== undefined) {
+    const vs = knn.rmse_xu !== undefined ? `; nearest neighbours: ${fmt(knn.rmse_xu)}` : "";
+    items.push(`Filling in a missing answer: error ${fmt(q.rmse_xu)} standard deviations (1.0 = guessing the average)${vs}.`);
+  }
+  const cover = q.interval_coverage?.target;
+  if (cover) {
+    items.push(`Its 90% intervals for ${label(target.name)} held the true value ${Math.round(cover.calibrated_cover90 * 100)}% of the time (${Math.round(cover.raw_cover90 * 100)}% before calibration).`);
+  }
+  $("model-card-body").replaceChildren(
+    el("p", { class: "hint", text: `Measured when the model was trained, on ${where}.` }),
+    el("ul", {}, ...items.map((t) => el("li", { text: t }))),
+  );
 }
 
 async function start({ carry = false } = {}) {

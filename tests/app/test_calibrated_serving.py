@@ -7,6 +7,7 @@ level the calibration names for that column and that share of observed features,
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -16,7 +17,9 @@ from hhvaem.app.engine import Engine
 from hhvaem.app.engine.queries import ImputeQuery, PredictQuery
 from hhvaem.model.io.artifact import ArtifactError
 from hhvaem.training import calibration, quality
+from hhvaem.training.artifact import load_model
 from hhvaem.training.demo import demo_table
+from hhvaem.training.fit import FittedModel
 from tests.app.service import MODEL, TARGET, running_service
 
 ROW = {"age": 59, "sex": 2, "bmi": 32.1, "blood_pressure": 101}  # 4 of 10 features: the middle bin
@@ -27,8 +30,14 @@ Q = (0.1, 0.9)
 def calibrated(demo_artifact, tmp_path_factory) -> str:
     copy = tmp_path_factory.mktemp("calibrated") / MODEL
     shutil.copytree(demo_artifact, copy)
-    found, about, _, _ = calibration.measure(copy, demo_table()[0].head(120), seed=0)
+    table = demo_table()[0]
+    found, about, _, _ = calibration.measure(copy, table.head(120), seed=0)
     quality.amend(copy, lambda m: {"calibration": calibration.stored(found, {**about, "cross_fit": False})})
+    model, pp, _ = load_model(copy)
+    rows = table.iloc[300:].reset_index(drop=True)
+    summary = quality.measure(copy, FittedModel(model, pp, {}), rows, True, 442, 0, 1, table.head(300), found)
+    summary["interval_coverage"] = about["check"]
+    quality.record(copy, "quality", summary)
     return str(copy)
 
 
@@ -118,3 +127,54 @@ def test_over_http_v1_v2_and_sessions(calibrated, engine, tmp_path):
             assert s["calibrated"] is (flag == "true") and s["quantiles"].keys() == {"0.05", "0.5", "0.95"}
         nxt = c.get(f"/v1/sessions/{sid}/next-features", params={"samples": 40}).json()
         assert nxt["prediction"]["calibrated"] is True
+
+        # the model card: served as stored, over v1 and in the v2 metadata
+        card = engine.manifest["metrics"]["quality"]
+        assert c.get(f"/v1/models/{MODEL}").json()["metrics"]["quality"] == card
+        params = c.get(f"/v2/models/{MODEL}").json()["parameters"]
+        assert json.loads(params["model_card"]) == card
+        assert params["quality_target_rmse"] == card["target_rmse"]
+        assert params["hgb_nan_target_rmse"] == card["baselines"]["hgb_nan"]["target_rmse"]
+        assert params["coverage90_target"] == card["interval_coverage"]["target"]["calibrated_cover90"]
+
+
+def test_the_model_card_adds_up_and_is_printed(engine, calibrated):
+    """The per-feature figures recombine to the overall ones (entry-weighted), for the model and for KNN; the
+    target error is the model's predictive mean's, recomputed through the engine (another set of draws: within
+    Monte Carlo noise); `hhvaem info MODEL` prints the card."""
+    card = engine.manifest["metrics"]["quality"]
+    per = card["per_feature"]
+    numeric = [f for f in per.values() if "rmse" in f]
+    pooled = np.sqrt(sum(f["rmse"] ** 2 * f["entries"] for f in numeric) / sum(f["entries"] for f in numeric))
+    assert pooled == pytest.approx(card["rmse_xu"], rel=1e-3)
+    knn = card["baselines"]["knn_per_feature"]
+    pooled_knn = np.sqrt(
+        sum(knn[n] ** 2 * f["entries"] for n, f in per.items() if "rmse" in f) / sum(f["entries"] for f in numeric)
+    )
+    assert pooled_knn == pytest.approx(card["baselines"]["knn"]["rmse_xu"], rel=1e-3)
+    assert card["baselines"]["fitted_on_rows"] == 300 and card["rows"] == 142
+
+    from hhvaem.training.evaluate import protocol_test_mask
+
+    rows = demo_table()[0].iloc[300:].reset_index(drop=True)
+    features = [c.name for c in engine.schema.features]
+    shown = protocol_test_mask(len(rows), len(features), 0) & rows[features].notna().to_numpy()
+    asks = [{n: rows.at[i, n] for j, n in enumerate(features) if shown[i, j]} for i in range(len(rows))]
+    answers = _answer(engine, PredictQuery([{k: _plain(v) for k, v in a.items()} for a in asks], 50, seed=1))
+    means = np.array([a["targets"][TARGET]["mean"] for a in answers])
+    rmse = float(np.sqrt(np.mean((means - rows[TARGET].to_numpy()) ** 2)))
+    assert rmse == pytest.approx(card["target_rmse"], rel=0.05)
+
+    from typer.testing import CliRunner
+
+    from hhvaem.cli import app
+
+    res = CliRunner().invoke(app, ["info", calibrated])
+    assert res.exit_code == 0, res.output
+    assert f"KNN {card['baselines']['knn']['rmse_xu']:.3f}" in res.output
+    assert "90 % intervals, target: cover" in res.output and "calibrated on 120 rows" in res.output
+    assert "ldl: RMSE" in res.output
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v

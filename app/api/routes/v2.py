@@ -8,6 +8,7 @@ the wire format (JSON and Triton's binary tensor extension) `app/api/oip.py`'s. 
 
 from __future__ import annotations
 
+import json
 import math
 from importlib.metadata import version as package_version
 from typing import Any
@@ -128,8 +129,27 @@ async def model_metadata(name: str, state: State, caller: Inferrer, version: str
         "platform": "hhvaem_" + m.engine.backend_name.split(":")[0],
         "inputs": inputs,
         "outputs": outputs,
-        "parameters": {**parameters, "version": str(m.version)},
+        "parameters": {**parameters, "version": str(m.version), **card_parameters(m.engine.manifest)},
     }
+
+
+def card_parameters(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The model card's headline figures as protocol parameters (scalars only), and the whole card as JSON text
+    (`model_card`: manifest `metrics.quality`, what GET /v1/models/{name} serves under `metrics`)."""
+    q = manifest.get("metrics", {}).get("quality")
+    if not q:
+        return {}
+    out: dict[str, Any] = {"model_card": json.dumps(q, separators=(",", ":"))}
+    for key in ("rows", "held_out", "rmse_xu", "acc_xu", "target_rmse", "target_accuracy"):
+        if key in q:
+            out[f"quality_{key}"] = q[key]
+    for method, figures in q.get("baselines", {}).items():
+        for key in ("rmse_xu", "acc_xu", "target_rmse", "target_accuracy"):
+            if isinstance(figures, dict) and key in figures:
+                out[f"{method}_{key}"] = figures[key]
+    for role, figures in q.get("interval_coverage", {}).items():
+        out[f"coverage90_{role}"] = figures["calibrated_cover90"]
+    return out
 
 
 def _query(tensors: ModelTensors, req: InferenceRequest, operation: str, options: dict[str, Any], max_rows: int):
