@@ -56,4 +56,7 @@ def recommended(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def row_count(out: list[Any]) -> dict[str, Any]:
-    return {"rows": len(out)}
+    """The audit detail of rows answered: how many, and how many values were called unusual (a count, never the
+    values: app/engine/plausibility.py)."""
+    unusual = sum(len(r.get("unusual", ())) for r in out if isinstance(r, dict))
+    return {"rows": len(out), **({"unusual": unusual} if any("unusual" in r for r in out) else {})}

@@ -161,7 +161,11 @@ def work_factors(query: Any, engine: Any) -> dict[str, int]:
     """What a query costs, factor by factor: rows and samples, and for next-features the candidates ranked."""
     samples = getattr(query, "samples", None) or engine.default_samples
     if hasattr(query, "rows"):
-        return {"rows": len(query.rows), "samples": int(samples)}
+        factors = {"rows": len(query.rows), "samples": int(samples)}
+        if getattr(query, "plausibility", False):  # a leave-one-out copy of the row per observed feature
+            rows = [r for r in query.rows if isinstance(r, dict)]
+            factors["plausibility copies"] = 1 + max((sum(v is not None for v in r.values()) for r in rows), default=0)
+        return factors
     if not hasattr(query, "row"):
         return {"samples": int(samples)}
     row = query.row if isinstance(query.row, dict) else {}

@@ -44,6 +44,12 @@ CALIBRATED_DESCRIPTION = (
     "quantiles either way (each summary's `calibrated` says which)."
 )
 
+PLAUSIBILITY_DESCRIPTION = (
+    "Also check each observed feature against the row's other observed features (docs/plausibility.md): the "
+    "probability of a value at least as extreme (for a category: of one no more probable) under the model given "
+    "the others, and whether it is below `plausibility_threshold`. Costs a sampler run per observed feature."
+)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -62,6 +68,10 @@ class RowsRequest(_Strict):
     seed: int | None = Field(None, ge=0, description=SEED_DESCRIPTION)
     return_samples: bool = Field(False, description="Also return the raw predictive draws.")
     calibrated: bool = Field(True, description=CALIBRATED_DESCRIPTION)
+    plausibility: bool = Field(False, description=PLAUSIBILITY_DESCRIPTION)
+    plausibility_threshold: FiniteFloat = Field(
+        0.01, gt=0, lt=1, description="A value whose plausibility `p` is below this is called unusual."
+    )
 
 
 class NextFeaturesRequest(_Strict):
@@ -105,10 +115,17 @@ class ColumnSummary(BaseModel):
     samples: list[Value] | None = None
 
 
+class Plausibility(BaseModel):
+    p: float = Field(description="Probability of a value at least this extreme given the row's other values.")
+    unusual: bool = Field(description="`p` is below the request's `plausibility_threshold`.")
+
+
 class ImputedRow(BaseModel):
     values: dict[str, Value] = Field(description="The row completed: observed values as given, holes filled.")
     imputed: dict[str, ColumnSummary] = Field(description="For each filled hole: its predictive distribution.")
     acceptance_rate: float = Field(description="Mean HMC acceptance rate of this row's chains.")
+    plausibility: dict[str, Plausibility] | None = Field(None, description="Per observed feature, when asked.")
+    unusual: list[str] | None = Field(None, description="The observed features called unusual, when asked.")
 
 
 class ImputeResponse(BaseModel):
@@ -120,6 +137,8 @@ class ImputeResponse(BaseModel):
 class PredictedRow(BaseModel):
     targets: dict[str, ColumnSummary]
     acceptance_rate: float
+    plausibility: dict[str, Plausibility] | None = Field(None, description="Per observed feature, when asked.")
+    unusual: list[str] | None = Field(None, description="The observed features called unusual, when asked.")
 
 
 class PredictResponse(BaseModel):
@@ -258,6 +277,8 @@ class SessionPrediction(BaseModel):
     version: int
     targets: dict[str, ColumnSummary]
     acceptance_rate: float
+    plausibility: dict[str, Plausibility] | None = Field(None, description="Per answer, when asked.")
+    unusual: list[str] | None = Field(None, description="The answers called unusual, when asked.")
 
 
 class BatchJobOut(BaseModel):

@@ -103,6 +103,8 @@ class ModelTensors:
         target_pairs = _category_columns(self.discrete_targets)
         if target_pairs:
             outputs.append(_tensor("target_probabilities", "FP32", [-1, len(target_pairs)], target_pairs, "predict"))
+        # asked with parameters.plausibility: p per observed feature given the others, NaN where not observed
+        outputs.append(_tensor("plausibility", "FP32", [-1, len(names)], names, "impute,predict"))
         outputs += [
             _tensor("next_features", "BYTES", [-1], None, "next_features"),
             _tensor("information_gain", "FP32", [-1], None, "next_features"),
@@ -117,7 +119,7 @@ class ModelTensors:
         return inputs, outputs, parameters
 
     def output_names(self, operation: str) -> list[str]:
-        return [t["name"] for t in self.metadata()[1] if t["parameters"]["operation"] == operation]
+        return [t["name"] for t in self.metadata()[1] if operation in t["parameters"]["operation"].split(",")]
 
     # ---- inputs -> rows --------------------------------------------------------------------
     def rows(self, inputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -250,6 +252,15 @@ class ModelTensors:
             ]
             out.append(Output("target_probabilities", "FP32", np.array(probs, np.float32)))
         return out
+
+    def plausibility(self, answer: list[dict[str, Any]]) -> Output:
+        """p of each observed feature given the row's others [rows, features]; NaN where the row has no value."""
+        p = np.full((len(answer), len(self.features)), np.nan, np.float32)
+        for i, row in enumerate(answer):
+            for j, col in enumerate(self.features):
+                if col.name in row.get("plausibility", {}):
+                    p[i, j] = row["plausibility"][col.name]["p"]
+        return Output("plausibility", "FP32", p)
 
     @staticmethod
     def ranked(answer: dict[str, Any]) -> tuple[list[Output], dict[str, Any]]:

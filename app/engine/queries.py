@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hhvaem.app.engine import plausibility as checks
 from hhvaem.app.engine.errors import FieldError, InputError
 from hhvaem.app.engine.summaries import ColumnPredictive, point_value, summarise, uncertainty
 from hhvaem.model.acquisition import (
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
 # The kinds of a row's draw streams (`Prepared.rng`), each keyed further by the schema column it draws for.
-SUMMARY, GAIN, IMPUTATION = 0, 1, 2
+SUMMARY, GAIN, IMPUTATION, PLAUSIBILITY = 0, 1, 2, 3
 METHODS = ("mixture", "histogram")
 Row = Mapping[str, Any]
 
@@ -59,11 +60,15 @@ class ImputeQuery:
     return_samples: bool = False
     strict: bool = True  # JSON clients: only null is missing, text is not parsed as a number (tables: False)
     calibrated: bool = True  # quantiles with the model's conformal correction (False: the model's raw ones)
+    plausibility: bool = False  # also check each observed feature against the others (app/engine/plausibility.py)
+    plausibility_threshold: float = checks.DEFAULT_THRESHOLD
 
     def prepare(self, engine: Engine) -> Prepared:
         quantiles = check_quantiles(self.quantiles)
-        finish = lambda p, o: self.finish(engine, p, o, quantiles)  # noqa: E731
-        return engine.prepare(self.rows, self.samples, self.seed, finish, self.strict)
+        threshold = checks.check_threshold(self.plausibility_threshold)
+        rows, copies = checks.with_copies(self.rows, engine, self.plausibility)
+        finish = lambda p, o: _checked(self.finish(engine, p, o, quantiles), engine, p, o, copies, threshold)  # noqa: E731
+        return engine.prepare(rows, self.samples, self.seed, finish, self.strict)
 
     def finish(self, engine: Engine, prep: Prepared, out: dict[str, np.ndarray], quantiles) -> list[dict[str, Any]]:
         schema = engine.schema
@@ -175,12 +180,16 @@ class PredictQuery:
     strict: bool = True
     calibrated: bool = True
     extra_outputs: frozenset[str] = frozenset()  # graph outputs a caller reads besides the answer (SAIA: target_given)
+    plausibility: bool = False
+    plausibility_threshold: float = checks.DEFAULT_THRESHOLD
 
     def prepare(self, engine: Engine) -> Prepared:
         quantiles = check_quantiles(self.quantiles)
+        threshold = checks.check_threshold(self.plausibility_threshold)
         _refuse_known_targets(engine, self.rows)
-        finish = lambda p, o: self.finish(engine, p, o, quantiles)  # noqa: E731
-        return engine.prepare(self.rows, self.samples, self.seed, finish, self.strict, self.extra_outputs)
+        rows, copies = checks.with_copies(self.rows, engine, self.plausibility)
+        finish = lambda p, o: _checked(self.finish(engine, p, o, quantiles), engine, p, o, copies, threshold)  # noqa: E731
+        return engine.prepare(rows, self.samples, self.seed, finish, self.strict, self.extra_outputs)
 
     def finish(self, engine: Engine, prep: Prepared, out: dict[str, np.ndarray], quantiles) -> list[dict[str, Any]]:
         first = len(engine.schema.features)  # the targets' place among the schema's columns
@@ -195,7 +204,7 @@ class PredictQuery:
                 },
                 "acceptance_rate": float(out["acceptance"][i]),
             }
-            for i in range(prep.rows)
+            for i in range(len(self.rows))
         ]
 
 
@@ -333,6 +342,15 @@ def _summary(
         levels = engine.calibration.levels(col.name, share, quantiles)
     pred = ColumnPredictive(col, params[None])
     return summarise(pred, engine.preprocessor, rng, quantiles, draws, samples, levels)[0]
+
+
+def _checked(answer: list[dict[str, Any]], engine: Engine, prep: Prepared, out, copies, threshold: float):
+    """The answer's rows with their plausibility checks added (when the query asked for them: `copies`)."""
+    if not copies:
+        return answer
+    stream = lambda k, j: prep.rng(k, PLAUSIBILITY, j)  # noqa: E731
+    found = checks.read(engine, prep, out, len(answer), copies, threshold, stream)
+    return [{**row, **check} for row, check in zip(answer, found)]
 
 
 def _finite(x: float) -> float | None:

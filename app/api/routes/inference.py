@@ -36,7 +36,16 @@ async def impute(name: str, body: RowsRequest, state: State, caller: Inferrer, v
     """Completes each row: observed values as given, each hole with its predictive mean/std/quantiles
     (numbers) or mode/probabilities (categories)."""
     samples = _check_rows(state, body)
-    query = ImputeQuery(body.rows, samples, body.quantiles, body.seed, body.return_samples, calibrated=body.calibrated)
+    query = ImputeQuery(
+        body.rows,
+        samples,
+        body.quantiles,
+        body.seed,
+        body.return_samples,
+        calibrated=body.calibrated,
+        plausibility=body.plausibility,
+        plausibility_threshold=body.plausibility_threshold,
+    )
     m, rows = await answer(state, caller, query, name, version, "imputation.served", detail=row_count)
     return {"model": m.name, "version": m.version, "rows": rows}
 
@@ -45,7 +54,16 @@ async def impute(name: str, body: RowsRequest, state: State, caller: Inferrer, v
 async def predict(name: str, body: RowsRequest, state: State, caller: Inferrer, version: Version = None):
     """The target's predictive distribution for each row, from whatever the row holds."""
     samples = _check_rows(state, body)
-    query = PredictQuery(body.rows, samples, body.quantiles, body.seed, body.return_samples, calibrated=body.calibrated)
+    query = PredictQuery(
+        body.rows,
+        samples,
+        body.quantiles,
+        body.seed,
+        body.return_samples,
+        calibrated=body.calibrated,
+        plausibility=body.plausibility,
+        plausibility_threshold=body.plausibility_threshold,
+    )
     m, rows = await answer(state, caller, query, name, version, "prediction.served", detail=row_count)
     return {"model": m.name, "version": m.version, "rows": rows}
 

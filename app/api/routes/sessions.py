@@ -8,12 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from hhvaem.app.api.answer import answer, recommended
+from hhvaem.app.api.answer import answer, recommended, row_count
 from hhvaem.app.api.deps import Inferrer, Principal, State, check_samples, resolve_model
 from hhvaem.app.api.json_body import StrictJSONRoute
 from hhvaem.app.api.problems import Problem, field_error, not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import (
     CALIBRATED_DESCRIPTION,
+    PLAUSIBILITY_DESCRIPTION,
     SEED_DESCRIPTION,
     SESSION_LINKS,
     CreateSessionRequest,
@@ -224,9 +225,20 @@ async def session_prediction(
     samples: Annotated[int | None, Query(ge=2)] = None,
     seed: Annotated[int | None, Query(ge=0, description=SEED_DESCRIPTION)] = None,
     calibrated: Annotated[bool, Query(description=CALIBRATED_DESCRIPTION)] = True,
+    plausibility: Annotated[bool, Query(description=PLAUSIBILITY_DESCRIPTION)] = False,
+    plausibility_threshold: Annotated[float, Query(gt=0, lt=1, allow_inf_nan=False)] = 0.01,
 ):
     samples = check_samples(state.settings, samples)
     s = await _session(state, session_id, caller)
-    query = PredictQuery([s.current], samples, seed=seed, calibrated=calibrated)
-    m, (row,) = await answer(state, caller, query, s.model_name, s.model_version, "prediction.served", s.id)
+    query = PredictQuery(
+        [s.current],
+        samples,
+        seed=seed,
+        calibrated=calibrated,
+        plausibility=plausibility,
+        plausibility_threshold=plausibility_threshold,
+    )
+    m, (row,) = await answer(
+        state, caller, query, s.model_name, s.model_version, "prediction.served", s.id, detail=row_count
+    )
     return {"session_id": s.id, "model": m.name, "version": m.version, **row}

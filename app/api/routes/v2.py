@@ -40,8 +40,8 @@ from hhvaem.app.engine.queries import DEFAULT_QUANTILES
 
 # Request parameters of each operation, besides samples and seed.
 PARAMETERS = {
-    "impute": {"quantiles", "calibrated"},
-    "predict": {"quantiles", "calibrated"},
+    "impute": {"quantiles", "calibrated", "plausibility", "plausibility_threshold"},
+    "predict": {"quantiles", "calibrated", "plausibility", "plausibility_threshold"},
     "next_features": {
         "quantiles",
         "calibrated",
@@ -163,7 +163,15 @@ def _query(tensors: ModelTensors, req: InferenceRequest, operation: str, options
             raise ProtocolError(f"input 'features': next_features takes one row, got {len(rows)}")
         return NextFeaturesQuery(rows[0], **o)
     kind = ImputeQuery if operation == "impute" else PredictQuery
-    return kind(rows, o["samples"], o["quantiles"], o["seed"], calibrated=o["calibrated"])
+    return kind(
+        rows,
+        o["samples"],
+        o["quantiles"],
+        o["seed"],
+        calibrated=o["calibrated"],
+        plausibility=o["plausibility"],
+        plausibility_threshold=o["plausibility_threshold"],
+    )
 
 
 # The inference request as the protocol defines it (the body is read raw: JSON, or JSON plus binary tensors), with
@@ -188,6 +196,8 @@ _PARAMETERS = {
         "seed": {"type": "integer", "description": SEED_DESCRIPTION},
         "quantiles": {"type": "string", "description": "Comma-separated, each in (0, 1).", "examples": ["0.05,0.5"]},
         "calibrated": {"type": "boolean", "description": "false: the model's raw quantiles (default true)."},
+        "plausibility": {"type": "boolean", "description": "impute, predict: also the `plausibility` output."},
+        "plausibility_threshold": {"type": "number"},
         "costs": {"type": "string", "description": "next_features: feature:cost,...", "examples": ["bmi:1,ldl:5"]},
         "top_k": {"type": "integer"},
         "target": {"type": "string"},
@@ -266,6 +276,8 @@ async def infer(name: str, request: Request, state: State, caller: Inferrer, ver
     else:
         outputs, extra = tensors.ranked(out)
         parameters |= extra
+    if options.get("plausibility"):
+        outputs.append(tensors.plausibility(out))
     outputs, binary = _selected(req, operation, tensors, outputs)
     body, head = encode_response(m.name, m.version, req.id, outputs, binary, parameters)
     if head is None:
@@ -303,6 +315,11 @@ def _options(state, parameters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "quantiles": _quantiles(p.get("quantiles")),
         "calibrated": _flag(p, "calibrated", True),
     }
+    if operation != "next_features":
+        threshold = _number(p, "plausibility_threshold", 0.01)
+        if not 0 < threshold < 1:
+            raise ProtocolError(f"parameters.plausibility_threshold: must lie in (0, 1), got {threshold!r}")
+        options |= {"plausibility": _flag(p, "plausibility", False), "plausibility_threshold": threshold}
     if operation == "next_features":
         options |= {
             "top_k": _integer(p, "top_k", 1),
