@@ -15,6 +15,8 @@ const state = {
   next: null, // the latest next-features response
   baseline: null, // {prediction, uncertainty} at the start of the questionnaire
   skipped: new Set(),
+  checks: {}, // feature -> {p, unusual}: each answer checked against the others (session prediction)
+  kept: new Set(), // "feature=value" answers the user chose to keep although called unusual
   asking: null, // the feature shown in the question form
   busy: false,
   expired: false,
@@ -685,6 +687,38 @@ function outsideRange(feature, value) {
   return typeof value === "number" && q.length >= 2 && (value < Math.min(...q) || value > Math.max(...q));
 }
 
+// "unusual given the other answers (1 in 300)", with Keep (the answer is right: stop saying so for this value)
+// and Correct (edit it).
+function unusualNote(feature, value) {
+  const check = state.checks?.[feature];
+  const key = `${feature}=${JSON.stringify(value)}`;
+  if (!check?.unusual || state.kept.has(key)) return null;
+  const odds = check.p <= 0.001 ? "1 in 1,000 or rarer" : `1 in ${Math.round(1 / check.p).toLocaleString("en")}`;
+  return el(
+    "span",
+    { class: "a-unusual", role: "note" },
+    ` unusual given the other answers (${odds}) `,
+    el("button", {
+      type: "button",
+      class: "link keep",
+      text: "Keep",
+      "aria-label": `Keep the answer to ${label(feature)}`,
+      onclick: () => {
+        state.kept.add(key);
+        renderAnswers();
+      },
+    }),
+    " ",
+    el("button", {
+      type: "button",
+      class: "link correct",
+      text: "Correct",
+      "aria-label": `Correct the answer to ${label(feature)}`,
+      onclick: () => openEdit(feature),
+    }),
+  );
+}
+
 function renderAnswers() {
   const s = state.session;
   const order = [];
@@ -705,6 +739,7 @@ function renderAnswers() {
         el("span", { class: "a-value", text: displayValue(f, s.current[f]) }),
         count[f] > 1 ? el("span", { class: "a-note", text: " (corrected)" }) : null,
         outsideRange(f, s.current[f]) ? el("span", { class: "a-warn", text: " outside the plausible range" }) : null,
+        unusualNote(f, s.current[f]),
         " ",
         el("button", {
           type: "button",
@@ -775,8 +810,16 @@ function submitOnEnter(event, form) {
 // ------------------------------------------------------------------------------------------------ actions
 
 async function refresh({ focus = "question", keep = false, said = "" } = {}) {
-  const next = await api("GET", sessionPath(`/next-features?${nextParams()}`));
+  const answered = Object.keys(state.session.current).length;
+  const [next, checks] = await Promise.all([
+    api("GET", sessionPath(`/next-features?${nextParams()}`)),
+    // each answer checked against the others (docs/plausibility.md); optional: the page works without it
+    answered >= 2
+      ? api("GET", sessionPath(`/prediction?seed=${state.seed}&plausibility=true`)).catch(() => null)
+      : null,
+  ]);
   state.next = next;
+  state.checks = checks?.plausibility || {};
   state.baseline ??= { prediction: next.prediction, uncertainty: next.uncertainty };
   const current = state.session.current;
   const keepAsking = keep && state.asking && !(state.asking in current) ? state.asking : null;

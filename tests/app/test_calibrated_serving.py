@@ -178,3 +178,46 @@ def test_the_model_card_adds_up_and_is_printed(engine, calibrated):
 
 def _plain(v):
     return v.item() if hasattr(v, "item") else v
+
+
+def test_plausibility_over_http(calibrated, engine, tmp_path):
+    """An implausible answer (LDL ten times too high) is called unusual over v1, in a session and in OIP v2; the
+    audit keeps a count, never the value; a bad threshold is a 422 naming it; asking costs nothing to the answer."""
+    odd = {**ROW, "ldl": 1200.0, "hdl": 50.0}
+    with running_service(calibrated, tmp_path / "svc", database="sqlite", sessions="memory") as svc:
+        c = svc.client()
+        body = {"rows": [odd, {**odd, "ldl": 120.0}], "samples": 40, "seed": 5}
+        plain = c.post(f"/v1/models/{MODEL}/predict", json=body).json()["rows"]
+        checked = c.post(f"/v1/models/{MODEL}/predict", json={**body, "plausibility": True}).json()["rows"]
+        assert [r["targets"] for r in checked] == [r["targets"] for r in plain]  # the answer itself is unchanged
+        assert plain[0]["plausibility"] is None
+        assert set(checked[0]["plausibility"]) == set(odd) and checked[0]["unusual"] == ["ldl"]
+        assert checked[0]["plausibility"]["ldl"]["p"] < 0.01 and checked[1]["plausibility"]["ldl"]["p"] > 0.05
+        strict = c.post(
+            f"/v1/models/{MODEL}/impute", json={**body, "plausibility": True, "plausibility_threshold": 0.5}
+        )
+        assert strict.status_code == 200 and len(strict.json()["rows"][1]["unusual"]) >= 1  # more flagged at 0.5
+        bad = c.post(f"/v1/models/{MODEL}/impute", json={**body, "plausibility": True, "plausibility_threshold": 0})
+        assert bad.status_code == 422 and "plausibility_threshold" in bad.text
+
+        audits = svc.events(kind="prediction.served")
+        assert any((e.detail or {}).get("unusual") == 1 for e in audits)
+        assert all("1200" not in str(e.detail) for e in audits)  # a count, never the value
+
+        sid = c.post("/v1/sessions", json={"model": MODEL, "observations": odd}).json()["session_id"]
+        s = c.get(f"/v1/sessions/{sid}/prediction", params={"samples": 40, "seed": 5, "plausibility": "true"}).json()
+        assert s["unusual"] == ["ldl"] and s["plausibility"]["ldl"]["p"] == checked[0]["plausibility"]["ldl"]["p"]
+
+        features = [[{**odd, "sex": 1}.get(n) for n in engine.feature_index]]
+        infer = {
+            "inputs": [{"name": "features", "shape": [1, 10], "datatype": "FP32", "data": features}],
+            "parameters": {"operation": "predict", "samples": 40, "seed": 5, "plausibility": True},
+        }
+        r = c.post(f"/v2/models/{MODEL}/infer", json=infer)
+        assert r.status_code == 200, r.text
+        p = next(o for o in r.json()["outputs"] if o["name"] == "plausibility")
+        assert p["shape"] == [1, 10]
+        names = list(engine.feature_index)
+        got = dict(zip(names, p["data"]))
+        assert got["ldl"] == pytest.approx(checked[0]["plausibility"]["ldl"]["p"], rel=1e-5)
+        assert got["total_cholesterol"] is None or np.isnan(got["total_cholesterol"])  # not observed

@@ -308,6 +308,28 @@ def test_correct_and_remove_an_answer(page, service):
     assert service.get(f"/v1/sessions/{session_id(page)}")["current"] == {}
 
 
+def test_an_unusual_answer_is_noted_and_can_be_kept_or_corrected(page, service):
+    """LDL of 1,200 mg/dL beside ordinary answers: the page says it is unusual given the other answers, with the
+    odds the service computed; Keep hides the note without changing the answer; Correct opens its edit field."""
+    open_questionnaire(page, service)
+    for feature, value in (("bmi", 30), ("hdl", 50), ("ldl", 1200)):
+        ask_other(page, feature)
+        answer_shown(page, value)
+    path = f"/v1/sessions/{session_id(page)}/prediction?seed=0&plausibility=true"
+    checks = service.get(path)["plausibility"]
+    assert checks["ldl"]["unusual"] and not checks["bmi"]["unusual"]
+    note = page.locator("#answers li[data-feature=ldl] .a-unusual")
+    odds = "1 in 1,000 or rarer" if checks["ldl"]["p"] <= 0.001 else f"1 in {round(1 / checks['ldl']['p']):,}"
+    assert f"unusual given the other answers ({odds})" in note.inner_text()
+    assert page.locator("#answers li[data-feature=bmi] .a-unusual").count() == 0
+    note.get_by_role("button", name="Correct the answer to ldl").click()
+    assert page.evaluate("document.activeElement.id") == "edit-input"
+    page.keyboard.press("Escape")
+    page.locator("#answers li[data-feature=ldl]").get_by_role("button", name="Keep the answer to ldl").click()
+    assert page.locator("#answers li[data-feature=ldl] .a-unusual").count() == 0
+    assert service.get(f"/v1/sessions/{session_id(page)}")["current"]["ldl"] == 1200  # kept as given
+
+
 def test_invalid_value_is_refused_and_not_stored(page, service):
     open_questionnaire(page, service)
     ask_other(page, "bmi")
