@@ -131,3 +131,16 @@ def test_the_other_methods_correct_a_too_narrow_predictive(method):
     assert 0.88 <= cover.mean() <= 0.92, cover.mean()
     with pytest.raises(ValueError, match="unknown calibration method"):
         Calibration.fit({"x": (share, share)}, {"x": "feature"}, "isotonic")
+
+
+def test_the_correction_never_reads_past_the_outer_draws():
+    """Truths beyond every draw (a predictive far too narrow) push the corrected levels to the end, but no further
+    than LEVEL_FLOOR from it: the outermost draws of a heavy tail are not served as a quantile."""
+    from hhvaem.model.calibration import LEVEL_FLOOR
+
+    rng = np.random.default_rng(8)
+    scores = np.where(rng.random(2000) < 0.5, 0.0004, 0.9996)  # half below every draw, half above
+    cal = Calibration.fit({"x": (rng.random(2000), scores)}, {"x": "feature"})
+    levels = cal.levels("x", np.array([0.1, 0.5, 0.9]), (0.05, 0.25, 0.75, 0.95))
+    assert levels.min() >= LEVEL_FLOOR and levels.max() <= 1 - LEVEL_FLOOR
+    assert cal.levels("x", np.array([0.5]), (0.001,))[0, 0] == pytest.approx(0.001)  # asked further out: allowed
