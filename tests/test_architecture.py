@@ -20,6 +20,7 @@ FOUNDATION = (
     "hhvaem.model.schema",
     "hhvaem.model.preprocessing",
     "hhvaem.model.acquisition",
+    "hhvaem.model.calibration",
     "hhvaem.model.io",
 )
 LAYERS = {

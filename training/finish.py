@@ -37,7 +37,7 @@ def finish(
     train_df: pd.DataFrame,
     held: pd.DataFrame | None,
     fitted: FittedModel,
-    refit: Callable[[pd.DataFrame], FittedModel],
+    refit: Callable[[pd.DataFrame], FittedModel] | None,  # needed only without held-out rows
     seed: int,
     threads: int,
     calibrate: bool,

@@ -70,8 +70,11 @@ def test_calibrated_quantiles_are_raw_ones_read_at_the_corrected_levels(engine):
     assert moved >= 3  # the correction does something on most columns
 
 
-def test_raw_on_request_matches_the_uncalibrated_model(engine, demo_artifact):
-    plain = Engine(demo_artifact, threads=1)
+def test_raw_on_request_matches_the_uncalibrated_model(engine, calibrated, tmp_path):
+    bare = tmp_path / MODEL
+    shutil.copytree(calibrated, bare)
+    quality.amend(bare, lambda m: {"calibration": None})  # as a model trained with --no-calibrate
+    plain = Engine(bare, threads=1)
     assert plain.calibration is None
     (a,) = _answer(plain, PredictQuery([ROW], 40, Q, seed=9))
     (b,) = _answer(engine, PredictQuery([ROW], 40, Q, seed=9, calibrated=False))

@@ -330,6 +330,17 @@ def test_an_unusual_answer_is_noted_and_can_be_kept_or_corrected(page, service):
     assert service.get(f"/v1/sessions/{session_id(page)}")["current"]["ldl"] == 1200  # kept as given
 
 
+def test_the_model_card_panel_shows_the_stored_figures(page, service):
+    open_questionnaire(page, service)
+    card = service.get("/v1/models/diabetes")["metrics"]["quality"]
+    text = open_details(page, "#model-card")
+    assert f"on {card['rows']} patients held out of training" in text
+    assert f"typical error {card['target_rmse']:.3g}" in text  # the page shows 3 significant digits
+    assert "gradient boosting" in text and "nearest neighbours" in text
+    cover = card["interval_coverage"]["target"]
+    assert f"held the true value {round(cover['calibrated_cover90'] * 100)}% of the time" in text
+
+
 def test_invalid_value_is_refused_and_not_stored(page, service):
     open_questionnaire(page, service)
     ask_other(page, "bmi")
