@@ -62,8 +62,21 @@ def tail_probability(
     if cells is not None:
         cell = cells[int(bin_of(np.array([observed_share]))[0])]
         if cell.source != "none":
-            u = float(np.interp(u, cell.quantiles, GRID))  # the held-out scores' CDF at u
+            u = calibrated_score(u, cell.quantiles, cell.n)
     return float(min(1.0, 2 * min(u, 1 - u)))
+
+
+def calibrated_score(u: float, quantiles: np.ndarray, n: int) -> float:
+    """The held-out scores' CDF at u (their quantile function on GRID, from n scores). Beyond the lowest and the
+    highest score, n scores cannot say how rare u is, only that it is rarer than about 1 in n + 1: there the model's
+    own tail scales it down to that, linearly, so that a value far beyond the draws still gets a tiny p."""
+    edge = 1.0 / (n + 1)
+    lo, hi = float(quantiles[0]), float(quantiles[-1])
+    if u < lo:
+        return edge * u / lo if lo > 0 else 0.0
+    if u > hi:
+        return 1.0 - (edge * (1.0 - u) / (1.0 - hi) if hi < 1 else 0.0)
+    return float(np.clip(np.interp(u, quantiles, GRID), edge, 1.0 - edge))
 
 
 def check_threshold(threshold: Any) -> float:
