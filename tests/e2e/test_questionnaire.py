@@ -308,7 +308,7 @@ def test_correct_and_remove_an_answer(page, service):
     assert service.get(f"/v1/sessions/{session_id(page)}")["current"] == {}
 
 
-def test_an_unusual_answer_is_noted_and_can_be_kept_or_corrected(page, service):
+def test_an_unusual_answer_is_noted_and_can_be_kept_or_corrected(page, service, screenshots):
     """LDL of 1,200 mg/dL beside ordinary answers: the page says it is unusual given the other answers, with the
     odds the service computed; Keep hides the note without changing the answer; Correct opens its edit field."""
     open_questionnaire(page, service)
@@ -322,6 +322,7 @@ def test_an_unusual_answer_is_noted_and_can_be_kept_or_corrected(page, service):
     odds = "1 in 1,000 or rarer" if checks["ldl"]["p"] <= 0.001 else f"1 in {round(1 / checks['ldl']['p']):,}"
     assert f"unusual given the other answers ({odds})" in note.inner_text()
     assert page.locator("#answers li[data-feature=bmi] .a-unusual").count() == 0
+    page.locator("#answers-section").screenshot(path=screenshots / "unusual.png")
     note.get_by_role("button", name="Correct the answer to ldl").click()
     assert page.evaluate("document.activeElement.id") == "edit-input"
     page.keyboard.press("Escape")
@@ -330,10 +331,11 @@ def test_an_unusual_answer_is_noted_and_can_be_kept_or_corrected(page, service):
     assert service.get(f"/v1/sessions/{session_id(page)}")["current"]["ldl"] == 1200  # kept as given
 
 
-def test_the_model_card_panel_shows_the_stored_figures(page, service):
+def test_the_model_card_panel_shows_the_stored_figures(page, service, screenshots):
     open_questionnaire(page, service)
     card = service.get("/v1/models/diabetes")["metrics"]["quality"]
     text = open_details(page, "#model-card")
+    page.locator("#model-card").screenshot(path=screenshots / "model-card.png")
     assert f"on {card['rows']} patients held out of training" in text
     assert f"typical error {card['target_rmse']:.3g}" in text  # the page shows 3 significant digits
     assert "gradient boosting" in text and "nearest neighbours" in text
