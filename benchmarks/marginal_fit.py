@@ -4,7 +4,7 @@
     python -m benchmarks.marginal_fit ../shared/data/uci/concrete --type blast_furnace_slag=zero_positive
 
 Fits the Preprocessor on all rows (with warps, the default, and with `warps=False`), trains the marginal VAEs
-alone (`Trainer.marginal_step`, the stage-1 schedule), then prints per numeric column the RMSE of the
+alone (`Trainer.marginal_training_step`, the stage-1 schedule), then prints per numeric column the RMSE of the
 reconstruction (the decoder's predictive mean at the encoder's mean, taken on the protocol's scale of
 docs/protocol.md, in training standard deviations; counts divided by theirs) over the observed training rows,
 and for categories the share reconstructed as their mode.
@@ -43,7 +43,7 @@ def reconstruction(
         TrainConfig(StageSteps(marginal=steps, vi=0, hmc=0), seed=seed, compile=False, marginal_kl_weight=kl_weight),
     )
     for _ in range(steps):
-        trainer.marginal_step()
+        trainer.marginal_training_step()
     x, mx = data.x.numpy(), data.mx.numpy()
     recon, truth = marginal_means(model, pp, x), protocol_values(model, pp, x)
     out = {}

@@ -75,13 +75,13 @@ def main() -> None:
         return Trainer(HHVAEM(schema, config), data, TrainConfig(steps, compile=args.compile))
 
     tr = trainer(StageSteps())
-    ms = {"marginal": time_steps(tr.marginal_step, 10 * args.measure, 20)}
+    ms = {"marginal": time_steps(tr.marginal_training_step, 10 * args.measure, 20)}
     tr.freeze_marginals()
-    ms["vi"] = time_steps(tr.vi_step, 10 * args.measure, 20)
+    ms["vi"] = time_steps(tr.vi_training_step, 10 * args.measure, 20)
     t0 = time.perf_counter()
-    tr.hmc_step()
+    tr.hmc_training_step()
     first = time.perf_counter() - t0  # includes compilation when --compile
-    ms["hmc"] = time_steps(tr.hmc_step, args.measure, 2 * tr.config.sksd_every)
+    ms["hmc"] = time_steps(tr.hmc_training_step, args.measure, 2 * tr.config.sksd_every)
     out = {
         "commit": commit(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

@@ -172,7 +172,7 @@ class Trainer:
         return self.train_rows[idx]
 
     # ---- stage 1 --------------------------------------------------------------------------
-    def marginal_step(self) -> float:
+    def marginal_training_step(self) -> float:
         idx = self.next_rows()
         warmup = max(self.config.steps.marginal // 2, 1)
         kl_weight = min(1.0, self.marginal_steps_done / warmup) * self.config.marginal_kl_weight
@@ -233,7 +233,7 @@ class Trainer:
         return {"best_step": self.best["step"], "validation_log_lik": self.best["score"]}
 
     # ---- stage 2 --------------------------------------------------------------------------
-    def vi_step(self) -> float:
+    def vi_training_step(self) -> float:
         obs, hidden = self.batch()
         loss = -self.model.elbo(obs, self.gen, hidden, self.config.kl_weight).mean()
         self.opt_enc.zero_grad(set_to_none=True)
@@ -244,7 +244,7 @@ class Trainer:
         return loss.item()
 
     # ---- stage 3 --------------------------------------------------------------------------
-    def hmc_step(self) -> tuple[float, dict]:
+    def hmc_training_step(self) -> tuple[float, dict]:
         model, (obs, hidden) = self.model, self.batch()
         # Encoder: ELBO (and the predictive term of the hidden entries).
         loss_enc = -model.elbo(obs, self.gen, hidden, self.config.kl_weight).mean()
@@ -311,28 +311,28 @@ class Trainer:
                     report(stage, i + 1, total, loss)
             return time.perf_counter() - t0, loss, extra
 
-        secs, loss, _ = loop("marginal", cfg.steps.marginal, self.marginal_step)
+        secs, loss, _ = loop("marginal", cfg.steps.marginal, self.marginal_training_step)
         history["marginal"] = {"seconds": secs, "loss": loss, "steps": cfg.steps.marginal}
         self.freeze_marginals()
         vi_steps = cfg.steps.vi + (0 if model.config.uses_hmc else cfg.steps.hmc)
-        vi_step = self.vi_step
+        vi_training_step = self.vi_training_step
         if cfg.lr_schedule == "cosine" and vi_steps > 1:
             schedules = [
                 torch.optim.lr_scheduler.CosineAnnealingLR(opt, vi_steps, eta_min=cfg.lr / 100)
                 for opt in (self.opt_enc, self.opt_gen)
             ]
 
-            def vi_step():
-                loss = self.vi_step()
+            def vi_training_step():
+                loss = self.vi_training_step()
                 for schedule in schedules:
                     schedule.step()
                 return loss
 
-        secs, loss, _ = loop("vi", vi_steps, vi_step, validate=True)
+        secs, loss, _ = loop("vi", vi_steps, vi_training_step, validate=True)
         history["vi"] = {"seconds": secs, "loss": loss, "steps": vi_steps, **(self.restore_best("vi") or {})}
         if model.config.uses_hmc and cfg.steps.hmc:
             self.checkpoint("hmc", 0, use_sampler=True)  # stage 3 may not end worse than stage 2 left it
-            secs, loss, diags = loop("hmc", cfg.steps.hmc, self.hmc_step, validate=True, use_sampler=True)
+            secs, loss, diags = loop("hmc", cfg.steps.hmc, self.hmc_training_step, validate=True, use_sampler=True)
             best = self.restore_best("hmc") or {}
             tail = diags[-max(len(diags) // 10, 1) :]
             sksd_values = [d["sksd"] for d in diags if "sksd" in d]
