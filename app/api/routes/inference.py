@@ -31,14 +31,11 @@ def _check_rows(state, body: RowsRequest) -> int:
     return check_samples(state.settings, body.samples)
 
 
-@router.post("/{name}/impute", response_model=ImputeResponse, responses=ERRORS, summary="Fill in the holes")
-async def impute(name: str, body: RowsRequest, state: State, caller: Inferrer, version: Version = None):
-    """Completes each row: observed values as given, each hole with its predictive mean/std/quantiles
-    (numbers) or mode/probabilities (categories)."""
-    samples = _check_rows(state, body)
-    query = ImputeQuery(
+def _rows_query(kind, state, body: RowsRequest):
+    """The impute or predict query a rows request asks for (its row and sample limits checked)."""
+    return kind(
         body.rows,
-        samples,
+        _check_rows(state, body),
         body.quantiles,
         body.seed,
         body.return_samples,
@@ -46,6 +43,13 @@ async def impute(name: str, body: RowsRequest, state: State, caller: Inferrer, v
         plausibility=body.plausibility,
         plausibility_threshold=body.plausibility_threshold,
     )
+
+
+@router.post("/{name}/impute", response_model=ImputeResponse, responses=ERRORS, summary="Fill in the holes")
+async def impute(name: str, body: RowsRequest, state: State, caller: Inferrer, version: Version = None):
+    """Completes each row: observed values as given, each hole with its predictive mean/std/quantiles
+    (numbers) or mode/probabilities (categories)."""
+    query = _rows_query(ImputeQuery, state, body)
     m, rows = await answer(state, caller, query, name, version, "imputation.served", detail=row_count)
     return {"model": m.name, "version": m.version, "rows": rows}
 
@@ -53,17 +57,7 @@ async def impute(name: str, body: RowsRequest, state: State, caller: Inferrer, v
 @router.post("/{name}/predict", response_model=PredictResponse, responses=ERRORS, summary="Predict the target")
 async def predict(name: str, body: RowsRequest, state: State, caller: Inferrer, version: Version = None):
     """The target's predictive distribution for each row, from whatever the row holds."""
-    samples = _check_rows(state, body)
-    query = PredictQuery(
-        body.rows,
-        samples,
-        body.quantiles,
-        body.seed,
-        body.return_samples,
-        calibrated=body.calibrated,
-        plausibility=body.plausibility,
-        plausibility_threshold=body.plausibility_threshold,
-    )
+    query = _rows_query(PredictQuery, state, body)
     m, rows = await answer(state, caller, query, name, version, "prediction.served", detail=row_count)
     return {"model": m.name, "version": m.version, "rows": rows}
 
