@@ -74,7 +74,7 @@ screenshots: .venv/installed-dev
 	.venv/bin/hhvaem demo --train-only
 	HHVAEM_SCREENSHOTS_DIR=docs/screenshots \
 	HHVAEM_TEST_ARTIFACT="$$($(PY) -c 'from hhvaem.app.core.config import Settings; print(Settings().data_dir / "demo" / "diabetes")')" \
-	$(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_questionnaire.py -k complete_questionnaire
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_questionnaire.py -k "complete_questionnaire or unusual or model_card"
 
 # Builds both images and runs docker-compose.yml end to end (health, an impute, a session in its Redis, the registry
 # row in its PostgreSQL); COMPOSE_CHECK_ARGS=--local-base where Docker Hub cannot be reached.

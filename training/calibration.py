@@ -86,7 +86,20 @@ def measure(
     calibration = Calibration.fit(found, roles)
     about = {"rows": len(rows), "masks_per_row": per_row, "samples": SAMPLES}
     about["check"] = two_fold_check(found, roles, rows_of(engine.schema, copies, observed, index))
+    about["applied"] = helps(about["check"])
     return calibration, about, found, roles
+
+
+def helps(check: dict[str, dict[str, float]]) -> bool:
+    """Whether the correction brought the 50 % and 90 % coverage closer to nominal in the 2-fold check, over the
+    checked entries. On few rows (a small table's cross-fit, the demo's 44) a correction can be mostly noise: then
+    it is kept in the manifest for the record but not applied, and the model serves its raw quantiles."""
+    miss = {"raw": 0.0, "calibrated": 0.0}
+    for figures in check.values():
+        for kind in miss:
+            for level, nominal in (("50", 0.5), ("90", 0.9)):
+                miss[kind] += figures["entries"] * abs(figures[f"{kind}_cover{level}"] - nominal)
+    return miss["calibrated"] <= miss["raw"]
 
 
 def rows_of(schema: Schema, data: TrainData, observed: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:

@@ -71,6 +71,7 @@ def finish(
         )
         if calibrate:
             summary["interval_coverage"] = entry["check"]
+            summary["calibration_applied"] = entry["applied"]
         summary["extra_seconds"] = round(time.perf_counter() - started, 1)  # cross-fit, calibration, this summary
         summary["cross_fit"] = cross
         if cross:

@@ -214,11 +214,13 @@ def describe(summary: dict[str, Any], target_names: list[str]) -> str:
     if "target_accuracy" in summary:
         vs = f" (gradient boosting {hgb['target_accuracy']:.3f})" if "target_accuracy" in hgb else ""
         lines.append(f"  target {target}: accuracy {summary['target_accuracy']:.3f}{vs}, from the shown features")
+    applied = summary.get("calibration_applied", True)
     for role, figures in summary.get("interval_coverage", {}).items():
         what = "target" if role == "target" else "hidden numeric entries"
         lines.append(
             f"  90 % intervals, {what}: cover {figures['raw_cover90']:.1%} raw, {figures['calibrated_cover90']:.1%} "
             f"calibrated (2-fold check on the calibration rows, {figures['entries']} entries)"
+            + ("" if applied else "; the correction is not applied (it did not help)")
         )
     return "\n".join(lines)
 
@@ -236,12 +238,16 @@ def card(manifest: dict[str, Any]) -> str:
         + (f"; calibration and quality {q['extra_seconds']:.0f} s more" if q and "extra_seconds" in q else ""),
     ]
     cal = manifest.get("calibration")
-    lines.append(
-        f"  intervals: calibrated on {cal['rows']} rows{' (cross-fit)' if cal.get('cross_fit') else ''}, "
-        f"method {cal['method']}"
-        if cal
-        else "  intervals: not calibrated (trained with --no-calibrate, or before calibration existed)"
-    )
+    if not cal:
+        lines.append("  intervals: not calibrated (trained with --no-calibrate, or before calibration existed)")
+    elif cal.get("applied", True):
+        cross = " (cross-fit)" if cal.get("cross_fit") else ""
+        lines.append(f"  intervals: calibrated on {cal['rows']} rows{cross}, method {cal['method']}")
+    else:
+        lines.append(
+            f"  intervals: raw; a correction measured on {cal['rows']} rows did not bring coverage closer to "
+            "nominal in its 2-fold check, so it is not applied"
+        )
     if q is None:
         return "\n".join([*lines, "  no quality summary (trained before it existed)"])
     lines.append(describe(q, [c["name"] for c in schema["targets"]]))

@@ -74,7 +74,8 @@ class Engine:
         self.default_samples = int(self.manifest["sampler"].get("default_chains", 100))
         try:  # the conformal correction of served quantiles, measured by the trainer (absent: raw quantiles)
             found = self.manifest.get("calibration")
-            self.calibration = None if found is None else Calibration.from_json(found)
+            applied = found is not None and found.get("applied", True)  # kept but not applied: the trainer's check
+            self.calibration = Calibration.from_json(found) if applied else None
         except (ValueError, KeyError, TypeError) as e:
             raise ArtifactError(f"{self.path}: its calibration cannot be read ({e})") from None
         if backend not in ("onnx", "torch"):

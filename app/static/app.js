@@ -893,7 +893,12 @@ function renderModelCard(detail) {
   }
   const cover = q.interval_coverage?.target;
   if (cover) {
-    items.push(`Its 90% intervals for ${label(target.name)} held the true value ${Math.round(cover.calibrated_cover90 * 100)}% of the time (${Math.round(cover.raw_cover90 * 100)}% before calibration).`);
+    const pct = (x) => `${Math.round(x * 100)}%`;
+    items.push(
+      q.calibration_applied === false
+        ? `Its 90% intervals for ${label(target.name)} held the true value ${pct(cover.raw_cover90)} of the time (as trained: a correction measured on these few patients did not help, so it is not applied).`
+        : `Its 90% intervals for ${label(target.name)} held the true value ${pct(cover.calibrated_cover90)} of the time (${pct(cover.raw_cover90)} before calibration).`,
+    );
   }
   $("model-card-body").replaceChildren(
     el("p", { class: "hint", text: `Measured when the model was trained, on ${where}.` }),

@@ -32,7 +32,9 @@ def calibrated(demo_artifact, tmp_path_factory) -> str:
     shutil.copytree(demo_artifact, copy)
     table = demo_table()[0]
     found, about, _, _ = calibration.measure(copy, table.head(120), seed=0)
-    quality.amend(copy, lambda m: {"calibration": calibration.stored(found, {**about, "cross_fit": False})})
+    quality.amend(
+        copy, lambda m: {"calibration": calibration.stored(found, {**about, "cross_fit": False, "applied": True})}
+    )
     model, pp, _ = load_model(copy)
     rows = table.iloc[300:].reset_index(drop=True)
     summary = quality.measure(copy, FittedModel(model, pp, {}), rows, True, 442, 0, 1, table.head(300), found)
@@ -224,3 +226,32 @@ def test_plausibility_over_http(calibrated, engine, tmp_path):
         got = dict(zip(names, p["data"]))
         assert got["ldl"] == pytest.approx(checked[0]["plausibility"]["ldl"]["p"], rel=1e-5)
         assert got["total_cholesterol"] is None or np.isnan(got["total_cholesterol"])  # not observed
+
+
+def test_a_correction_that_did_not_help_is_kept_but_not_applied(calibrated, tmp_path):
+    from hhvaem.training.calibration import helps
+
+    worse = {
+        "target": {
+            "raw_cover50": 0.5,
+            "calibrated_cover50": 0.45,
+            "raw_cover90": 0.9,
+            "calibrated_cover90": 0.85,
+            "entries": 100,
+        }
+    }
+    better = {"target": {**worse["target"], "raw_cover90": 0.8, "calibrated_cover90": 0.9, "raw_cover50": 0.4}}
+    assert not helps(worse) and helps(better)
+    kept = tmp_path / MODEL
+    shutil.copytree(calibrated, kept)
+    quality.amend(kept, lambda m: {"calibration": {**m["calibration"], "applied": False}})
+    engine = Engine(kept, threads=1)
+    assert engine.calibration is None  # served raw, and each summary says so
+    (row,) = _answer(engine, PredictQuery([ROW], 40, Q, seed=5))
+    assert row["targets"][TARGET]["calibrated"] is False
+    from typer.testing import CliRunner
+
+    from hhvaem.cli import app
+
+    res = CliRunner().invoke(app, ["info", str(kept)])
+    assert "did not bring coverage closer to nominal in its 2-fold check, so it is not applied" in res.output

@@ -147,8 +147,9 @@ def card_parameters(manifest: dict[str, Any]) -> dict[str, Any]:
         for key in ("rmse_xu", "acc_xu", "target_rmse", "target_accuracy"):
             if isinstance(figures, dict) and key in figures:
                 out[f"{method}_{key}"] = figures[key]
+    served = "calibrated" if q.get("calibration_applied", True) else "raw"
     for role, figures in q.get("interval_coverage", {}).items():
-        out[f"coverage90_{role}"] = figures["calibrated_cover90"]
+        out[f"coverage90_{role}"] = figures[f"{served}_cover90"]
     return out
 
 
