@@ -697,7 +697,7 @@ function unusualNote(feature, value) {
   return el(
     "span",
     { class: "a-unusual", role: "note" },
-    ` unusual given the other answers (${odds}) `,
+    `${outsideRange(feature, value) ? ";" : ""} unusual given the other answers (${odds}) `,
     el("button", {
       type: "button",
       class: "link keep",
