@@ -698,6 +698,14 @@ def score(
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per sampler call.")] = CHUNK_ROWS,
     seed: SeedOpt = 0,
     threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime threads (0: default).")] = 0,
+    plausibility: Annotated[
+        bool,
+        typer.Option(
+            "--plausibility",
+            help="Also check each observed value against the row's others: <column>__plausibility (p) and unusual "
+            "(the values below 0.01). Costs one more sampler row per observed value.",
+        ),
+    ] = False,
     imputations: Annotated[
         int | None,
         typer.Option(
@@ -742,6 +750,8 @@ def score(
         fail(f"--operation: unknown operation {operation!r} (expected one of {', '.join(OPERATIONS)})")
     if imputations is not None and operation == "predict":
         fail("--imputations: multiple imputation needs --operation impute or both")
+    if plausibility and imputations is not None and operation != "both":
+        fail("--plausibility: with --imputations it needs --operation both (the prediction carries the checks)")
     if imputations is not None and samples is not None and imputations > samples:
         fail(f"--imputations: {imputations} is more than --samples {samples}")
     if engine_name not in ("local", "ray"):
@@ -750,6 +760,7 @@ def score(
         if partition_rows % chunk_rows:
             fail(f"--partition-rows: {partition_rows} is not a multiple of --chunk-rows {chunk_rows}")
         options = {"samples": samples, "chunk_rows": chunk_rows, "seed": seed, "imputations": imputations}
+        options["plausibility"] = plausibility
         cluster = {"address": address, "workers": workers, "partition_rows": partition_rows}
         _score_on_ray(model_dir, input, output, operation, options, cluster)
         return
@@ -784,7 +795,7 @@ def score(
                     lines(done, total)
 
             out, errors = score_frame(
-                engine, df, operation, samples, chunk_rows, seed, progress=report, imputations=imputations
+                engine, df, operation, samples, chunk_rows, seed, report, imputations, plausibility
             )
         output.parent.mkdir(parents=True, exist_ok=True)
         if output.name.lower().endswith(".parquet"):

@@ -117,6 +117,7 @@ def score_on_ray(
     partition_rows: int = PARTITION_ROWS,
     workers: int | None = None,
     imputations: int | None = None,
+    plausibility: bool = False,
     address: str | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -135,10 +136,11 @@ def score_on_ray(
     engine = Engine(model_dir, threads=1)  # checks the artifact here, before a cluster is involved
     plan = plan_table(source, partition_rows, max_rows, verbatim=passthrough(engine))
     check_columns(engine, plan.schema.empty_table().to_pandas())
-    schema, notes = output_schema(engine, plan.schema, operation, imputations)
+    schema, notes = output_schema(engine, plan.schema, operation, imputations, plausibility)
     out = Path(output)
     options = {"operation": operation, "samples": samples, "chunk_rows": chunk_rows, "seed": seed}
     options |= {"imputations": imputations} if imputations else {}
+    options |= {"plausibility": True} if plausibility else {}
     job = {"model": manifest_checksum(engine.path), "input": plan.fingerprint(), "partition_rows": partition_rows}
     claim_output(out, job | options)
     done = written_partitions(out, plan, partition_rows, imputations or 1)

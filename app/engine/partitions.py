@@ -185,7 +185,7 @@ def frame_partition(plan: TablePlan, partition: Partition) -> pa.Table:
 
 # ---- scoring one partition -------------------------------------------------------------------------------------
 def output_schema(
-    engine: Engine, input_schema: pa.Schema, operation: str, imputations: int | None = None
+    engine: Engine, input_schema: pa.Schema, operation: str, imputations: int | None = None, plausibility: bool = False
 ) -> tuple[pa.Schema, list[dict]]:
     """The result's columns and types, found by scoring one row with every cell missing (every hole filled, every
     added column present), and the notes about the table (columns the model does not know). Columns the model does
@@ -193,7 +193,9 @@ def output_schema(
     probe = pa.Table.from_pylist([{}], schema=input_schema)
     frame = normalise_frame(probe.to_pandas())
     samples = max(2, imputations or 2)
-    out, errors = score_frame(engine, frame, operation, samples, 1, 0, imputations=imputations)
+    out, errors = score_frame(
+        engine, frame, operation, samples, 1, 0, imputations=imputations, plausibility=plausibility
+    )
     if any(e["row"] is not None for e in errors):
         raise RuntimeError(f"the model cannot score an empty row: {errors[0]}")
     known = {c.name for c in engine.schema.columns}
@@ -228,6 +230,7 @@ def score_partition(
         options["chunk_rows"],
         int(options.get("seed", 0)),
         imputations=options.get("imputations"),
+        plausibility=bool(options.get("plausibility", False)),
     )
     errors = [{**e, "row": e["row"] + first} for e in errors if e["row"] is not None]
     copies = len(out) // len(rows)  # the imputations, row-major

@@ -67,6 +67,7 @@ class ImputeQuery:
         quantiles = check_quantiles(self.quantiles)
         threshold = checks.check_threshold(self.plausibility_threshold)
         rows, copies = checks.with_copies(self.rows, engine, self.plausibility)
+        threshold = threshold if self.plausibility else None
         finish = lambda p, o: _checked(self.finish(engine, p, o, quantiles), engine, p, o, copies, threshold)  # noqa: E731
         return engine.prepare(rows, self.samples, self.seed, finish, self.strict)
 
@@ -188,6 +189,7 @@ class PredictQuery:
         threshold = checks.check_threshold(self.plausibility_threshold)
         _refuse_known_targets(engine, self.rows)
         rows, copies = checks.with_copies(self.rows, engine, self.plausibility)
+        threshold = threshold if self.plausibility else None
         finish = lambda p, o: _checked(self.finish(engine, p, o, quantiles), engine, p, o, copies, threshold)  # noqa: E731
         return engine.prepare(rows, self.samples, self.seed, finish, self.strict, self.extra_outputs)
 
@@ -344,9 +346,9 @@ def _summary(
     return summarise(pred, engine.preprocessor, rng, quantiles, draws, samples, levels)[0]
 
 
-def _checked(answer: list[dict[str, Any]], engine: Engine, prep: Prepared, out, copies, threshold: float):
-    """The answer's rows with their plausibility checks added (when the query asked for them: `copies`)."""
-    if not copies:
+def _checked(answer: list[dict[str, Any]], engine: Engine, prep: Prepared, out, copies, threshold: float | None):
+    """The answer's rows with their plausibility checks added (when the query asked for them: a `threshold`)."""
+    if threshold is None:
         return answer
     stream = lambda k, j: prep.rng(k, PLAUSIBILITY, j)  # noqa: E731
     found = checks.read(engine, prep, out, len(answer), copies, threshold, stream)

@@ -51,8 +51,8 @@ def check_columns(engine: Engine, df: pd.DataFrame) -> None:
     raise TableError(f"none of the columns ({header}) is one of the model's: expected {expected}{hint}")
 
 
-# Columns a result may add besides `<column>__...`: the row's error, and the imputation's number.
-ADDED = ("error", "imputation")
+# Columns a result may add besides `<column>__...`: the row's error, the imputation's number, its unusual values.
+ADDED = ("error", "imputation", "unusual")
 
 
 def _check_added_names(engine: Engine, df: pd.DataFrame) -> None:
@@ -86,6 +86,7 @@ def score_frame(
     seed: int = 0,
     progress: Callable[[int, int, list[dict]], None] | None = None,
     imputations: int | None = None,
+    plausibility: bool = False,
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Scores `df`; returns (result table, errors [{row, column, reason}]).
 
@@ -99,11 +100,17 @@ def score_frame(
     with `imputation` (1..M) in front and its holes drawn from the posterior (`MultipleImputeQuery`, a proper draw
     per imputation); `groupby("imputation")` gives the M completed tables. No `__std` / `__prob` columns (the
     spread is between the imputations); the prediction columns and `error` are the same in each copy of a row.
+
+    `plausibility`: each observed feature checked against the row's others (app/engine/plausibility.py): per
+    feature `<col>__plausibility` (p; empty where the row has no value) and `unusual` (the features below the
+    default threshold, comma-separated).
     """
     if operation not in OPERATIONS:
         raise ValueError(f"unknown operation {operation!r} (expected one of {', '.join(OPERATIONS)})")
     if imputations is not None and operation == "predict":
         raise ValueError("imputations: multiple imputation needs operation impute or both")
+    if plausibility and imputations is not None and operation != "both":
+        raise ValueError("plausibility: with multiple imputation it needs operation both (the prediction checks)")
     check_columns(engine, df)
     extra = sorted(set(df.columns) - {c.name for c in engine.schema.columns})
     errors: list[dict[str, Any]] = []
@@ -120,6 +127,10 @@ def score_frame(
     added: dict[str, list] = {}
     tables = [df.copy() for _ in range(imputations or 0)]  # one completed copy per imputation
     total = len(records)
+    if plausibility:  # every feature's column, so that every chunk (and a Ray partition's schema) has them all
+        for c in engine.schema.features:  # numbers (NaN where not observed), also in a probe with no values
+            added[f"{c.name}__plausibility"] = [np.nan] * len(out)
+        out["unusual"] = ""
     for start in range(0, total, chunk_rows):
         chunk = records[start : start + chunk_rows]
         good = list(range(len(chunk)))
@@ -136,14 +147,21 @@ def score_frame(
             rows = [chunk[i] for i in good]
             index = [start + i for i in good]
             prepared = []
+            # the checks ride on the first plain impute or predict query (the multiple imputation has none)
+            check_impute = plausibility and imputations is None and operation in ("impute", "both")
+            check_predict = plausibility and not check_impute
             if imputations is not None:
                 prepared.append(MultipleImputeQuery(rows, imputations, samples, seed, False).prepare(engine))
             elif operation in ("impute", "both"):
-                prepared.append(ImputeQuery(rows, samples, seed=seed, strict=False).prepare(engine))
+                query = ImputeQuery(rows, samples, seed=seed, strict=False, plausibility=check_impute)
+                prepared.append(query.prepare(engine))
             if operation in ("predict", "both"):  # a target column passes through; the prediction never reads it
                 unknown = [{k: v for k, v in r.items() if k not in targets} for r in rows]
-                prepared.append(PredictQuery(unknown, samples, seed=seed, strict=False).prepare(engine))
+                query = PredictQuery(unknown, samples, seed=seed, strict=False, plausibility=check_predict)
+                prepared.append(query.prepare(engine))
             results = engine.run(prepared)
+            if plausibility:
+                _write_plausibility(out, added, index, results[0] if check_impute else results[-1])
             if imputations is not None:
                 _write_draws(tables, index, results[0])
             elif operation in ("impute", "both"):
@@ -162,7 +180,7 @@ def score_frame(
 def _arranged(engine: Engine, df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """The result's columns in a fixed order: any leading bookkeeping (`imputation`), the input's columns as they
     came, the model's columns the input lacked (filled in; features, then targets), the added `<column>__...`
-    columns (by their column's place in the schema, then `_SUFFIXES`), then `error`."""
+    columns (by their column's place in the schema, then `_SUFFIXES`), then `unusual` and `error`."""
     rank = {c.name: i for i, c in enumerate(engine.schema.columns)}
     names = list(table.columns)
     inputs = [c for c in df.columns if c in names]
@@ -172,14 +190,15 @@ def _arranged(engine: Engine, df: pd.DataFrame, table: pd.DataFrame) -> pd.DataF
         (c for c, b in bases.items() if b is not None),
         key=lambda c: (rank[bases[c]], _SUFFIXES.index(_suffix(c[len(bases[c]) + 2 :])), names.index(c)),
     )
-    placed = {*inputs, *missing, *added, "error"}
+    tail = [c for c in ("unusual", "error") if c in names]
+    placed = {*inputs, *missing, *added, *tail}
     front = [c for c in names if c not in placed]
-    return table.reindex(columns=front + inputs + missing + added + (["error"] if "error" in names else []))
+    return table.reindex(columns=front + inputs + missing + added + tail)
 
 
 # The added columns of one schema column, in this order (quantiles and class probabilities as written: ascending
 # quantiles, the categories' order).
-_SUFFIXES = ("label", "mean", "std", "prob", "q", "p_")
+_SUFFIXES = ("label", "mean", "std", "prob", "q", "p_", "plausibility")
 
 
 def _suffix(suffix: str) -> str:
@@ -223,6 +242,13 @@ def _write_imputed(engine: Engine, out: pd.DataFrame, added, index: list[int], r
                     _column(added, f"{name}__p_zero", n)[i] = summary["probability_zero"]
             elif summary.get("probabilities"):
                 _column(added, f"{name}__prob", n)[i] = summary["probabilities"][str(summary["mode"])]
+
+
+def _write_plausibility(out: pd.DataFrame, added, index: list[int], rows: list[dict]) -> None:
+    for i, r in zip(index, rows):
+        for name, check in r["plausibility"].items():
+            added[f"{name}__plausibility"][i] = check["p"]
+        out.iat[i, out.columns.get_loc("unusual")] = ",".join(r["unusual"])
 
 
 def _set_cell(out: pd.DataFrame, i: int, name: str, value: Any) -> None:

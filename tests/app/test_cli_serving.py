@@ -45,6 +45,37 @@ def test_score_fills_holes_predicts_and_reports_bad_rows_by_number(demo_artifact
     assert pd.isna(got.loc[2, "disease_progression__mean"])  # rejected rows stay unscored
 
 
+def test_score_checks_plausibility_and_writes_it_per_value(demo_artifact, tmp_path):
+    """`--plausibility`: a p per observed value and the unusual ones; the scores themselves unchanged."""
+    df = pd.DataFrame({"age": [59, 48], "bmi": [32.1, 25.0], "ldl": [120.0, 1200.0], "hdl": [50.0, None]})
+    src = tmp_path / "in.csv"
+    df.to_csv(src, index=False)
+    for flags, name in (([], "plain.csv"), (["--plausibility"], "checked.csv")):
+        res = runner.invoke(app, ["score", demo_artifact, str(src), str(tmp_path / name), "--samples", "20", *flags])
+        assert res.exit_code == 0, res.output
+    plain, checked = pd.read_csv(tmp_path / "plain.csv"), pd.read_csv(tmp_path / "checked.csv")
+    pd.testing.assert_frame_equal(plain, checked[plain.columns])  # the checks add columns, change none
+    assert list(checked.columns[-2:]) == ["unusual", "error"]
+    assert checked.loc[1, "ldl__plausibility"] < 0.01 and "ldl" in checked.loc[1, "unusual"].split(",")
+    assert checked.loc[0, "ldl__plausibility"] > 0.01
+    assert pd.isna(checked.loc[1, "hdl__plausibility"]) and pd.isna(checked.loc[0, "blood_pressure__plausibility"])
+    res = runner.invoke(
+        app,
+        [
+            "score",
+            demo_artifact,
+            str(src),
+            str(tmp_path / "o.csv"),
+            "--plausibility",
+            "--imputations",
+            "2",
+            "--operation",
+            "impute",
+        ],
+    )
+    assert res.exit_code == 2 and "--plausibility: with --imputations it needs --operation both" in res.output
+
+
 def test_score_refuses_bad_arguments_with_one_line(demo_artifact, tmp_path):
     res = runner.invoke(app, ["score", demo_artifact, str(tmp_path / "nope.csv"), str(tmp_path / "o.csv")])
     assert res.exit_code == 2 and "file not found" in res.output

@@ -33,3 +33,28 @@ def test_leave_one_out_copies_and_the_threshold_check():
     for bad in (0, 1, -0.1, True, "0.1"):
         with pytest.raises(InputError, match="plausibility_threshold"):
             check_threshold(bad)
+
+
+def test_a_ray_partition_carries_the_checks_as_in_process(demo_artifact, tmp_path):
+    """What each Ray actor runs (`output_schema`, then `score_partition` on a partition), without a cluster: the
+    plausibility columns are in the partition's schema and hold the in-process figures."""
+    import pandas as pd
+
+    from hhvaem.app.engine import Engine
+    from hhvaem.app.engine.partitions import frame_partition, output_schema, plan_table, score_partition
+    from hhvaem.app.engine.scoring import score_frame
+
+    engine = Engine(demo_artifact, threads=1)
+    df = pd.DataFrame({"age": [59.0, 48.0, 30.0], "ldl": [120.0, 1200.0, None], "bmi": [32.1, 25.0, 22.0]})
+    src = tmp_path / "in.csv"
+    df.to_csv(src, index=False)
+    plan = plan_table(src, 128)
+    schema, _ = output_schema(engine, plan.schema, "predict", plausibility=True)
+    assert {"ldl__plausibility", "unusual"} <= set(schema.names)
+    options = {"operation": "predict", "samples": 20, "chunk_rows": 128, "seed": 0, "plausibility": True}
+    table, errors = score_partition(engine, frame_partition(plan, plan.partitions[0]), schema, options)
+    expected, _ = score_frame(engine, df, "predict", 20, 128, 0, plausibility=True)
+    got = table.to_pandas()
+    assert errors == [] and got["unusual"].tolist() == expected["unusual"].tolist()
+    assert got["ldl__plausibility"].tolist()[:2] == pytest.approx(expected["ldl__plausibility"].tolist()[:2])
+    assert "ldl" in got.loc[1, "unusual"]

@@ -80,6 +80,12 @@ async def create_job(
         int | None,
         Form(ge=1, description="Multiple imputation: each row M times in a row, `imputation` 1..M (at most samples)."),
     ] = None,
+    plausibility: Annotated[
+        bool,
+        Form(
+            description="Also check each observed value against the row's others: `<column>__plausibility`, `unusual`."
+        ),
+    ] = False,
 ):
     """Accepts a table and scores it in the background; poll the job, then fetch `result_url` (CSV)."""
     samples = check_samples(state.settings, samples)
@@ -91,8 +97,13 @@ async def create_job(
     if not name.lower().endswith(SUFFIXES):
         raise unprocessable([{"field": "file", "reason": f"{name!r}: expected a .csv, .csv.gz or .parquet file"}])
     parameters = {"samples": samples, "seed": 0, "chunk_rows": CHUNK_ROWS}
+    if plausibility and imputations is not None and operation != "both":
+        why = "with imputations it needs operation both (the prediction carries the checks)"
+        raise unprocessable([{"field": "plausibility", "reason": why}])
     if imputations is not None:
         parameters["imputations"] = imputations  # passed on to score_frame
+    if plausibility:
+        parameters["plausibility"] = True
     job, detail = await run_in_threadpool(_accept, state, caller, m, operation, parameters, file, name)
     if job is None:
         raise unprocessable([{"field": "file", "reason": detail}])

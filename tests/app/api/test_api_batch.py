@@ -143,6 +143,18 @@ def test_impute_job_fills_holes(c: httpx.Client) -> None:
     assert f"{TARGET}__q05" not in out.columns  # no prediction columns for impute only
 
 
+def test_plausibility_job_adds_its_columns(c: httpx.Client) -> None:
+    df = table(4, seed=3, holes=0.0)
+    df.loc[1, "ldl"] = 1200.0  # ten times what LDL is
+    job, _ = wait(c, upload(c, "p.csv", csv_bytes(df), operation="predict", plausibility="true").json()["id"])
+    assert job["status"] == "succeeded", job
+    out = result(c, job)
+    assert {f"{f}__plausibility" for f in FEATURES} <= set(out.columns) and "unusual" in out.columns
+    assert out.loc[1, "ldl__plausibility"] < 0.01 and "ldl" in out.loc[1, "unusual"].split(",")
+    r = upload(c, "p.csv", csv_bytes(df), operation="impute", plausibility="true", imputations=2)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "plausibility"
+
+
 def test_ignored_extra_column_is_reported(c: httpx.Client) -> None:
     df = table(3, seed=5)
     df["shoe_size"] = 42  # not a model column: reported once, ignored
