@@ -698,6 +698,10 @@ def score(
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per sampler call.")] = CHUNK_ROWS,
     seed: SeedOpt = 0,
     threads: Annotated[int, typer.Option("--threads", help="ONNX Runtime threads (0: default).")] = 0,
+    raw_quantiles: Annotated[
+        bool,
+        typer.Option("--raw-quantiles", help="The model's raw quantiles, not its conformal correction (if any)."),
+    ] = False,
     plausibility: Annotated[
         bool,
         typer.Option(
@@ -761,6 +765,7 @@ def score(
             fail(f"--partition-rows: {partition_rows} is not a multiple of --chunk-rows {chunk_rows}")
         options = {"samples": samples, "chunk_rows": chunk_rows, "seed": seed, "imputations": imputations}
         options["plausibility"] = plausibility
+        options["calibrated"] = not raw_quantiles
         cluster = {"address": address, "workers": workers, "partition_rows": partition_rows}
         _score_on_ray(model_dir, input, output, operation, options, cluster)
         return
@@ -795,7 +800,7 @@ def score(
                     lines(done, total)
 
             out, errors = score_frame(
-                engine, df, operation, samples, chunk_rows, seed, report, imputations, plausibility
+                engine, df, operation, samples, chunk_rows, seed, report, imputations, plausibility, not raw_quantiles
             )
         output.parent.mkdir(parents=True, exist_ok=True)
         if output.name.lower().endswith(".parquet"):

@@ -118,6 +118,7 @@ def score_on_ray(
     workers: int | None = None,
     imputations: int | None = None,
     plausibility: bool = False,
+    calibrated: bool = True,
     address: str | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -141,6 +142,7 @@ def score_on_ray(
     options = {"operation": operation, "samples": samples, "chunk_rows": chunk_rows, "seed": seed}
     options |= {"imputations": imputations} if imputations else {}
     options |= {"plausibility": True} if plausibility else {}
+    options |= {} if calibrated else {"calibrated": False}
     job = {"model": manifest_checksum(engine.path), "input": plan.fingerprint(), "partition_rows": partition_rows}
     claim_output(out, job | options)
     done = written_partitions(out, plan, partition_rows, imputations or 1)

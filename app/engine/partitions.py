@@ -231,6 +231,7 @@ def score_partition(
         int(options.get("seed", 0)),
         imputations=options.get("imputations"),
         plausibility=bool(options.get("plausibility", False)),
+        calibrated=bool(options.get("calibrated", True)),
     )
     errors = [{**e, "row": e["row"] + first} for e in errors if e["row"] is not None]
     copies = len(out) // len(rows)  # the imputations, row-major

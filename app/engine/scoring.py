@@ -87,6 +87,7 @@ def score_frame(
     progress: Callable[[int, int, list[dict]], None] | None = None,
     imputations: int | None = None,
     plausibility: bool = False,
+    calibrated: bool = True,
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Scores `df`; returns (result table, errors [{row, column, reason}]).
 
@@ -103,7 +104,8 @@ def score_frame(
 
     `plausibility`: each observed feature checked against the row's others (app/engine/plausibility.py): per
     feature `<col>__plausibility` (p; empty where the row has no value) and `unusual` (the features below the
-    default threshold, comma-separated).
+    default threshold, comma-separated). `calibrated=False`: the model's raw quantiles, not its conformal
+    correction (docs/calibration.md).
     """
     if operation not in OPERATIONS:
         raise ValueError(f"unknown operation {operation!r} (expected one of {', '.join(OPERATIONS)})")
@@ -153,11 +155,15 @@ def score_frame(
             if imputations is not None:
                 prepared.append(MultipleImputeQuery(rows, imputations, samples, seed, False).prepare(engine))
             elif operation in ("impute", "both"):
-                query = ImputeQuery(rows, samples, seed=seed, strict=False, plausibility=check_impute)
+                query = ImputeQuery(
+                    rows, samples, seed=seed, strict=False, calibrated=calibrated, plausibility=check_impute
+                )
                 prepared.append(query.prepare(engine))
             if operation in ("predict", "both"):  # a target column passes through; the prediction never reads it
                 unknown = [{k: v for k, v in r.items() if k not in targets} for r in rows]
-                query = PredictQuery(unknown, samples, seed=seed, strict=False, plausibility=check_predict)
+                query = PredictQuery(
+                    unknown, samples, seed=seed, strict=False, calibrated=calibrated, plausibility=check_predict
+                )
                 prepared.append(query.prepare(engine))
             results = engine.run(prepared)
             if plausibility:

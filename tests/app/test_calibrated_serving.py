@@ -255,3 +255,25 @@ def test_a_correction_that_did_not_help_is_kept_but_not_applied(calibrated, tmp_
 
     res = CliRunner().invoke(app, ["info", str(kept)])
     assert "did not bring coverage closer to nominal in its 2-fold check, so it is not applied" in res.output
+
+
+def test_batch_scoring_serves_calibrated_quantiles_unless_raw_is_asked(calibrated, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from hhvaem.cli import app
+
+    src = tmp_path / "in.csv"
+    pd.DataFrame([ROW, {**ROW, "age": 30}]).to_csv(src, index=False)
+    args = ["score", calibrated, str(src), "--samples", "40", "--operation", "predict"]
+    for flags, name in (([], "cal.csv"), (["--raw-quantiles"], "raw.csv")):
+        res = CliRunner().invoke(
+            app, [*args, str(tmp_path / name), "--samples", "40", "--operation", "predict", *flags]
+        )
+        assert res.exit_code == 0, res.output
+    cal, raw = pd.read_csv(tmp_path / "cal.csv"), pd.read_csv(tmp_path / "raw.csv")
+    engine = Engine(calibrated, threads=1)
+    (row,) = _answer(engine, PredictQuery([ROW], 40, (0.05, 0.5, 0.95), seed=0))
+    assert cal.loc[0, f"{TARGET}__q95"] == pytest.approx(row["targets"][TARGET]["quantiles"]["0.95"], rel=1e-6)
+    assert cal.loc[0, f"{TARGET}__mean"] == raw.loc[0, f"{TARGET}__mean"]
+    assert cal.loc[0, f"{TARGET}__q95"] != raw.loc[0, f"{TARGET}__q95"]

@@ -86,6 +86,7 @@ async def create_job(
             description="Also check each observed value against the row's others: `<column>__plausibility`, `unusual`."
         ),
     ] = False,
+    calibrated: Annotated[bool, Form(description="false: the model's raw quantiles, not its correction.")] = True,
 ):
     """Accepts a table and scores it in the background; poll the job, then fetch `result_url` (CSV)."""
     samples = check_samples(state.settings, samples)
@@ -104,6 +105,8 @@ async def create_job(
         parameters["imputations"] = imputations  # passed on to score_frame
     if plausibility:
         parameters["plausibility"] = True
+    if not calibrated:
+        parameters["calibrated"] = False
     job, detail = await run_in_threadpool(_accept, state, caller, m, operation, parameters, file, name)
     if job is None:
         raise unprocessable([{"field": "file", "reason": detail}])
