@@ -56,6 +56,7 @@ class _HHVAEMEstimator(BaseEstimator):
         threads: int = 1,
         artifact_dir: str | None = None,
         verbose: bool | int = False,
+        calibrate: bool = False,
     ):
         self.steps = steps
         self.variant = variant
@@ -66,6 +67,7 @@ class _HHVAEMEstimator(BaseEstimator):
         self.threads = threads
         self.artifact_dir = artifact_dir
         self.verbose = verbose
+        self.calibrate = calibrate
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -114,7 +116,9 @@ class _HHVAEMEstimator(BaseEstimator):
         """Infers the schema (the project's rule; `types` overrides), trains, writes the artifact, loads it."""
         import torch
 
+        from hhvaem.training import quality
         from hhvaem.training.artifact import data_fingerprint, write_artifact
+        from hhvaem.training.finish import finish
         from hhvaem.training.fit import fit, planned_steps
         from hhvaem.training.progress import LineProgress
         from hhvaem.training.tabular import PYTHON, infer_schema, validate_table
@@ -134,17 +138,24 @@ class _HHVAEMEstimator(BaseEstimator):
             if self.verbose:  # scikit-learn's convention: progress on stdout
                 stages = planned_steps(self.variant, len(table), len(schema.features), steps)
                 progress = LineProgress(sys.stdout, f"[{type(self).__name__}] ", stages=stages)
-            fitted = fit(
-                table, schema, self.variant, steps, self._seed(), progress, overrides=dict(self.overrides or {})
-            )
+            train_df, held = quality.split_rows(table, self._seed()) if self.calibrate else (table, None)
+
+            def refit(rows: pd.DataFrame):
+                overrides = dict(self.overrides or {})
+                return fit(rows, schema, self.variant, steps, self._seed(), progress, overrides=overrides)
+
+            fitted = refit(train_df)
+            if self.artifact_dir is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="hhvaem-")
+                out = Path(self._tmp.name) / "model"
+            else:
+                out = Path(self.artifact_dir)
+            write_artifact(out, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(table))
+            if self.calibrate:
+                say = (lambda line: print(f"[{type(self).__name__}] {line}")) if self.verbose else (lambda line: None)
+                finish(out, len(table), train_df, held, fitted, refit, self._seed(), max(self.threads, 1), True, say)
         finally:
             torch.set_num_threads(threads)
-        if self.artifact_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="hhvaem-")
-            out = Path(self._tmp.name) / "model"
-        else:
-            out = Path(self.artifact_dir)
-        write_artifact(out, fitted.model, fitted.preprocessor, fitted.history, data_fingerprint(table))
         self.artifact_dir_ = str(out)
         self.target_ = target
         (out / SIDECAR).write_text(json.dumps(self._sidecar(), indent=1, default=str))
@@ -288,7 +299,10 @@ class HHVAEMImputer(TransformerMixin, _HHVAEMEstimator):
     per answer), `types` ({column: type or {"type", "categories"}} overriding schema inference), `overrides`
     (ModelConfig / TrainConfig fields, e.g. {"hidden": 16}), `random_state`, `threads` (torch and ONNX Runtime
     threads), `artifact_dir` (where fit writes the artifact; default a temporary directory), `verbose` (True:
-    `fit` prints training progress on stdout: each stage's step rate and time left, every 10 s).
+    `fit` prints training progress on stdout: each stage's step rate and time left, every 10 s), `calibrate`
+    (True: as `hhvaem train` does, hold rows out, or cross-fit a second model under 500 rows, to calibrate the
+    served quantiles and write the model card; default False: every row trains, quantiles are the model's raw
+    ones).
     """
 
     _kind = "imputer"
@@ -305,8 +319,11 @@ class HHVAEMImputer(TransformerMixin, _HHVAEMEstimator):
         threads: int = 1,
         artifact_dir: str | None = None,
         verbose: bool | int = False,
+        calibrate: bool = False,
     ):
-        super().__init__(steps, variant, samples, types, overrides, random_state, threads, artifact_dir, verbose)
+        super().__init__(
+            steps, variant, samples, types, overrides, random_state, threads, artifact_dir, verbose, calibrate
+        )
         self.target = target
 
     def fit(self, X, y=None):
@@ -403,8 +420,11 @@ class HHVAEMRegressor(RegressorMixin, _HHVAEMEstimator):
         threads: int = 1,
         artifact_dir: str | None = None,
         verbose: bool | int = False,
+        calibrate: bool = False,
     ):
-        super().__init__(steps, variant, samples, types, overrides, random_state, threads, artifact_dir, verbose)
+        super().__init__(
+            steps, variant, samples, types, overrides, random_state, threads, artifact_dir, verbose, calibrate
+        )
         self.target_type = target_type
 
     def fit(self, X, y):
@@ -428,6 +448,18 @@ class HHVAEMRegressor(RegressorMixin, _HHVAEMEstimator):
         if return_std:
             return mean, np.array([s["std"] for s in summaries], dtype=np.float64)
         return mean
+
+    def predict_interval(self, X, level: float = 0.9) -> np.ndarray:
+        """The central `level` predictive interval of each row's target, [n, 2] (lower, upper): the served
+        quantiles, with the model's conformal correction when it was fitted with `calibrate=True`."""
+        check_is_fitted(self, "engine_")
+        if not 0 < level < 1:
+            raise ValueError(f"level must lie in (0, 1), got {level!r}")
+        q = ((1 - level) / 2, (1 + level) / 2)
+        df = self._table(X, reset=False)
+        answers = self._answer_rows(df, lambda row, seed: PredictQuery([row], self.samples, q, seed, strict=False))
+        keys = [f"{v:g}" for v in q]
+        return np.array([[a[0]["targets"][self.target_]["quantiles"][k] for k in keys] for a in answers])
 
 
 class HHVAEMClassifier(ClassifierMixin, _HHVAEMEstimator):

@@ -206,3 +206,23 @@ def test_import_hhvaem_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "HHVAEMImputer"
+
+
+def test_regressor_calibrates_when_asked_and_gives_intervals():
+    """`calibrate=True` does what `hhvaem train` does (600 rows: 60 held out) and `predict_interval` serves the
+    corrected quantiles; without it the model serves its raw ones and has no card."""
+    df = _table(600)
+    X, y = df[["x", "colour"]], df["size"].to_numpy()
+    reg = HHVAEMRegressor(steps=300, calibrate=True).fit(X, y)
+    manifest = reg.engine_.manifest
+    assert manifest["calibration"]["rows"] == 60 and manifest["metrics"]["quality"]["rows"] == 60
+    interval = reg.predict_interval(X[:20], level=0.8)
+    assert interval.shape == (20, 2) and (interval[:, 0] < interval[:, 1]).all()
+    mean = reg.predict(X[:20])
+    assert ((interval[:, 0] < mean) & (mean < interval[:, 1])).mean() > 0.9
+    wide = reg.predict_interval(X[:20], level=0.98)
+    assert (wide[:, 1] - wide[:, 0] > interval[:, 1] - interval[:, 0]).all()
+    with pytest.raises(ValueError, match="level"):
+        reg.predict_interval(X[:2], level=1.5)
+    plain = HHVAEMRegressor(steps=30).fit(X[:100], y[:100])
+    assert plain.engine_.calibration is None and "calibration" not in plain.engine_.manifest
