@@ -24,6 +24,7 @@ from hhvaem.app.db import repository as repo
 from hhvaem.app.db.availability import DatabaseUnavailable
 from hhvaem.app.engine import InputError
 from hhvaem.app.services.registry import LoadedModel, ModelNotFound, ModelRegistry, VersionRetired
+from hhvaem.app.services.state import AppState
 from hhvaem.model.io.artifact import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,11 @@ class Principal:
         return None if self.key_id is None else str(self.key_id)
 
 
-def get_state(request: Request) -> Any:
+def get_state(request: Request) -> AppState:
     return request.app.state.hhvaem
 
 
-State = Annotated[Any, Depends(get_state)]
+State = Annotated[AppState, Depends(get_state)]
 
 
 def _key_from(request: Request) -> str | None:
