@@ -18,6 +18,7 @@ from hhvaem.app.core.security import hash_api_key
 from hhvaem.app.db import repository as repo
 from hhvaem.app.db.database import Database
 from hhvaem.app.services.batcher import DynamicBatcher
+from hhvaem.app.services.jobs import BatchRunner
 from hhvaem.app.services.metrics import Metrics
 from hhvaem.app.services.registry import ModelRegistry
 from hhvaem.app.sessions.store import SessionStore
@@ -70,7 +71,7 @@ class AppState:
     store: SessionStore
     batcher: DynamicBatcher
     metrics: Metrics
-    jobs: Any = None  # the batch-job runner (app.services.jobs.BatchRunner)
+    jobs: BatchRunner | None = None  # the batch-job runner, set once the service has started it
     keys: VerifiedKeys = field(default_factory=lambda: VerifiedKeys(60.0))
     _pending: collections.deque = field(default_factory=lambda: collections.deque(maxlen=PENDING_AUDIT_EVENTS))
     audit_dropped: int = 0
