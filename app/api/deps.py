@@ -151,10 +151,13 @@ def input_problem(e: InputError, row_prefix: str = "rows.{row}.") -> Problem:
     return unprocessable(errors)
 
 
-def check_samples(settings: Settings, samples: int | None) -> int:
-    """The request's sample count (the configured default when it gives none), within the limit."""
+def check_samples(settings: Settings, samples: int | None, field: str = "samples"):
+    """The request's sample count (the configured default when it gives none; `max_samples`: None stays None),
+    within the limit."""
     if samples is not None and samples > settings.max_samples:
-        raise unprocessable([{"field": "samples", "reason": f"at most {settings.max_samples} samples per request"}])
+        raise unprocessable([{"field": field, "reason": f"at most {settings.max_samples} samples per request"}])
+    if field != "samples":
+        return samples
     return settings.default_samples if samples is None else samples
 
 
