@@ -46,7 +46,7 @@ CALIBRATED_DESCRIPTION = (
 
 MAX_SAMPLES_DESCRIPTION = (
     "While the best question cannot be told from a runner-up (within two standard errors of their difference), "
-    "draw as many samples again and re-rank, up to this many (default 800; `samples` itself turns it off). "
+    "draw as many samples again and re-rank, up to this many (default 400; `samples` itself turns it off). "
     "The answer's `resolution` says `resolved` or `tie`, with the candidates that cannot be separated."
 )
 BUDGET_DESCRIPTION = "Also stop resolving after this many milliseconds (answers then depend on the machine's speed)."

@@ -361,7 +361,7 @@ def tie(ranking, gains: dict[str, Gain]) -> dict[str, Any]:
 
 # The sample budget a next-features answer may grow to while its first question is undecided (docs/how-to/
 # next-features.md: the study that chose it).
-RESOLVE_SAMPLES = 800
+RESOLVE_SAMPLES = 400
 ROUND = 4  # the stream kind of a resolution round's noise (beside SUMMARY, GAIN, IMPUTATION, PLAUSIBILITY)
 
 
