@@ -275,9 +275,12 @@ class NextFeaturesQuery:
         ti = engine.target_index[tcol.name]
         costs = {k: float(v) for k, v in (self.costs or {}).items()} or None
         limit = max(prep.samples, RESOLVE_SAMPLES if self.max_samples is None else self.max_samples)
+        own = out  # the request's own samples: the prediction and the stopping hint, as predict gives them
         rounds = 1
         while True:
-            gains = self.gains(engine, out, tcol, ti, pool, lambda j, r=rounds: prep.rng(0, GAIN, j, r))
+            # round 1 keeps the stream it always had; later rounds (more samples) get their own
+            stream = (lambda j: prep.rng(0, GAIN, j)) if rounds == 1 else (lambda j, r=rounds: prep.rng(0, GAIN, j, r))
+            gains = self.gains(engine, out, tcol, ti, pool, stream)
             full = rank_features({k: g.value for k, g in gains.items()}, costs)
             tied = tie_set(full, gains, costs)
             k = out["features"].shape[1]
@@ -288,7 +291,7 @@ class NextFeaturesQuery:
                 break
             out = joined(out, engine.run_graph(prep.graph, more_noise(engine, prep, k, rounds)))
             rounds += 1
-        y_pred = ColumnPredictive(tcol, out["target"][:, :, ti])
+        y_pred = ColumnPredictive(tcol, own["target"][:, :, ti])
         ranking = full[: self.top_k] if self.top_k is not None else full
         unc = uncertainty(y_pred, engine.preprocessor, 0)
         advice = stopping_advice(ranking[0].gain if ranking else None, unc, self.min_gain, self.max_uncertainty)
@@ -305,11 +308,11 @@ class NextFeaturesQuery:
                 "rounds": rounds,
             },
             "prediction": _summary(
-                engine, prep, 0, first + ti, tcol, out["target"][0, :, ti], quantiles, False, self.calibrated
+                engine, prep, 0, first + ti, tcol, own["target"][0, :, ti], quantiles, False, self.calibrated
             ),
             "uncertainty": unc,
             "stop": {"stop": advice.stop, "reason": advice.reason},
-            "acceptance_rate": float(out["acceptance"][0]),
+            "acceptance_rate": float(own["acceptance"][0]),
         }
 
     def gains(self, engine: Engine, out, tcol, ti: int, pool, rng_for) -> dict[str, Gain]:
