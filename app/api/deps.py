@@ -23,7 +23,6 @@ from hhvaem.app.core.security import ADMIN, INFER, check_scopes, looks_like_api_
 from hhvaem.app.db import repository as repo
 from hhvaem.app.db.availability import DatabaseUnavailable
 from hhvaem.app.engine import InputError
-from hhvaem.app.engine.queries import RESOLVE_SAMPLES
 from hhvaem.app.services.registry import LoadedModel, ModelNotFound, ModelRegistry, VersionRetired
 from hhvaem.app.services.state import AppState
 from hhvaem.model.io.artifact import ArtifactError
@@ -152,13 +151,10 @@ def input_problem(e: InputError, row_prefix: str = "rows.{row}.") -> Problem:
     return unprocessable(errors)
 
 
-def check_samples(settings: Settings, samples: int | None, field: str = "samples") -> int:
-    """The request's sample count (the configured default when it gives none; for `max_samples`, the engine's
-    resolution budget capped at the service's limit), within the limit."""
+def check_samples(settings: Settings, samples: int | None) -> int:
+    """The request's sample count (the configured default when it gives none), within the limit."""
     if samples is not None and samples > settings.max_samples:
-        raise unprocessable([{"field": field, "reason": f"at most {settings.max_samples} samples per request"}])
-    if field != "samples":  # the resolution budget: by default the engine's, within the service's limit
-        return min(RESOLVE_SAMPLES, settings.max_samples) if samples is None else samples
+        raise unprocessable([{"field": "samples", "reason": f"at most {settings.max_samples} samples per request"}])
     return settings.default_samples if samples is None else samples
 
 

@@ -44,12 +44,6 @@ CALIBRATED_DESCRIPTION = (
     "quantiles either way (each summary's `calibrated` says which)."
 )
 
-MAX_SAMPLES_DESCRIPTION = (
-    "While the best question cannot be told from a runner-up (within two standard errors of their difference), "
-    "draw as many samples again and re-rank, up to this many (default 400; `samples` itself turns it off). "
-    "The answer's `resolution` says `resolved` or `tie`, with the candidates that cannot be separated."
-)
-BUDGET_DESCRIPTION = "Also stop resolving after this many milliseconds (answers then depend on the machine's speed)."
 PLAUSIBILITY_DESCRIPTION = (
     "Also check each observed feature against the row's other observed features (docs/plausibility.md): the "
     "probability of a value at least as extreme (for a category: of one no more probable) under the model given "
@@ -100,8 +94,6 @@ class NextFeaturesRequest(_Strict):
     )
     seed: int | None = Field(None, ge=0, description=SEED_DESCRIPTION)
     calibrated: bool = Field(True, description=CALIBRATED_DESCRIPTION)
-    max_samples: int | None = Field(None, ge=2, description=MAX_SAMPLES_DESCRIPTION)
-    budget_ms: FiniteFloat | None = Field(None, gt=0, description=BUDGET_DESCRIPTION)
 
 
 class ColumnSummary(BaseModel):
@@ -170,13 +162,6 @@ class Tie(BaseModel):
     difference_se: float | None = Field(None, description="Paired over the common posterior samples.")
 
 
-class Resolution(BaseModel):
-    status: Literal["resolved", "tie"] = Field(description="Whether the first question stands out from the rest.")
-    candidates: list[str] = Field(description="The first question and those it cannot be told from.")
-    samples: int = Field(description="Posterior samples the ranking was estimated on.")
-    rounds: int
-
-
 class StopHint(BaseModel):
     stop: bool
     reason: str
@@ -189,7 +174,6 @@ class NextFeaturesResponse(BaseModel):
     method: str
     ranking: list[RankedFeature]
     tie: Tie = Field(description="Whether the best two questions are within Monte Carlo noise of each other.")
-    resolution: Resolution = Field(description="The first question resolved, or the tie that remains.")
     prediction: ColumnSummary
     uncertainty: float = Field(description="Prediction std (numeric target) or entropy in nats (categorical).")
     stop: StopHint

@@ -280,9 +280,6 @@ class ModelTensors:
             "uncertainty": answer["uncertainty"],
             "stop": answer["stop"]["stop"],
             "stop_reason": answer["stop"]["reason"],
-            "resolution": answer["resolution"]["status"],
-            "resolution_candidates": ",".join(answer["resolution"]["candidates"]),
-            "resolution_samples": answer["resolution"]["samples"],
         }
         if "mean" in prediction:
             parameters |= {"prediction_mean": prediction["mean"], "prediction_std": prediction["std"]}

@@ -10,7 +10,6 @@ the sampler call, nor on which other figures were asked for.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,6 @@ from hhvaem.app.engine.summaries import ColumnPredictive, point_value, summarise
 from hhvaem.model.acquisition import (
     Gain,
     Mixture,
-    batch_se,
     histogram_information,
     mixture_gain,
     rank_features,
@@ -229,24 +227,10 @@ class NextFeaturesQuery:
     max_uncertainty: float | None = None  # ... or when the prediction is this certain
     quantiles: Sequence[float] = DEFAULT_QUANTILES
     calibrated: bool = True
-    # Resolving the first question: while the leader cannot be told from a runner-up (within TIE_STANDARD_ERRORS
-    # standard errors of their difference), draw as many samples again (a new, seeded round) and re-estimate on
-    # all of them, up to `max_samples` (deterministic) or `budget_ms` (wall time: not reproducible; off by
-    # default). `max_samples` equal to `samples` turns it off. docs/how-to/next-features.md has the study.
-    max_samples: int | None = None  # None: RESOLVE_SAMPLES, or `samples` when that is larger
-    budget_ms: float | None = None
 
     def prepare(self, engine: Engine) -> Prepared:
         quantiles = check_quantiles(self.quantiles)
         errors: list[FieldError] = []
-        ms = self.max_samples
-        if ms is not None and (not isinstance(ms, int) or isinstance(ms, bool) or ms < 2):
-            errors.append(FieldError("max_samples", f"must be an integer >= 2, got {ms!r}"))
-        b = self.budget_ms
-        if b is not None and (
-            isinstance(b, bool) or not isinstance(b, (int, float)) or not (math.isfinite(b) and b > 0)
-        ):
-            errors.append(FieldError("budget_ms", f"must be a positive number of milliseconds, got {b!r}"))
         tcol = engine.target_column(self.target, errors)
         if self.method not in METHODS:
             known = ", ".join(METHODS)
@@ -271,28 +255,11 @@ class NextFeaturesQuery:
         return engine.prepare([self.row], self.samples, self.seed, finish, needs=frozenset({"target_given"}))
 
     def finish(self, engine: Engine, prep: Prepared, out, tcol, pool, quantiles) -> dict[str, Any]:
-        started = time.perf_counter()
         ti = engine.target_index[tcol.name]
+        y_pred = ColumnPredictive(tcol, out["target"][:, :, ti])
+        gains = self.gains(engine, out, tcol, ti, pool, lambda j: prep.rng(0, GAIN, j))
         costs = {k: float(v) for k, v in (self.costs or {}).items()} or None
-        limit = max(prep.samples, RESOLVE_SAMPLES if self.max_samples is None else self.max_samples)
-        own = out  # the request's own samples: the prediction and the stopping hint, as predict gives them
-        rounds = 1
-        while True:
-            # round 1 keeps the stream it always had; later rounds (more samples) get their own
-            stream = (lambda j: prep.rng(0, GAIN, j)) if rounds == 1 else (lambda j, r=rounds: prep.rng(0, GAIN, j, r))
-            gains = self.gains(engine, out, tcol, ti, pool, stream)
-            full = rank_features({k: g.value for k, g in gains.items()}, costs)
-            tied = tie_set(full, gains, costs)
-            k = out["features"].shape[1]
-            spent = 1000 * (time.perf_counter() - started)
-            if len(tied) < 2 or self.method != "mixture" or 2 * k > limit:
-                break
-            if self.budget_ms is not None and spent >= self.budget_ms:
-                break
-            out = joined(out, engine.run_graph(prep.graph, more_noise(engine, prep, k, rounds)))
-            rounds += 1
-        y_pred = ColumnPredictive(tcol, own["target"][:, :, ti])
-        ranking = full[: self.top_k] if self.top_k is not None else full
+        ranking = rank_features({k: g.value for k, g in gains.items()}, costs, self.top_k)
         unc = uncertainty(y_pred, engine.preprocessor, 0)
         advice = stopping_advice(ranking[0].gain if ranking else None, unc, self.min_gain, self.max_uncertainty)
         first = len(engine.schema.features)
@@ -301,18 +268,12 @@ class NextFeaturesQuery:
             "method": self.method,
             "ranking": [{**vars(r), "gain_se": _finite(gains[r.feature].se)} for r in ranking],
             "tie": tie(ranking, gains),
-            "resolution": {
-                "status": "resolved" if len(tied) < 2 else "tie",
-                "candidates": tied,
-                "samples": int(out["features"].shape[1]),
-                "rounds": rounds,
-            },
             "prediction": _summary(
-                engine, prep, 0, first + ti, tcol, own["target"][0, :, ti], quantiles, False, self.calibrated
+                engine, prep, 0, first + ti, tcol, out["target"][0, :, ti], quantiles, False, self.calibrated
             ),
             "uncertainty": unc,
             "stop": {"stop": advice.stop, "reason": advice.reason},
-            "acceptance_rate": float(own["acceptance"][0]),
+            "acceptance_rate": float(out["acceptance"][0]),
         }
 
     def gains(self, engine: Engine, out, tcol, ti: int, pool, rng_for) -> dict[str, Gain]:
@@ -360,45 +321,6 @@ def tie(ranking, gains: dict[str, Gain]) -> dict[str, Any]:
         "difference": float(diff),
         "difference_se": _finite(se),
     }
-
-
-# The sample budget a next-features answer may grow to while its first question is undecided (docs/how-to/
-# next-features.md: the study that chose it).
-RESOLVE_SAMPLES = 400
-ROUND = 4  # the stream kind of a resolution round's noise (beside SUMMARY, GAIN, IMPUTATION, PLAUSIBILITY)
-
-
-def tie_set(ranking, gains: dict[str, Gain], costs: Mapping[str, float] | None) -> list[str]:
-    """The leader and every candidate within TIE_STANDARD_ERRORS standard errors of it (on the ranked quantity:
-    the gain, or the gain per unit cost), paired over the common posterior samples."""
-    if not ranking:
-        return []
-    cost = lambda name: (costs or {}).get(name, 1.0)  # noqa: E731
-    lead = ranking[0].feature
-    a = gains[lead]
-    out = [lead]
-    for r in ranking[1:]:
-        b = gains[r.feature]
-        if len(a.groups) != len(b.groups) or not len(a.groups):
-            continue
-        diff = a.value / cost(lead) - b.value / cost(r.feature)
-        se = batch_se(a.groups / cost(lead) - b.groups / cost(r.feature))
-        if diff <= TIE_STANDARD_ERRORS * se:
-            out.append(r.feature)
-    return out
-
-
-def more_noise(engine: Engine, prep: Prepared, samples: int, round_: int) -> dict[str, np.ndarray]:
-    """The row's feeds with `samples` new samples' noise for resolution round `round_` (seeded from the row)."""
-    f = prep.feeds
-    rng = np.random.default_rng(np.random.SeedSequence(prep.seeds[0], spawn_key=(ROUND, round_)))
-    return engine.feeds(f["x"], f["mask"], f["y"], f["y_mask"], samples, [rng])
-
-
-def joined(out: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Two rounds' graph outputs as one: per-sample outputs joined along the samples axis, the acceptance rate
-    averaged (the rounds have equal sample counts)."""
-    return {k: np.concatenate([v, extra[k]], axis=1) if v.ndim >= 2 else (v + extra[k]) / 2 for k, v in out.items()}
 
 
 def _summary(

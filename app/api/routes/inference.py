@@ -80,8 +80,6 @@ async def next_features(name: str, body: NextFeaturesRequest, state: State, call
         min_gain=body.min_gain,
         max_uncertainty=body.max_uncertainty,
         calibrated=body.calibrated,
-        max_samples=check_samples(state.settings, body.max_samples, "max_samples"),
-        budget_ms=body.budget_ms,
     )
     m, out = await answer(
         state, caller, query, name, version, "recommendation.served", detail=recommended, problem=_rowless

@@ -13,9 +13,7 @@ from hhvaem.app.api.deps import Inferrer, Principal, State, check_samples, resol
 from hhvaem.app.api.json_body import StrictJSONRoute
 from hhvaem.app.api.problems import Problem, field_error, not_found, problem_responses, unprocessable
 from hhvaem.app.api.schemas import (
-    BUDGET_DESCRIPTION,
     CALIBRATED_DESCRIPTION,
-    MAX_SAMPLES_DESCRIPTION,
     PLAUSIBILITY_DESCRIPTION,
     SEED_DESCRIPTION,
     SESSION_LINKS,
@@ -195,11 +193,8 @@ async def session_next_features(
     samples: Annotated[int | None, Query(ge=2)] = None,
     seed: Annotated[int | None, Query(ge=0, description=SEED_DESCRIPTION)] = None,
     calibrated: Annotated[bool, Query(description=CALIBRATED_DESCRIPTION)] = True,
-    max_samples: Annotated[int | None, Query(ge=2, description=MAX_SAMPLES_DESCRIPTION)] = None,
-    budget_ms: Annotated[float | None, Query(gt=0, allow_inf_nan=False, description=BUDGET_DESCRIPTION)] = None,
 ):
     samples = check_samples(state.settings, samples)
-    max_samples = check_samples(state.settings, max_samples, "max_samples")
     s = await _session(state, session_id, caller)
     current = s.current
     query = NextFeaturesQuery(
@@ -213,8 +208,6 @@ async def session_next_features(
         min_gain=min_gain,
         max_uncertainty=max_uncertainty,
         calibrated=calibrated,
-        max_samples=max_samples,
-        budget_ms=budget_ms,
     )
     m, out = await answer(
         state, caller, query, s.model_name, s.model_version, "recommendation.served", s.id, detail=recommended

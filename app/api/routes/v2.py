@@ -207,8 +207,6 @@ _PARAMETERS = {
         "exclude": {"type": "string"},
         "min_gain": {"type": "number"},
         "max_uncertainty": {"type": "number"},
-        "max_samples": {"type": "integer", "description": "next_features: resolve the first question up to this."},
-        "budget_ms": {"type": "number"},
         "binary_data_output": {"type": "boolean"},
     },
     "additionalProperties": _PARAMETER,
@@ -333,8 +331,6 @@ def _options(state, parameters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             "exclude": _names(p, "exclude") or (),
             "min_gain": _number(p, "min_gain", 0.01),
             "max_uncertainty": _number(p, "max_uncertainty", None),
-            "max_samples": check_samples(state.settings, _integer(p, "max_samples", 2), "max_samples"),
-            "budget_ms": _number(p, "budget_ms", None),
         }
     return operation, options
 
